@@ -1,0 +1,1 @@
+"""HF checkpoint -> GGUF: full-precision write (streamed) then llama.cpp quantization."""

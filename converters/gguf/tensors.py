@@ -1,0 +1,123 @@
+"""HF tensors -> GGUF tensors: names from gguf-py's TensorNameMap, values transformed per the
+architecture row, output dtype per llama.cpp's conventions (1-D tensors stay F32).
+
+Rope permutation for llama-family Q/K (rows of one head shown, head_dim = 8):
+
+    HF ("rotate half"):  [x0 x1 x2 x3 | y0 y1 y2 y3]     pairs (xi, yi) are rotated together
+    llama.cpp (GPT-J):   [x0 y0 x1 y1 x2 y2 x3 y3]
+
+    reshape rows to (n_head, 2, head_dim/2, cols) -> swap axes 1,2 -> reshape back
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import gguf
+import numpy as np
+
+from edge_run.runtime.errors import CheckpointError
+
+from ..architectures import ArchSpec
+from ..checkpoint import Checkpoint, LazyTensor
+from .hparams import llama3_rope_factors
+
+# Which full-precision GGUF type a 2-D weight gets for each --outtype; 1-D tensors are always F32.
+OUTTYPES: dict[str, tuple[gguf.GGMLQuantizationType, np.dtype | None]] = {
+    "f32": (gguf.GGMLQuantizationType.F32, np.dtype(np.float32)),
+    "f16": (gguf.GGMLQuantizationType.F16, np.dtype(np.float16)),
+    "bf16": (gguf.GGMLQuantizationType.BF16, None),  # stored as raw uint16 bits
+}
+
+
+def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
+    rows = w.shape[0]
+    return (w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2)
+            .reshape(w.shape))
+
+
+def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """Round-to-nearest-even float32 -> bfloat16 bit pattern (uint16)."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = bits + (0x7FFF + ((bits >> 16) & 1))
+    return (rounded >> 16).astype(np.uint16)
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One GGUF tensor to write: where it comes from and how it is transformed."""
+
+    gguf_name: str
+    source: LazyTensor | None  # None for generated tensors (rope_freqs)
+    shape: tuple[int, ...]
+    qtype: gguf.GGMLQuantizationType
+    permute_heads: int = 0  # >0: apply permute_rope with this many heads
+    add: float = 0.0  # gemma norm offset
+
+    @property
+    def nbytes(self) -> int:
+        n = int(np.prod(self.shape)) if self.shape else 1
+        return n * (4 if self.qtype == gguf.GGMLQuantizationType.F32 else 2)
+
+    def materialize(self, cfg: dict) -> np.ndarray:
+        if self.source is None:
+            data = llama3_rope_factors(cfg)
+            assert data is not None
+            return data
+        x = np.asarray(self.source.numpy(), dtype=np.float32)
+        if self.permute_heads:
+            x = permute_rope(x, self.permute_heads)
+        if self.add:
+            x = x + np.float32(self.add)
+        if self.qtype == gguf.GGMLQuantizationType.F32:
+            return np.ascontiguousarray(x, dtype=np.float32)
+        if self.qtype == gguf.GGMLQuantizationType.F16:
+            return np.ascontiguousarray(x, dtype=np.float16)
+        return f32_to_bf16_bits(x)
+
+
+def plan_tensors(ckpt: Checkpoint, spec: ArchSpec, outtype: str) -> list[PlannedTensor]:
+    cfg = ckpt.text_config()
+    n_layers = int(cfg["num_hidden_layers"])
+    n_head = int(cfg["num_attention_heads"])
+    n_kv = int(cfg.get("num_key_value_heads") or n_head)
+    tie = bool(cfg.get("tie_word_embeddings", ckpt.config.get("tie_word_embeddings", False)))
+    name_map = gguf.get_tensor_name_map(spec.gguf_arch, n_layers)
+    wide_type, _ = OUTTYPES[outtype]
+    plan: list[PlannedTensor] = []
+    seen: set[str] = set()
+    for t in ckpt:
+        if any(s in t.name for s in spec.skip):
+            continue
+        if tie and t.name == "lm_head.weight":
+            continue  # llama.cpp reuses token_embd when output.weight is absent
+        name = name_map.get_name(t.name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise CheckpointError(f"tensor {t.name!r} has no GGUF name for {spec.key}",
+                                  "the checkpoint does not match its declared architecture")
+        if name in seen:
+            raise CheckpointError(f"two tensors map to GGUF name {name!r}", "the checkpoint has duplicate weights")
+        seen.add(name)
+        if t.dtype not in ("F32", "F16", "BF16", "F64"):
+            raise CheckpointError(f"tensor {t.name!r} has dtype {t.dtype}; expected floating point",
+                                  "pass an unquantized (fp32/fp16/bf16) checkpoint")
+        heads = 0
+        if spec.permute_qk and (".attn_q." in name or ".attn_k." in name):
+            heads = n_head if ".attn_q." in name else n_kv
+        add = spec.norm_offset if name.endswith("norm.weight") else 0.0
+        qtype = wide_type if len(t.shape) >= 2 else gguf.GGMLQuantizationType.F32
+        plan.append(PlannedTensor(name, t, t.shape, qtype, heads, add))
+    factors = llama3_rope_factors(cfg)
+    if factors is not None:
+        plan.append(PlannedTensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", None,
+                                  factors.shape, gguf.GGMLQuantizationType.F32))
+    if "token_embd.weight" not in seen:
+        raise CheckpointError("the checkpoint has no token embedding", "the weights are incomplete")
+    return plan
+
+
+def iter_materialized(plan: list[PlannedTensor], cfg: dict) -> Iterator[tuple[PlannedTensor, np.ndarray]]:
+    for p in plan:
+        yield p, p.materialize(cfg)

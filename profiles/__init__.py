@@ -1,0 +1,1 @@
+"""Device profiles shipped as TOML data files (loaded by edge_run.runtime.profiles)."""

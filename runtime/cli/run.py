@@ -1,0 +1,109 @@
+"""`edge-run run`: generate text from an artifact (or the pick for a device profile)."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+import typer
+
+from ..backends import GenerationParams, LoadOptions, open_backend
+from ..backends.base import physical_cores
+from ..errors import UsageError
+from ._common import print_json
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run(
+    artifact: Path = typer.Argument(None, help=".gguf file or ONNX artifact folder (omit with --profile)"),
+    prompt: str = typer.Option(None, "--prompt", "-p", help="prompt text"),
+    prompt_file: Path = typer.Option(None, "--prompt-file", help="read the prompt from a UTF-8 file"),
+    chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the model's chat template"),
+    max_tokens: int = typer.Option(128, "--max-tokens", "-n", min=1, help="tokens to generate at most"),
+    ctx: int = typer.Option(2048, "--ctx", "-c", min=16, help="context length"),
+    temperature: float = typer.Option(0.0, "--temp", min=0.0, help="0 = greedy"),
+    top_k: int = typer.Option(40, "--top-k"),
+    top_p: float = typer.Option(0.95, "--top-p"),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(None, "--threads", "-t", help="default: physical cores"),
+    profile: str = typer.Option(None, "--profile",
+                                help="pick the best artifact for this device profile ('auto' = this machine)"),
+    models: Path = typer.Option(None, "--models", help="with --profile: folder of artifacts/checkpoints to pick from"),
+    force: bool = typer.Option(False, "--force", help="load even if the memory estimate exceeds available memory"),
+    as_json: bool = typer.Option(False, "--json", help="print text, token counts, speeds, load time, peak RSS as JSON"),
+) -> None:
+    """Generate text, streaming it to stdout."""
+    text = _read_prompt(prompt, prompt_file)
+    if artifact is None and profile is None:
+        raise UsageError("no artifact given", "pass an artifact path or --profile NAME")
+    n_threads = threads or physical_cores()
+    pick_info = None
+    if profile is not None:
+        from .. import picker
+
+        artifact, pick_info = picker.resolve_for_run(profile, models, artifact, ctx)
+    _memory_guard(artifact, ctx, force)
+    _verify(artifact)
+    params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    with open_backend(artifact, LoadOptions(n_ctx=ctx, n_threads=n_threads, seed=seed)) as backend:
+        rendered = backend.chat_prompt(text) if chat else text
+        tokens = backend.tokenize(rendered, add_special=True)
+        pieces = []
+        for piece in backend.stream(tokens, params):
+            pieces.append(piece)
+            if not as_json:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        result = backend.last_result
+        assert result is not None
+        if not as_json:
+            sys.stdout.write("\n")
+            return
+        print_json({
+            "artifact": str(artifact), "text": "".join(pieces), "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens, "finish_reason": result.finish_reason,
+            "prefill_tokens_per_s": round(result.prefill_tps, 2), "decode_tokens_per_s": round(result.decode_tps, 2),
+            "load_seconds": round(backend.load_seconds, 3), "peak_rss_mib": round(peak_rss_mib(), 1),
+            "threads": n_threads, "n_ctx": ctx, "pick": pick_info,
+        })
+
+
+def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
+    if prompt is not None and prompt_file is not None:
+        raise UsageError("both -p and --prompt-file given", "pass only one of them")
+    if prompt_file is not None:
+        try:
+            prompt = prompt_file.read_bytes().decode("utf-8")
+        except FileNotFoundError as e:
+            raise UsageError(f"prompt file {prompt_file} does not exist", "pass an existing file") from e
+        except UnicodeDecodeError as e:
+            raise UsageError(f"prompt file {prompt_file} is not UTF-8 text (byte {e.start})",
+                             "convert it to UTF-8") from e
+    if prompt is None or not prompt.strip():
+        raise UsageError("the prompt is empty", "pass a non-empty prompt with -p or --prompt-file")
+    return prompt
+
+
+def _memory_guard(artifact: Path, ctx: int, force: bool) -> None:
+    try:
+        from ..estimate import check_memory
+    except ImportError:  # estimator not installed in this build
+        return
+    if not force:
+        check_memory(artifact, ctx)
+
+
+def _verify(artifact: Path) -> None:
+    try:
+        from ..integrity import verify_artifact
+    except ImportError:
+        return
+    verify_artifact(artifact)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)

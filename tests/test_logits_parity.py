@@ -1,0 +1,58 @@
+"""llama.cpp logits of converted tiny random checkpoints equal transformers' logits, per architecture."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_run.converters.architectures import ARCHITECTURES
+from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
+from edge_run.runtime.backends import LoadOptions, open_backend
+
+ARCH_KEYS = sorted({spec.key for spec in ARCHITECTURES.values()})
+PROMPTS = [  # token ids: a short one, one longer than gemma3-tiny's sliding window (8), one near ctx
+    list(range(3, 9)),
+    [int(x) for x in np.random.RandomState(0).randint(3, 380, size=40)],
+    [int(x) for x in np.random.RandomState(1).randint(3, 380, size=120)],
+]
+# llama.cpp evaluates SiLU/GELU through fp16 tables on CPU, so even F32 weights differ from torch
+# by ~1e-3 relative; anything structural (rope order, norm offset, missing bias) is orders larger.
+F32_REL_TOL = 5e-3
+F16_REL_TOL = 1e-2
+
+
+def reference_logits(ckpt: Path, ids: list[int]) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def assert_top1_matches(got: np.ndarray, ref: np.ndarray, tol: float) -> None:
+    """Top-1 must agree wherever the reference's top-2 margin exceeds the numeric tolerance."""
+    top2 = np.sort(ref, axis=-1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) > 2 * tol
+    assert decisive.mean() > 0.8
+    np.testing.assert_array_equal(got.argmax(-1)[decisive], ref.argmax(-1)[decisive])
+
+
+@pytest.mark.parametrize("arch", ARCH_KEYS)
+def test_llama_cpp_logits_match_transformers(arch: str, tiny_checkpoint: Callable[[str], Path],
+                                             tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(arch)
+    f32, f16 = convert_to_gguf(ckpt, tmp_path, ConvertOptions(quants="f32,f16", name=arch))
+    for path, rel_tol in ((f32, F32_REL_TOL), (f16, F16_REL_TOL)):
+        with open_backend(path, LoadOptions(n_ctx=256, n_threads=2, logits_all=True, cache_type="f32")) as b:
+            for ids in PROMPTS:
+                ref = reference_logits(ckpt, ids)
+                got = b.eval_logits(ids)
+                tol = rel_tol * float(np.abs(ref).max())
+                assert got.shape == ref.shape
+                err = float(np.abs(got - ref).max())
+                assert err < tol, f"{arch} {path.name}: max abs diff {err:.4g} >= {tol:.4g}"
+                assert_top1_matches(got, ref, err)
