@@ -66,6 +66,19 @@ class LazyTensor:
     def n_elements(self) -> int:
         return int(np.prod(self.shape)) if self.shape else 1
 
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of the first axis as float32, read with plain file I/O: unlike an mmap
+        slice, nothing stays mapped afterwards, so converting a large tensor in row chunks keeps the
+        process's resident memory at one chunk."""
+        np_dtype = SAFETENSORS_DTYPES[self.dtype]
+        row_elems = int(np.prod(self.shape[1:])) if len(self.shape) > 1 else 1
+        stop = min(stop, self.shape[0] if self.shape else 1)
+        with open(self.file, "rb") as f:
+            f.seek(self.offset + start * row_elems * np_dtype.itemsize)
+            flat = np.fromfile(f, dtype=np_dtype, count=(stop - start) * row_elems)
+        arr = flat.reshape((stop - start, *self.shape[1:]))
+        return bf16_to_f32(arr) if self.dtype == "BF16" else arr.astype(np.float32, copy=False)
+
     def numpy(self, widen_bf16: bool = True) -> np.ndarray:
         """The tensor as a read-only memory-mapped array (F32 copy for BF16)."""
         np_dtype = SAFETENSORS_DTYPES[self.dtype]

@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import gguf
-
 from edge_run.runtime.errors import UsageError
 from edge_run.runtime.fsutil import atomic_path, check_destination, os_error_to_resource, sha256_file
 from edge_run.runtime.manifest import Manifest, manifest_path_for, write_manifest
@@ -47,15 +45,9 @@ def artifact_path(out_dir: Path, name: str, q: QuantType) -> Path:
     return Path(out_dir) / f"{name}.{q.name}.gguf"
 
 
-def gguf_weight_stats(path: Path) -> tuple[int, int]:
-    """(weight bytes, weight elements) over every tensor of a GGUF file."""
-    reader = gguf.GGUFReader(path)
-    return (sum(int(t.n_bytes) for t in reader.tensors), sum(int(t.n_elements) for t in reader.tensors))
-
-
 def _manifest(ckpt: Checkpoint, digest: str, arch_key: str, q: QuantType, path: Path, tokenizer: str,
-              extra: dict) -> Manifest:
-    nbytes, n_elements = gguf_weight_stats(path)
+              extra: dict, stats: tuple[int, int]) -> Manifest:
+    nbytes, n_elements = stats
     cfg = ckpt.text_config()
     return Manifest(
         format="gguf", artifact=path.name,
@@ -100,7 +92,7 @@ def convert_to_gguf(checkpoint: Path, out_dir: Path, options: ConvertOptions,
             tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=".edge-run-", dir=out_dir))
             base = Path(tmpdir) / f"{name}.{inter}.gguf"
         try:
-            vocab = write_full_precision(ckpt, spec, inter.lower(), base, name, report(inter))
+            vocab, *base_stats = write_full_precision(ckpt, spec, inter.lower(), base, name, report(inter))
         except OSError as e:
             raise os_error_to_resource(e, f"{name}.{inter}.gguf") from e
         for q in quants:
@@ -109,15 +101,15 @@ def convert_to_gguf(checkpoint: Path, out_dir: Path, options: ConvertOptions,
             with atomic_path(targets[q.name], force=options.force) as tmp:
                 if progress:
                     progress(q.name, 0, 1)
-                quantize_gguf(base, tmp, q, options.n_threads, options.imatrix)
-                m = _manifest(ckpt, digest, spec.key, q, tmp, vocab.kind, extra)
+                stats = quantize_gguf(base, tmp, q, options.n_threads, options.imatrix)
+                m = _manifest(ckpt, digest, spec.key, q, tmp, vocab.kind, extra, stats)
                 m.artifact = targets[q.name].name
             write_manifest(targets[q.name], m, force=True)
             if progress:
                 progress(q.name, 1, 1)
         if base_final is not None:
             m = _manifest(ckpt, digest, spec.key, next(q for q in quants if q.name == inter), base,
-                          vocab.kind, extra)
+                          vocab.kind, extra, (base_stats[0], base_stats[1]))
             m.artifact = base_final.name
             stack.close()  # renames the base into place
             write_manifest(base_final, m, force=True)

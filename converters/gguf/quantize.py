@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import subprocess
 import sys
@@ -25,20 +26,28 @@ from edge_run.runtime.errors import EdgeRunError, Interrupted, ResourceError
 
 from .quant_types import QuantType
 
+# Rows of a tensor llama.cpp converts at once: bounds the quantizer's memory to about this much
+# per thread instead of whole tensors (a 262k-vocab embedding is 670 MB in float32).
+MAX_BUF_BYTES = 64 * 1024 * 1024
+
 
 class QuantizeError(EdgeRunError):
     exit_code = 3
 
 
 def quantize_gguf(src: Path, dest: Path, qtype: QuantType, n_threads: int = 0,
-                  imatrix: Path | None = None) -> None:
-    """Run the quantizer child; ``dest`` is a temp path the caller renames."""
+                  imatrix: Path | None = None) -> tuple[int, int]:
+    """Run the quantizer child; ``dest`` is a temp path the caller renames.
+
+    Returns (weight bytes, weight elements) of the result, measured by the child (reading a GGUF's
+    tensor table with GGUFReader costs memory proportional to the vocabulary; the child has it to spare).
+    """
     cmd = [sys.executable, "-m", __name__, str(src), str(dest), str(int(qtype.ftype)), str(n_threads)]
     if imatrix is not None:
         cmd.append(str(imatrix))
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        _, err = proc.communicate()
+        out, err = proc.communicate()
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)
@@ -53,6 +62,8 @@ def quantize_gguf(src: Path, dest: Path, qtype: QuantType, n_threads: int = 0,
             raise ResourceError(f"disk full while quantizing to {qtype.name}", "free some space")
         raise QuantizeError(f"llama.cpp failed to quantize to {qtype.name}: {msg}",
                             "run with EDGE_RUN_DEBUG=1 for the full log")
+    stats = json.loads(out.decode().strip().splitlines()[-1])
+    return int(stats["bytes"]), int(stats["elements"])
 
 
 def _child(argv: list[str]) -> int:
@@ -62,6 +73,7 @@ def _child(argv: list[str]) -> int:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = n_threads
+    params.max_buf_size = MAX_BUF_BYTES
     keep: list[object] = []
     if len(argv) > 4:
         data = np.load(argv[4])
@@ -78,7 +90,16 @@ def _child(argv: list[str]) -> int:
         keep.append(entries)
         params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     rc = llama_cpp.llama_model_quantize(src.encode(), dest.encode(), ctypes.byref(params))
-    return 0 if rc == 0 else 1
+    if rc != 0:
+        return 1
+    del keep
+    import gguf
+
+    reader = gguf.GGUFReader(dest)
+    stats = {"bytes": sum(int(t.n_bytes) for t in reader.tensors),
+             "elements": sum(int(t.n_elements) for t in reader.tensors)}
+    sys.stdout.write(json.dumps(stats) + "\n")
+    return 0
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import gguf
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from edge_run.runtime.errors import CheckpointError
 
 from ..architectures import ArchSpec
-from ..checkpoint import Checkpoint, LazyTensor
+from ..checkpoint import SAFETENSORS_DTYPES, Checkpoint, LazyTensor
 from .hparams import llama3_rope_factors
 
 # Which full-precision GGUF type a 2-D weight gets for each --outtype; 1-D tensors are always F32.
@@ -29,6 +30,9 @@ OUTTYPES: dict[str, tuple[gguf.GGMLQuantizationType, np.dtype | None]] = {
     "f16": (gguf.GGMLQuantizationType.F16, np.dtype(np.float16)),
     "bf16": (gguf.GGMLQuantizationType.BF16, None),  # stored as raw uint16 bits
 }
+
+
+CHUNK_BYTES = 32 * 1024 * 1024  # float32 bytes converted at a time
 
 
 def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -57,18 +61,16 @@ class PlannedTensor:
     add: float = 0.0  # gemma norm offset
 
     @property
-    def nbytes(self) -> int:
-        n = int(np.prod(self.shape)) if self.shape else 1
-        return n * (4 if self.qtype == gguf.GGMLQuantizationType.F32 else 2)
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
 
-    def materialize(self, cfg: dict) -> np.ndarray:
-        if self.source is None:
-            data = llama3_rope_factors(cfg)
-            assert data is not None
-            return data
-        x = np.asarray(self.source.numpy(), dtype=np.float32)
-        if self.permute_heads:
-            x = permute_rope(x, self.permute_heads)
+    @property
+    def nbytes(self) -> int:
+        return self.n_elements * (4 if self.qtype == gguf.GGMLQuantizationType.F32 else 2)
+
+    def _convert(self, x: np.ndarray, heads: int) -> np.ndarray:
+        if heads:
+            x = permute_rope(x, heads)
         if self.add:
             x = x + np.float32(self.add)
         if self.qtype == gguf.GGMLQuantizationType.F32:
@@ -76,6 +78,38 @@ class PlannedTensor:
         if self.qtype == gguf.GGMLQuantizationType.F16:
             return np.ascontiguousarray(x, dtype=np.float16)
         return f32_to_bf16_bits(x)
+
+    def iter_chunks(self, cfg: dict, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+        """The converted tensor in row chunks (whole rope heads per chunk when permuting)."""
+        if self.source is None:
+            data = llama3_rope_factors(cfg)
+            assert data is not None
+            yield data
+            return
+        rows = self.shape[0] if self.shape else 1
+        row_bytes = max(1, self.source.nbytes // max(rows, 1)) * 4 // SAFETENSORS_DTYPES[self.source.dtype].itemsize
+        step = max(1, chunk_bytes // row_bytes)
+        if self.permute_heads:
+            head_rows = rows // self.permute_heads
+            step = max(1, step // head_rows) * head_rows
+        for start in range(0, rows, step):
+            x = self.source.read_rows(start, start + step)
+            yield self._convert(x, x.shape[0] // (rows // self.permute_heads) if self.permute_heads else 0)
+
+    def streamed(self, cfg: dict) -> StreamedTensor:
+        return StreamedTensor(self, cfg)
+
+
+class StreamedTensor:
+    """Duck-types the two members of a numpy array that GGUFWriter.write_tensor_data uses
+    (``nbytes`` and ``tofile``) so a tensor is converted and written chunk by chunk."""
+
+    def __init__(self, planned: PlannedTensor, cfg: dict) -> None:
+        self.planned, self.cfg, self.nbytes = planned, cfg, planned.nbytes
+
+    def tofile(self, f: BinaryIO) -> None:
+        for chunk in self.planned.iter_chunks(self.cfg):
+            chunk.tofile(f)
 
 
 def plan_tensors(ckpt: Checkpoint, spec: ArchSpec, outtype: str) -> list[PlannedTensor]:
@@ -118,6 +152,3 @@ def plan_tensors(ckpt: Checkpoint, spec: ArchSpec, outtype: str) -> list[Planned
     return plan
 
 
-def iter_materialized(plan: list[PlannedTensor], cfg: dict) -> Iterator[tuple[PlannedTensor, np.ndarray]]:
-    for p in plan:
-        yield p, p.materialize(cfg)

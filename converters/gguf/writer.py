@@ -41,8 +41,8 @@ STORAGE_DTYPES: dict[gguf.GGMLQuantizationType, np.dtype] = {
 
 
 def write_full_precision(ckpt: Checkpoint, spec: ArchSpec, outtype: str, dest: Path, model_name: str,
-                         progress: ProgressFn | None = None) -> VocabInfo:
-    """Write ``dest`` (a temp path chosen by the caller) and return the vocab written."""
+                         progress: ProgressFn | None = None) -> tuple[VocabInfo, int, int]:
+    """Write ``dest`` (a temp path chosen by the caller); return (vocab, weight bytes, weight elements)."""
     cfg = ckpt.text_config()
     n_vocab = int(cfg.get("vocab_size", 0))
     if n_vocab <= 0:
@@ -67,8 +67,8 @@ def write_full_precision(ckpt: Checkpoint, spec: ArchSpec, outtype: str, dest: P
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     for i, p in enumerate(plan):
-        w.write_tensor_data(p.materialize(cfg))
+        w.write_tensor_data(p.streamed(cfg))  # type: ignore[arg-type]
         if progress:
             progress(i + 1, len(plan))
     w.close()
-    return vocab
+    return vocab, sum(p.nbytes for p in plan), sum(p.n_elements for p in plan)
