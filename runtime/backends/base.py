@@ -75,6 +75,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def bos_token_id(self) -> int | None: ...
 
+    def token_piece(self, token: int) -> bytes:
+        """The bytes one token spells (eval counts bits per byte with it); override where detokenize is lossy."""
+        return self.detokenize([token]).encode("utf-8")
+
     @abc.abstractmethod
     def eval_logits(self, tokens: list[int]) -> np.ndarray:
         """Reset the state, evaluate ``tokens`` from position 0, return float32 logits [len(tokens), n_vocab]."""

@@ -1,0 +1,292 @@
+"""Perplexity, bits per byte and KL divergence of an artifact on a text corpus, the way llama.cpp measures them.
+
+Chunking (as llama.cpp's perplexity tool does it)::
+
+    corpus ──tokenize once (BOS added if the model adds one)──> t0 t1 t2 ... tN
+    chunk k = tokens[k*ctx : (k+1)*ctx]          non-overlapping, N // ctx chunks (``chunks`` caps it)
+              first token replaced by BOS when the model adds BOS
+
+    position:  0   1  ...  ctx/2-1 | ctx/2  ...  ctx-2 | ctx-1
+               └── context only ───┘└─ logits scored ─┘
+    logits at position j predict token j+1, so each chunk scores ctx - ctx/2 - 1 tokens
+    (255 at ctx 512) and every scored token has at least ctx/2 tokens of context.
+
+    PPL = exp(mean NLL over all scored tokens)
+    BPB = (sum NLL in nats / ln 2) / bytes scored
+    bytes scored = UTF-8 bytes of the scored target tokens' pieces (the text those tokens spell), so BPB
+                   compares models with different tokenizers.
+
+KL divergence (``parent``): at every scored position, KL(parent || model) over the next-token
+distributions (parent tokens with log-probability at or below -16 are left out, as llama.cpp does),
+averaged; top-1 agreement = share of positions where both argmaxes are the same token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .backends import Backend, LoadOptions, open_backend
+from .datasets import BUILTIN_CORPORA, builtin_corpus_path
+from .errors import CorpusError, UsageError
+from .eval_math import Accumulator, LogprobStore, LogprobWriter, kl_divergence, log_softmax, token_nll
+
+# progress(stage, done, total)
+Progress = Callable[[str, int, int], None]
+
+# Manifest quality keys for the built-in corpora; any other corpus is stored under its file stem.
+QUALITY_KEYS: dict[str, str] = {"wikitext-2-raw-test": "wikitext2", "tinyshakespeare": "tinyshakespeare"}
+DEFAULT_CORPUS = "wikitext-2-raw-test"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    path: Path
+    text: str
+    sha256: str
+    n_bytes: int
+
+    @property
+    def quality_key(self) -> str:
+        return QUALITY_KEYS.get(self.name, self.name)
+
+
+def load_corpus(spec: str | Path) -> Corpus:
+    """A built-in corpus by name, or a UTF-8 text file by path; CorpusError with one line otherwise."""
+    spec_s = str(spec)
+    if spec_s in BUILTIN_CORPORA:
+        path, name = builtin_corpus_path(spec_s), spec_s
+    else:
+        path, name = Path(spec_s), Path(spec_s).stem
+    if not path.exists():
+        raise CorpusError(f"corpus {spec_s} does not exist",
+                          f"pass a UTF-8 text file or a built-in corpus: {', '.join(BUILTIN_CORPORA)}")
+    if path.is_dir():
+        raise CorpusError(f"corpus {spec_s} is a folder", "pass a UTF-8 text file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CorpusError(f"cannot read corpus {spec_s}: {e.strerror or e}") from e
+    if not data.strip():
+        raise CorpusError(f"corpus {spec_s} is empty", "pass a file with text in it")
+    if b"\x00" in data:
+        raise CorpusError(f"corpus {spec_s} is binary (it contains NUL bytes)", "pass a UTF-8 text file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"corpus {spec_s} is not UTF-8 text (invalid byte at offset {e.start})",
+                          "convert it to UTF-8") from e
+    return Corpus(name=name, path=path, text=text, sha256=hashlib.sha256(data).hexdigest(), n_bytes=len(data))
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    ctx: int
+    chunks: int
+    bos: int | None  # placed at position 0 of every chunk when the model adds BOS
+
+    @property
+    def first(self) -> int:
+        return self.ctx // 2
+
+    @property
+    def scored_per_chunk(self) -> int:
+        return self.ctx - self.first - 1
+
+    def chunk_tokens(self, tokens: list[int], k: int) -> list[int]:
+        chunk = list(tokens[k * self.ctx:(k + 1) * self.ctx])
+        if self.bos is not None:
+            chunk[0] = self.bos
+        return chunk
+
+    def targets(self, chunk: list[int]) -> list[int]:
+        return chunk[self.first + 1:self.ctx]
+
+
+def plan_chunks(tokens: list[int], ctx: int, max_chunks: int | None, bos: int | None, corpus: str) -> ChunkPlan:
+    if ctx < 8:
+        raise UsageError(f"--ctx {ctx} is too small", "use a context of at least 8 tokens (512 is usual)")
+    if max_chunks is not None and max_chunks < 1:
+        raise UsageError(f"--chunks {max_chunks} must be at least 1")
+    available = len(tokens) // ctx
+    if available < 1:
+        raise CorpusError(f"corpus {corpus} has {len(tokens)} tokens, too few for one chunk of {ctx}",
+                          "use a longer text or a smaller --ctx")
+    n = available if max_chunks is None else min(max_chunks, available)
+    add_bos = bos is not None and len(tokens) > 0 and tokens[0] == bos
+    return ChunkPlan(ctx=ctx, chunks=n, bos=bos if add_bos else None)
+
+
+class Reference(Protocol):
+    """Where the parent's next-token distributions come from (a loaded model or a stored run)."""
+
+    name: str
+
+    def chunk(self, index: int, tokens: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(log-probs [scored, vocab], argmax [scored]) for chunk ``index``."""
+        ...
+
+
+class LiveReference:
+    """The parent model loaded beside the evaluated one; each chunk is run through it on demand."""
+
+    def __init__(self, backend: Backend, plan: ChunkPlan, name: str) -> None:
+        self.backend, self.plan, self.name = backend, plan, name
+
+    def chunk(self, index: int, tokens: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        lp = log_softmax(self.backend.eval_logits(tokens)[self.plan.first:self.plan.ctx - 1])
+        return lp, lp.argmax(axis=1)
+
+
+class StoredReference:
+    """A parent's log-probabilities written by an earlier :func:`evaluate` run (``record_to``)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.store = LogprobStore(folder)
+        self.name = str(self.store.info.get("parent", folder))
+
+    def chunk(self, index: int, tokens: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        return self.store.chunk(index, tokens)
+
+
+@dataclass
+class EvalResult:
+    artifact: str
+    corpus: Corpus
+    ctx: int
+    chunks: int
+    acc: Accumulator
+    parent: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ppl(self) -> float:
+        return self.acc.ppl
+
+    @property
+    def bpb(self) -> float:
+        return self.acc.bpb
+
+    def quality_entry(self) -> dict[str, Any]:
+        """The manifest's ``quality[<corpus>]`` record (schema in runtime/manifest.py and the README)."""
+        entry: dict[str, Any] = {
+            "bpb": round(self.acc.bpb, 6), "ppl": round(self.acc.ppl, 4), "ppl_stderr": round(self.acc.ppl_stderr, 4),
+            "ctx": self.ctx, "chunks": self.chunks, "corpus": self.corpus.name,
+            "corpus_sha256": self.corpus.sha256, "tokens_scored": self.acc.count, "bytes_scored": self.acc.bytes,
+        }
+        if self.parent is not None:
+            entry.update(kld_vs_parent=round(self.acc.mean_kld, 6), top1_agreement=round(self.acc.top1_agreement, 6),
+                         parent=self.parent)
+        return entry
+
+    def to_json(self) -> dict[str, Any]:
+        return {"artifact": self.artifact, "quality_key": self.corpus.quality_key, **self.quality_entry(),
+                "mean_nll": round(self.acc.mean_nll, 6), "seconds": round(self.seconds, 2)}
+
+
+class _PieceBytes:
+    """UTF-8 byte length of each token's piece, cached per token id."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.cache: dict[int, int] = {}
+
+    def __call__(self, tokens: list[int]) -> int:
+        total = 0
+        for t in tokens:
+            n = self.cache.get(t)
+            if n is None:
+                n = self.cache[t] = len(self.backend.token_piece(t))
+            total += n
+        return total
+
+
+def score(backend: Backend, tokens: list[int], plan: ChunkPlan, *, reference: Reference | None = None,
+          record: LogprobWriter | None = None, progress: Progress | None = None, stage: str = "eval") -> Accumulator:
+    """Run every chunk of ``plan`` through ``backend`` and accumulate NLL / bytes (and KLD against ``reference``)."""
+    acc = Accumulator()
+    piece_bytes = _PieceBytes(backend)
+    if progress:
+        progress(stage, 0, plan.chunks)
+    for k in range(plan.chunks):
+        chunk = plan.chunk_tokens(tokens, k)
+        targets = plan.targets(chunk)
+        lp = log_softmax(backend.eval_logits(chunk)[plan.first:plan.ctx - 1])
+        acc.add_nll(token_nll(lp, np.asarray(targets)), piece_bytes(targets))
+        if reference is not None:
+            ref_lp, ref_top = reference.chunk(k, chunk)
+            acc.add_kld(kl_divergence(ref_lp, lp), lp.argmax(axis=1) == ref_top)
+        if record is not None:
+            record.put(k, chunk, lp)
+        if progress:
+            progress(stage, k + 1, plan.chunks)
+    return acc
+
+
+def _load(path: Path, ctx: int, threads: int | None, batch: int) -> Backend:
+    opts = LoadOptions(n_ctx=ctx, n_batch=min(batch, ctx), logits_all=True)
+    if threads:
+        opts = LoadOptions(n_ctx=ctx, n_batch=min(batch, ctx), logits_all=True, n_threads=threads)
+    return open_backend(path, opts)
+
+
+def evaluate(artifact: Path, corpus: Corpus, *, ctx: int = 512, chunks: int | None = None,
+             parent: Path | None = None, parent_store: Path | None = None, record_to: Path | None = None,
+             threads: int | None = None, batch: int = 512, progress: Progress | None = None) -> EvalResult:
+    """Evaluate ``artifact`` on ``corpus``.
+
+    ``parent``: another artifact (e.g. the F16) to measure KL divergence against, loaded beside this one.
+    ``parent_store``: instead, a parent run recorded earlier with ``record_to``.
+    ``record_to``: write this model's scored log-probabilities there (a later run's ``parent_store``).
+    """
+    import time
+
+    if parent is not None and parent_store is not None:
+        raise UsageError("give either a parent artifact or a stored parent run, not both")
+    t0 = time.perf_counter()
+    with _load(artifact, ctx, threads, batch) as backend:
+        tokens = backend.tokenize(corpus.text, add_special=True)
+        plan = plan_chunks(tokens, ctx, chunks, backend.bos_token_id(), corpus.name)
+        reference: Reference | None = None
+        parent_backend: Backend | None = None
+        parent_name: str | None = None
+        try:
+            if parent is not None:
+                parent_backend = _load(parent, ctx, threads, batch)
+                if parent_backend.n_vocab != backend.n_vocab:
+                    raise UsageError(f"{parent.name} has a vocabulary of {parent_backend.n_vocab}, "
+                                     f"{Path(artifact).name} of {backend.n_vocab}",
+                                     "KL divergence needs a parent with the same tokenizer")
+                reference = LiveReference(parent_backend, plan, Path(parent).name)
+                parent_name = Path(parent).name
+            elif parent_store is not None:
+                reference = StoredReference(parent_store)
+                parent_name = reference.name
+            writer = None
+            if record_to is not None:
+                writer = LogprobStore.create(record_to, plan.chunks, ctx, plan.scored_per_chunk, backend.n_vocab,
+                                             Path(artifact).name)
+            acc = score(backend, tokens, plan, reference=reference, record=writer, progress=progress)
+            if writer is not None:
+                writer.close()
+        finally:
+            if parent_backend is not None:
+                parent_backend.close()
+    return EvalResult(artifact=str(artifact), corpus=corpus, ctx=ctx, chunks=plan.chunks, acc=acc,
+                      parent=parent_name, seconds=time.perf_counter() - t0)
+
+
+def save_quality(artifact: Path, result: EvalResult) -> bool:
+    """Store the result in the artifact's manifest under ``quality[<corpus key>]``; False if it has none."""
+    from .manifest import read_manifest, update_manifest
+
+    if read_manifest(artifact) is None:
+        return False
+    update_manifest(artifact, quality={result.corpus.quality_key: result.quality_entry()})
+    return True
