@@ -36,11 +36,14 @@ class ArchSpec:
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "LlamaForCausalLM": ArchSpec("llama", gguf.MODEL_ARCH.LLAMA, permute_qk=True, extra_hparams=("llama3_rope",)),
-    "MistralForCausalLM": ArchSpec("mistral", gguf.MODEL_ARCH.LLAMA, permute_qk=True),
+    "MistralForCausalLM": ArchSpec("mistral", gguf.MODEL_ARCH.LLAMA, permute_qk=True,
+                                   onnx={"window_all_layers": True}),
     "Qwen2ForCausalLM": ArchSpec("qwen2", gguf.MODEL_ARCH.QWEN2),
-    "Qwen3ForCausalLM": ArchSpec("qwen3", gguf.MODEL_ARCH.QWEN3),
+    "Qwen3ForCausalLM": ArchSpec("qwen3", gguf.MODEL_ARCH.QWEN3, onnx={"qk_norm": True}),
     "Gemma3ForCausalLM": ArchSpec("gemma3", gguf.MODEL_ARCH.GEMMA3, norm_offset=1.0,
-                                  extra_hparams=("sliding_window",)),
+                                  extra_hparams=("sliding_window",),
+                                  onnx={"qk_norm": True, "sandwich_norms": True, "embed_scale": "sqrt_hidden",
+                                        "attn_scale_key": "query_pre_attn_scalar"}),
 }
 
 
