@@ -1,0 +1,255 @@
+"""ONNX backend over onnxruntime: the graph edge-run's converter writes, HF tokenizers, numpy sampling.
+
+KV cache: one preallocated [1, kv_heads, n_ctx, head_dim] f32 buffer per layer and side, bound with
+IOBinding as both ``past_key_values.N.*`` and ``present.N.*``. GroupQueryAttention sees the same
+memory on both sides and appends the new positions in place; ``attention_mask``'s length tells it
+how many positions are valid. Nothing is reallocated per token:
+
+    prefill  input_ids [1, P]   attention_mask [1, P]      -> last_logits, cache[0:P] written
+    decode   input_ids [1, 1]   attention_mask [1, P+n+1]  -> last_logits, cache[P+n] written
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+import time
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..chat import render_chat, user_turn
+from ..errors import ArtifactError, UsageError
+from .base import Backend, GenerationParams, GenerationResult, LoadOptions
+from .sampling import sample_token
+
+BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+@lru_cache(maxsize=1)
+def byte_level_decoder() -> dict[str, int]:
+    """Byte-level BPE's alphabet: printable bytes stand for themselves, the other bytes are shifted
+    to code points 256 and up, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table: dict[str, int] = {chr(b): b for b in printable}
+    shifted = 0
+    for b in range(256):
+        if b not in table.values():
+            table[chr(256 + shifted)] = b
+            shifted += 1
+    return table
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ArtifactError(f"the ONNX artifact lacks {path.name}", "re-convert it with `edge-run convert`") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path.name} is not valid JSON ({e})", "re-convert the artifact") from e
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path.name} is not a JSON object", "re-convert the artifact")
+    return data
+
+
+class ONNXBackend(Backend):
+    def __init__(self, path: Path, options: LoadOptions) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self._ort = ort
+        folder = Path(path) if Path(path).is_dir() else Path(path).parent
+        t0 = time.perf_counter()
+        genai = _read_json(folder / "genai_config.json")
+        try:
+            model = genai["model"]
+            dec = model["decoder"]
+            self.n_layers, self.n_kv, self.head_dim = (int(dec["num_hidden_layers"]), int(dec["num_key_value_heads"]),
+                                                       int(dec["head_size"]))
+            self.n_vocab = int(model["vocab_size"])
+            context = int(model.get("context_length") or options.n_ctx)
+            filename = str(dec.get("filename", "model.onnx"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(f"genai_config.json is malformed ({e!r} missing or invalid)",
+                                "re-convert the artifact") from e
+        eos = model.get("eos_token_id")
+        self._eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self._bos = model.get("bos_token_id")
+        try:
+            self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as e:  # tokenizers raises a bare Exception for missing / corrupt files
+            raise ArtifactError(f"cannot load {folder / 'tokenizer.json'} ({e})", "re-convert the artifact") from e
+        tcfg_path = folder / "tokenizer_config.json"
+        self._tcfg = _read_json(tcfg_path) if tcfg_path.exists() else {}
+        tok_json = _read_json(folder / "tokenizer.json")
+        self._special = {int(a["id"]) for a in tok_json.get("added_tokens", []) if a.get("special")}
+        self._byte_level = "ByteLevel" in json.dumps(tok_json.get("decoder") or {})
+        self._pieces: dict[int, bytes] = {}
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = max(1, options.n_threads)
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(folder / filename), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises several unrelated exception types for bad graphs
+            raise ArtifactError(f"onnxruntime could not load {folder.name}/{filename} "
+                                f"({' '.join(str(e).split())[:300]})",
+                                "the artifact is corrupt or incomplete; re-convert it") from e
+        outputs = {o.name for o in self.session.get_outputs()}
+        if not {"logits", "last_logits", "present.0.key"} <= outputs:
+            raise ArtifactError(f"{folder.name}/{filename} is not an edge-run decoder graph "
+                                f"(outputs: {', '.join(sorted(outputs)[:4])}...)", "convert it with `edge-run convert`")
+        self.load_seconds = time.perf_counter() - t0
+        self.path = folder
+        self.options = options
+        self.n_ctx = min(options.n_ctx, context)
+        self._cache: list[tuple[str, Any]] = []
+        self._bindings: dict[str, Any] = {}
+
+    # -- tokens ---------------------------------------------------------------------------------
+    def bos_token_id(self) -> int | None:
+        return int(self._bos) if self._bos is not None else None
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        ids = list(self.tokenizer.encode(text, add_special_tokens=add_special).ids)
+        bos = self.bos_token_id()
+        if len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
+            ids = ids[1:]
+        return ids
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.token_piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def token_piece(self, token: int) -> bytes:
+        """The bytes a token spells (special tokens spell nothing, as in llama.cpp's detokenizer)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._piece(token)
+        return piece
+
+    def _piece(self, token: int) -> bytes:
+        if token in self._special:
+            return b""
+        text = self.tokenizer.id_to_token(token)
+        if text is None:
+            return b""
+        if self._byte_level:
+            table = byte_level_decoder()
+            return bytes(table[ch] for ch in text if ch in table)
+        m = BYTE_PIECE.match(text)
+        if m:
+            return bytes([int(m.group(1), 16)])
+        return text.replace("\u2581", " ").encode("utf-8")
+
+    def is_eog(self, token: int) -> bool:
+        return token in self._eos
+
+    # -- the graph ------------------------------------------------------------------------------
+    def _bind(self, output: str) -> Any:
+        """An IOBinding per output name, each with every layer's cache buffer bound as both past and
+        present (buffers made once, shared by the bindings); ``last_logits`` goes to a fixed buffer."""
+        binding = self._bindings.get(output)
+        if binding is None:
+            ort = self._ort
+            if not self._cache:
+                for i in range(self.n_layers):
+                    for kind in ("key", "value"):
+                        self._cache.append((f"{i}.{kind}", ort.OrtValue.ortvalue_from_numpy(
+                            np.zeros((1, self.n_kv, self.n_ctx, self.head_dim), dtype=np.float32))))
+            binding = self.session.io_binding()
+            for name, buf in self._cache:
+                binding.bind_ortvalue_input(f"past_key_values.{name}", buf)
+                binding.bind_ortvalue_output(f"present.{name}", buf)
+            if output == "last_logits":
+                binding.bind_ortvalue_output(output, ort.OrtValue.ortvalue_from_numpy(
+                    np.zeros((1, 1, self.n_vocab), dtype=np.float32)))
+            else:
+                binding.bind_output(output)
+            self._bindings[output] = binding
+        return binding
+
+    def _run(self, tokens: list[int], past: int, output: str) -> np.ndarray:
+        """Feed ``tokens`` after ``past`` cached positions; return ``output`` ([1, S or 1, vocab])."""
+        if past + len(tokens) > self.n_ctx:
+            raise UsageError(f"{past + len(tokens)} tokens do not fit the context of {self.n_ctx}",
+                             "raise --ctx or shorten the prompt")
+        b = self._bind(output)
+        b.bind_cpu_input("input_ids", np.asarray([tokens], dtype=np.int64))
+        b.bind_cpu_input("attention_mask", np.ones((1, past + len(tokens)), dtype=np.int64))
+        self.session.run_with_iobinding(b)
+        out: np.ndarray = b.get_outputs()[-1].numpy()
+        return out
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def eval_logits(self, tokens: list[int]) -> np.ndarray:
+        if not tokens:
+            raise UsageError("eval_logits needs at least one token")
+        logits = self._run(list(tokens), 0, "logits")
+        return np.ascontiguousarray(logits[0], dtype=np.float32)
+
+    # -- generation -----------------------------------------------------------------------------
+    def chat_prompt(self, user_message: str) -> str:
+        template = self._tcfg.get("chat_template")
+        if isinstance(template, list):  # several named templates: take the default one
+            template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+        return render_chat(template, user_turn(user_message), bos_token=self._token_text("bos_token"),
+                           eos_token=self._token_text("eos_token"))
+
+    def _token_text(self, key: str) -> str:
+        value = self._tcfg.get(key)
+        if isinstance(value, dict):
+            value = value.get("content")
+        return value if isinstance(value, str) else ""
+
+    def stream(self, prompt_tokens: list[int], params: GenerationParams) -> Iterator[str]:
+        if not prompt_tokens:
+            raise UsageError("the prompt is empty", "pass a non-empty prompt with -p")
+        room = self.n_ctx - len(prompt_tokens)
+        if room <= 0:
+            raise UsageError(f"the prompt has {len(prompt_tokens)} tokens but the context holds {self.n_ctx}",
+                             "shorten the prompt or raise --ctx")
+        max_tokens = min(params.max_tokens, room)
+        rng = np.random.default_rng(params.seed)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        history = list(prompt_tokens)
+        n_out, finish = 0, "length"
+        text_parts: list[str] = []
+        t_start = time.perf_counter()
+        logits = self._run(history, 0, "last_logits")[0, -1]
+        t_first = time.perf_counter()
+        while True:
+            token = sample_token(logits, params, rng, history)
+            if self.is_eog(token):
+                finish = "stop"
+                break
+            n_out += 1
+            history.append(token)
+            piece = decoder.decode(self.token_piece(token))
+            if piece:
+                text_parts.append(piece)
+                yield piece
+            if params.stop and any(s in "".join(text_parts[-8:]) for s in params.stop):
+                finish = "stop"
+                break
+            if n_out >= max_tokens:
+                break
+            logits = self._run([token], len(history) - 1, "last_logits")[0, -1]
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+        t_end = time.perf_counter()
+        self.last_result = GenerationResult(
+            text="", prompt_tokens=len(prompt_tokens), completion_tokens=n_out,
+            prefill_seconds=t_first - t_start, decode_seconds=t_end - t_first, finish_reason=finish,
+        )
+
+    def close(self) -> None:
+        self._bindings.clear()
+        self._cache.clear()
