@@ -1,0 +1,189 @@
+"""Speed and memory of one artifact on this machine: prefill (pp512), decode (tg128), time to first token,
+load time, peak RSS; repeated runs reported as median and spread.
+
+One repeat::
+
+    load (timed) ─> warm-up (16-token prompt, 2 tokens, untimed)
+                 ─> prefill: a 512-token prompt, time until the first generated token   -> pp tok/s
+                 ─> decode : a 32-token prompt, 128 greedy tokens                       -> ttft, tg tok/s
+                 ─> close
+
+Prompts are the first tokens of the built-in WikiText-2 text (real text, so greedy decoding rarely ends
+early; the number of tokens actually generated is reported). Anything that can load a model and
+generate (an edge-run backend, or plain llama-cpp-python in tools/bench_vs_llama.py) is a
+:class:`Runner`, so the same measurements compare them side by side.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import psutil
+
+from . import __version__
+from .backends import Backend, GenerationParams, LoadOptions, open_backend
+from .backends.base import physical_cores
+from .errors import UsageError
+
+SCHEMA = "edge-run-bench/1"
+WARMUP_PROMPT, WARMUP_TOKENS = 16, 2
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    n_prompt: int = 512
+    n_gen: int = 128
+    ttft_prompt: int = 32
+    repeats: int = 3
+    threads: int | None = None
+    n_batch: int = 512
+
+    @property
+    def n_ctx(self) -> int:
+        return max(self.n_prompt, self.ttft_prompt + self.n_gen) + 16
+
+    @property
+    def n_threads(self) -> int:
+        return self.threads or physical_cores()
+
+
+@dataclass(frozen=True)
+class GenTiming:
+    prompt_tokens: int
+    generated: int
+    first_token_s: float  # from the call until the first generated token (prefill + one sample)
+    decode_s: float  # from the first to the last generated token
+
+    @property
+    def decode_tps(self) -> float:
+        return (self.generated - 1) / self.decode_s if self.generated > 1 and self.decode_s > 0 else 0.0
+
+
+class Runner(Protocol):
+    load_seconds: float
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def generate(self, tokens: list[int], n: int) -> GenTiming:
+        """Greedy generation of up to ``n`` tokens after ``tokens`` (stops at end-of-generation)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class BackendRunner:
+    """An edge-run backend (what `edge-run run` uses)."""
+
+    def __init__(self, path: Path, config: BenchConfig) -> None:
+        self.backend: Backend = open_backend(path, LoadOptions(n_ctx=config.n_ctx, n_threads=config.n_threads,
+                                                               n_batch=config.n_batch))
+        self.load_seconds = self.backend.load_seconds
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.backend.tokenize(text, add_special=True)
+
+    def generate(self, tokens: list[int], n: int) -> GenTiming:
+        for _ in self.backend.stream(tokens, GenerationParams(max_tokens=n, temperature=0.0)):
+            pass
+        r = self.backend.last_result
+        assert r is not None
+        return GenTiming(len(tokens), r.completion_tokens, r.prefill_seconds, r.decode_seconds)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def stats(values: list[float]) -> dict[str, Any]:
+    med = statistics.median(values)
+    return {"median": round(med, 4), "min": round(min(values), 4), "max": round(max(values), 4),
+            "spread_pct": round(100.0 * (max(values) - min(values)) / med, 2) if med else 0.0,
+            "runs": [round(v, 4) for v in values]}
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def machine_info() -> dict[str, Any]:
+    return {"cpu": platform.processor() or platform.machine(), "physical_cores": physical_cores(),
+            "logical_cores": psutil.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version()}
+
+
+def prompt_text() -> str:
+    from .datasets import builtin_corpus_path
+
+    return builtin_corpus_path("wikitext-2-raw-test").read_text(encoding="utf-8")[:20000]
+
+
+@dataclass
+class RepeatResult:
+    load_s: float
+    prefill: GenTiming
+    decode: GenTiming
+
+
+def measure_once(make_runner: Callable[[], Runner], config: BenchConfig, text: str) -> RepeatResult:
+    runner = make_runner()
+    try:
+        tokens = runner.tokenize(text)
+        if len(tokens) < config.n_prompt:
+            raise UsageError(f"the benchmark prompt has only {len(tokens)} tokens, {config.n_prompt} were asked")
+        runner.generate(tokens[:WARMUP_PROMPT], WARMUP_TOKENS)
+        prefill = runner.generate(tokens[:config.n_prompt], 1)
+        decode = runner.generate(tokens[:config.ttft_prompt], config.n_gen)
+        return RepeatResult(runner.load_seconds, prefill, decode)
+    finally:
+        runner.close()
+
+
+def summarize(runs: list[RepeatResult], config: BenchConfig) -> dict[str, Any]:
+    return {
+        "threads": config.n_threads, "n_ctx": config.n_ctx, "repeats": len(runs),
+        "prefill": {"n_tokens": config.n_prompt,
+                    "tokens_per_s": stats([config.n_prompt / r.prefill.first_token_s for r in runs])},
+        "decode": {"n_tokens": config.n_gen, "generated": [r.decode.generated for r in runs],
+                   "tokens_per_s": stats([r.decode.decode_tps for r in runs])},
+        "ttft_s": {"prompt_tokens": config.ttft_prompt, **stats([r.decode.first_token_s for r in runs])},
+        "load_s": stats([r.load_s for r in runs]),
+    }
+
+
+def validate_config(config: BenchConfig) -> None:
+    if config.repeats < 1:
+        raise UsageError("--repeats must be at least 1")
+    if config.n_prompt < 1 or config.n_gen < 2:
+        raise UsageError("the prompt needs at least 1 token and the generation at least 2")
+
+
+def bench(artifact: Path, config: BenchConfig | None = None,
+          progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Benchmark ``artifact``; a JSON-ready dict (schema ``edge-run-bench/1``, see the README)."""
+    from .manifest import read_manifest
+
+    config = config or BenchConfig()
+    validate_config(config)
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact)
+    text = prompt_text()
+    runs: list[RepeatResult] = []
+    for i in range(config.repeats):
+        if progress:
+            progress("bench", i, config.repeats)
+        runs.append(measure_once(lambda: BackendRunner(artifact, config), config, text))
+    if progress:
+        progress("bench", config.repeats, config.repeats)
+    size = sum(p.stat().st_size for p in artifact.rglob("*") if p.is_file()) if artifact.is_dir() \
+        else artifact.stat().st_size
+    return {
+        "schema": SCHEMA, "tool_version": __version__, "artifact": artifact.name,
+        "quant": manifest.quant if manifest else None, "format": manifest.format if manifest else None,
+        "file_size": size, **summarize(runs, config), "peak_rss_mib": round(peak_rss_mib(), 1),
+        "machine": machine_info(),
+    }
