@@ -56,3 +56,28 @@ def test_llama_cpp_logits_match_transformers(arch: str, tiny_checkpoint: Callabl
                 err = float(np.abs(got - ref).max())
                 assert err < tol, f"{arch} {path.name}: max abs diff {err:.4g} >= {tol:.4g}"
                 assert_top1_matches(got, ref, err)
+
+
+def test_bf16_and_sharded_checkpoints(tiny_checkpoint: Callable[[str], Path], tmp_path: Path) -> None:
+    """A bf16, sharded (index.json) copy converts without torch and matches transformers on it."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_checkpoint("qwen2")
+    bf16 = tmp_path / "bf16"
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
+    model.save_pretrained(bf16, safe_serialization=True, max_shard_size="100KB")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / f, bf16 / f)
+    assert (bf16 / "model.safetensors.index.json").exists()
+    assert len(list(bf16.glob("*.safetensors"))) > 1
+    (f32,) = convert_to_gguf(bf16, tmp_path / "out", ConvertOptions(quants="f32", name="bf16"))
+    ids = PROMPTS[1]
+    ref = reference_logits(bf16, ids)  # transformers upcasts the bf16 weights exactly
+    with open_backend(f32, LoadOptions(n_ctx=256, n_threads=2, logits_all=True, cache_type="f32")) as b:
+        got = b.eval_logits(ids)
+    err = float(np.abs(got - ref).max())
+    assert err < F32_REL_TOL * float(np.abs(ref).max())
+    assert_top1_matches(got, ref, err)
