@@ -28,6 +28,9 @@ END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<end_of_turn>", "<|eot_id|
 TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "special_tokens_map.json", "generation_config.json")
 # tokenizers' model type -> the slow-tokenizer class name onnxruntime-extensions recognizes
 TOKENIZER_CLASSES: dict[str, str] = {"gpt2": "GPT2Tokenizer", "llama": "LlamaTokenizer"}
+# edge-run architecture key -> onnxruntime-genai model type, where they differ ("gemma3" is the
+# multimodal model there; the text-only decoder is "gemma3_text")
+GENAI_TYPES: dict[str, str] = {"gemma3": "gemma3_text"}
 
 
 def _ids(value: Any) -> list[int]:
@@ -95,7 +98,7 @@ def genai_config(ckpt: Checkpoint, cfg: DecoderConfig, arch_key: str) -> dict[st
             },
             "eos_token_id": eos[0] if len(eos) == 1 else eos,
             "pad_token_id": ids["pad_token_id"],
-            "type": arch_key,
+            "type": GENAI_TYPES.get(arch_key, arch_key),
             "vocab_size": cfg.vocab,
         },
         "search": {
@@ -107,6 +110,16 @@ def genai_config(ckpt: Checkpoint, cfg: DecoderConfig, arch_key: str) -> dict[st
             "top_p": float(gen.get("top_p", 1.0)),
         },
     }
+
+
+def adds_bos(tokenizer_json: Path, bos: int | None) -> bool:
+    """Does the tokenizer's post-processor put BOS in front of encoded text?"""
+    from tokenizers import Tokenizer
+
+    if bos is None:
+        return False
+    ids = Tokenizer.from_file(str(tokenizer_json)).encode("a", add_special_tokens=True).ids
+    return bool(ids) and ids[0] == bos
 
 
 def copy_tokenizer(ckpt: Checkpoint, dest: Path, tokenizer_kind: str) -> None:
@@ -121,6 +134,8 @@ def copy_tokenizer(ckpt: Checkpoint, dest: Path, tokenizer_kind: str) -> None:
     jinja = ckpt.file("chat_template.jinja")
     if not tcfg.get("chat_template") and jinja is not None:
         tcfg["chat_template"] = jinja.read_text(encoding="utf-8")
+    if "add_bos_token" not in tcfg:  # onnxruntime-extensions adds BOS only when told to
+        tcfg["add_bos_token"] = adds_bos(dest / "tokenizer.json", special_ids(ckpt)["bos_token_id"])
     if tcfg.get("tokenizer_class") in (None, "TokenizersBackend", "PreTrainedTokenizerFast"):
         tcfg["tokenizer_class"] = TOKENIZER_CLASSES.get(tokenizer_kind, "PreTrainedTokenizerFast")
     (dest / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2, ensure_ascii=False) + "\n",

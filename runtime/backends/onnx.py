@@ -170,8 +170,6 @@ class ONNXBackend(Backend):
             if output == "last_logits":
                 binding.bind_ortvalue_output(output, ort.OrtValue.ortvalue_from_numpy(
                     np.zeros((1, 1, self.n_vocab), dtype=np.float32)))
-            else:
-                binding.bind_output(output)
             self._bindings[output] = binding
         return binding
 
@@ -183,9 +181,11 @@ class ONNXBackend(Backend):
         b = self._bind(output)
         b.bind_cpu_input("input_ids", np.asarray([tokens], dtype=np.int64))
         b.bind_cpu_input("attention_mask", np.ones((1, past + len(tokens)), dtype=np.int64))
+        if output != "last_logits":
+            b.bind_output(output)  # a fresh [1, S, vocab] for each call: S changes
         self.session.run_with_iobinding(b)
         out: np.ndarray = b.get_outputs()[-1].numpy()
-        return out
+        return out.copy() if output == "last_logits" else out  # that buffer is overwritten by the next run
 
     # -- evaluation -----------------------------------------------------------------------------
     def eval_logits(self, tokens: list[int]) -> np.ndarray:
