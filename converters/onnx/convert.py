@@ -44,7 +44,7 @@ DATA_FILE = "model.onnx.data"
 class OnnxOptions:
     quant: str = "int4"  # comma list of: int4, int8, mixed, fp32
     block_size: int = 32
-    symmetric: bool = True
+    symmetric: bool = False  # asymmetric: lower perplexity (results/bench_onnx.json)
     accuracy_level: int = 4
     name: str | None = None
     force: bool = False

@@ -14,12 +14,15 @@ def convert(
     checkpoint: Path = typer.Argument(..., help="HF checkpoint folder (config.json, *.safetensors, tokenizer)"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     fmt: str = typer.Option("gguf", "--format", "-f", help="gguf | onnx"),
-    quant: str = typer.Option("q4_k_m", "--quant", "-q", help="comma list, e.g. q4_k_m,q8_0 (onnx: int4, int8, mixed)"),
+    quant: str = typer.Option(None, "--quant", "-q",
+                              help="comma list, e.g. q4_k_m,q8_0 (default q4_k_m; onnx: int4, int8, mixed, fp32; "
+                                   "default int4)"),
     intermediate: str = typer.Option("f16", help="gguf: full-precision intermediate f32|f16|bf16"),
     name: str = typer.Option(None, help="artifact base name (default: the checkpoint folder's name)"),
     imatrix_text: Path = typer.Option(None, "--imatrix-text", help="gguf: text to compute an importance matrix on"),
     block_size: int = typer.Option(32, help="onnx: int4 block size (16..256)"),
-    symmetric: bool = typer.Option(True, "--symmetric/--asymmetric", help="onnx: int4 zero point"),
+    symmetric: bool = typer.Option(False, "--symmetric/--asymmetric",
+                                   help="onnx: symmetric (no zero point) or asymmetric blocks"),
     accuracy_level: int = typer.Option(4, help="onnx: MatMulNBits accuracy level (0-4)"),
     threads: int = typer.Option(0, help="quantizer threads (0 = all)"),
     force: bool = typer.Option(False, "--force", help="overwrite existing artifacts"),
@@ -36,13 +39,13 @@ def convert(
 
                 imatrix = imatrix_for_checkpoint(checkpoint, imatrix_text, out, progress=progress)
             paths = convert_to_gguf(checkpoint, out, ConvertOptions(
-                quants=quant, intermediate=intermediate, name=name, force=force, n_threads=threads,
+                quants=quant or "q4_k_m", intermediate=intermediate, name=name, force=force, n_threads=threads,
                 imatrix=imatrix), progress=progress)
         elif fmt == "onnx":
             from edge_run.converters.onnx.convert import OnnxOptions, convert_to_onnx
 
             paths = convert_to_onnx(checkpoint, out, OnnxOptions(
-                quant=quant, block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level,
+                quant=quant or "int4", block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level,
                 name=name, force=force), progress=progress)
         else:
             raise UsageError(f"unknown format {fmt!r}", "choose --format gguf or --format onnx")
