@@ -29,11 +29,12 @@ from edge_run.runtime.evaluate import evaluate, load_corpus
 from tools.zoo import zoo_checkpoint
 
 ONNX_VARIANTS: tuple[tuple[str, int, bool], ...] = (  # (scheme, block size, symmetric)
-    ("int4", 32, True), ("int4", 32, False), ("int4", 128, True), ("int4", 128, False), ("mixed", 32, False),
-    ("fp32", 32, True),
+    ("int4", 32, True), ("int4", 32, False), ("int4", 128, True), ("int4", 128, False), ("int4h8", 32, False),
+    ("mixed", 32, False), ("int8", 32, False), ("fp32", 32, True),
 )
 GGUF_QUANTS = ("Q4_0", "Q4_K_M")
-SPEED_SET = ("onnx int4-b32-asym", "onnx int4-b32-sym", "onnx int4-b128-asym", "gguf Q4_0", "gguf Q4_K_M")
+SPEED_SET = ("onnx int4-b32-asym", "onnx int4-b32-sym", "onnx int4-b128-asym", "onnx int4h8-b32-asym",
+             "onnx mixed-b32-asym", "gguf Q4_0", "gguf Q4_K_M")
 
 
 def convert_all(ckpt: Path, work: Path, name: str) -> dict[str, Path]:

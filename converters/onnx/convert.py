@@ -42,7 +42,7 @@ DATA_FILE = "model.onnx.data"
 
 @dataclass(frozen=True)
 class OnnxOptions:
-    quant: str = "int4"  # comma list of: int4, int8, mixed, fp32
+    quant: str = "int4"  # comma list of: int4, int4h8, int8, mixed, fp32
     block_size: int = 32
     symmetric: bool = False  # asymmetric: lower perplexity (results/bench_onnx.json)
     accuracy_level: int = 4

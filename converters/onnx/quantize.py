@@ -69,6 +69,9 @@ class QuantScheme:
 SCHEMES: dict[str, QuantScheme] = {
     "fp32": QuantScheme("fp32", None, description="float32 weights (reference / parity)"),
     "int4": QuantScheme("int4", 4, description="every matrix int4 block-wise (RTN)"),
+    "int4h8": QuantScheme("int4h8", 4, (("lm_head", "all", 8), ("embed", "all", 8)),
+                          description="int4, with lm_head/embeddings at int8 (as llama.cpp's Q4_0 keeps the output "
+                                      "matrix at 6 bits)"),
     "int8": QuantScheme("int8", 8, description="every matrix int8 block-wise (RTN)"),
     "mixed": QuantScheme("mixed", 4, (("lm_head", "all", 8), ("embed", "all", 8), ("attn_v", "more_bits", 8),
                                       ("ffn_down", "more_bits", 8)),
