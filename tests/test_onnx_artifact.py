@@ -79,7 +79,7 @@ def test_genai_config_matches_format_and_graph(arch: str, artifacts: dict[str, P
     io = dec["inputs"]
     assert io["input_ids"] in inputs and io["attention_mask"] in inputs
     assert dec["outputs"]["logits"] in outputs
-    assert outputs["logits"] == ["batch_size", "sequence_length", model["vocab_size"]]
+    assert outputs["logits"] == ["batch_size", "logits_length", model["vocab_size"]]
     for layer in range(n):
         for side, past_key, present_key in (("key", "past_key_names", "present_key_names"),
                                             ("value", "past_value_names", "present_value_names")):
@@ -87,8 +87,10 @@ def test_genai_config_matches_format_and_graph(arch: str, artifacts: dict[str, P
             assert past == f"past_key_values.{layer}.{side}" and present == f"present.{layer}.{side}"
             assert inputs[past] == ["batch_size", kv, "past_sequence_length", d]
             assert outputs[present] == ["batch_size", kv, "total_sequence_length", d]
-    assert set(inputs) == {"input_ids", "attention_mask"} | {f"past_key_values.{i}.{s}" for i in range(n)
-                                                             for s in ("key", "value")}
+    assert set(inputs) == {"input_ids", "attention_mask", "logits_to_keep"} | {
+        f"past_key_values.{i}.{s}" for i in range(n) for s in ("key", "value")}
+    # the one extra input is optional: an initializer supplies its default (every position)
+    assert "logits_to_keep" in {t.name for t in _graph(art).graph.initializer}
     # nodes are named by their place in the model
     names = {node.name for node in g.node}
     assert "/model/layers.0/attn/GroupQueryAttention" in names
@@ -135,7 +137,7 @@ def test_weights_live_in_one_external_file(artifacts: dict[str, Path]) -> None:
             assert ext["location"] == "model.onnx.data"
             spans.append((int(ext["offset"]), int(ext["offset"]) + int(ext["length"])))
         else:
-            assert t.name.startswith("/model/constants/") and len(t.raw_data) < 1024
+            assert t.name.startswith(("/model/constants/", "logits_to_keep")) and len(t.raw_data) < 1024
     spans.sort()
     assert spans[-1][1] <= size
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # no overlap
@@ -162,7 +164,7 @@ def test_cli_convert_run_inspect(tiny_checkpoint: Callable[[str], Path], tmp_pat
     assert info.code == 0, info.stderr
     data = json.loads(info.stdout)
     assert data["format"] == "onnx" and data["manifest"]["quant"] == "int8-b16-asym"
-    assert data["metadata"]["quantized_ops"] == {"MatMulNBits int8 block 16": 3 * 5 + 2,
+    assert data["metadata"]["quantized_ops"] == {"MatMulNBits int8 block 16": 3 * 5 + 1,
                                                  "GatherBlockQuantized int8 block 16": 1}
 
 

@@ -5,8 +5,9 @@ Graph inputs / outputs (onnxruntime-genai's naming; B batch, S new tokens, P pas
     input_ids                 int64 [B, S]
     attention_mask            int64 [B, T]           1 for every real token, past and new
     past_key_values.N.key     f32   [B, kv, P, D]    (and .value) for every layer N
-    logits                    f32   [B, S, vocab]
-    last_logits               f32   [B, 1, vocab]    only the last position (cheap prefill)
+    logits_to_keep            int64 []               optional, default 0 = every position; 1 = only the
+                                                     last (prefill then skips lm_head for the others)
+    logits                    f32   [B, S or keep, vocab]
     present.N.key             f32   [B, kv, T, D]    (and .value)
 
 With past and present bound to one preallocated [B, kv, max_len, D] buffer, GroupQueryAttention
@@ -210,7 +211,7 @@ class DecoderBuilder:
         return x
 
     def attention(self, i: int, x: str, seqlens: str, total: str, rope: tuple[str, str]) -> str:
-        """x ─► q,k,v projections (one packed MatMul when they share bits and need no per-head norm)
+        """x ─► q,k,v projections (one packed MatMul when they share bits; Split when q/k need norms)
         ─► [q_norm, k_norm] ─► GroupQueryAttention(rotary from cos/sin caches, KV cache in place) ─► o_proj"""
         c, w = self.cfg, self.w
         p, base = f"/model/layers.{i}/attn", f"model.layers.{i}.attn"
@@ -219,10 +220,13 @@ class DecoderBuilder:
         mats = [w.get(f"layers.{i}.self_attn.{n}.weight") for n in names]
         biases = [w.maybe(f"layers.{i}.self_attn.{n}.bias") for n in names]
         bits = [self.q.scheme.bits(r, i, c.n_layers) for r in roles]
-        if len(set(bits)) == 1 and not c.qk_norm:
+        if len(set(bits)) == 1:
             qkv = self.linear(x, f"{p}/qkv_proj", f"{base}.qkv_proj", mats, bits[0],
                               [b for b in biases if b is not None] if any(biases) else None)
             q, k, v = qkv, "", ""
+            if c.qk_norm:  # the norms need q and k apart: one MatMul, then Split
+                q, k, v = self.g.node("Split", [qkv, self.g.const([c.q_size, c.kv_size, c.kv_size])],
+                                      f"{p}/qkv_proj/Split", n_out=3, axis=-1)
         else:
             q, k, v = (self.linear(x, f"{p}/{n}", f"{base}.{n}", [m], b, [bias] if bias is not None else None)
                        for n, m, b, bias in zip(names, mats, bits, biases, strict=True))
@@ -287,20 +291,23 @@ class DecoderBuilder:
         self.lm_head(h)
 
     def lm_head(self, h: str) -> None:
-        """normed ─► lm_head ─► [softcap] ─► logits;  normed ─► Slice(last) ─► lm_head ─► last_logits"""
+        """normed ─► Slice(last ``logits_to_keep`` positions, all when 0) ─► lm_head ─► [softcap] ─► logits
+
+        (onnxruntime runs every node of the graph whatever outputs are asked for, so the cut has to
+        happen inside the graph for a prefill to skip the vocabulary projection of the prompt.)"""
         c, g = self.cfg, self.g
         head = self.w.lm_head
-        key, tensor = ("lm_head", head) if head is not None else ("lm_head", self.w.get("embed_tokens.weight"))
-        bits = self.q.scheme.bits("lm_head")
-        last = g.op("Slice", [h, g.const([-1]), g.const([np.iinfo(np.int64).max]), g.const([1])], "/lm_head_last/Slice")
-        for x, path, out in ((h, "/lm_head", "logits"), (last, "/lm_head_last", "last_logits")):
-            y = self.linear(x, path, key, [tensor], bits)
-            if c.final_softcap:
-                cap = g.const(np.float32(c.final_softcap), "float32")
-                y = g.op("Mul", [g.op("Tanh", [g.op("Div", [y, cap], f"{path}/Div")], f"{path}/Tanh"), cap],
-                         f"{path}/Mul")
-            g.node("Identity", [y], f"{path}/Identity", outputs=[out])
-            g.add_output(out, F32, ["batch_size", "sequence_length" if out == "logits" else 1, c.vocab])
+        tensor = head if head is not None else self.w.get("embed_tokens.weight")
+        keep = g.add_input_with_default("logits_to_keep", np.array(0, dtype=np.int64))
+        start = g.op("Neg", [g.op("Unsqueeze", [keep, g.const([0])], "/lm_head/Unsqueeze")], "/lm_head/Neg")
+        h = g.op("Slice", [h, start, g.const([np.iinfo(np.int64).max]), g.const([1])], "/lm_head/Slice")
+        y = self.linear(h, "/lm_head", "lm_head", [tensor], self.q.scheme.bits("lm_head"))
+        if c.final_softcap:
+            cap = g.const(np.float32(c.final_softcap), "float32")
+            y = g.op("Mul", [g.op("Tanh", [g.op("Div", [y, cap], "/lm_head/Div")], "/lm_head/Tanh"), cap],
+                     "/lm_head/Mul")
+        g.node("Identity", [y], "/lm_head/Identity", outputs=["logits"])
+        g.add_output("logits", F32, ["batch_size", "logits_length", c.vocab])
         for i in range(c.n_layers):
             for kind in ("key", "value"):
                 g.add_output(present_name(i, kind), F32,

@@ -114,6 +114,13 @@ class Graph:
         self.inputs.append(helper.make_tensor_value_info(name, elem, list(shape)))
         return name
 
+    def add_input_with_default(self, name: str, value: np.ndarray) -> str:
+        """An optional graph input: an initializer of the same name supplies it when not fed."""
+        self.initializers.append(onnx.numpy_helper.from_array(value, name))
+        self.inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype),
+                                                         list(value.shape)))
+        return name
+
     def add_output(self, name: str, elem: int, shape: Sequence[int | str]) -> str:
         self.outputs.append(helper.make_tensor_value_info(name, elem, list(shape)))
         return name

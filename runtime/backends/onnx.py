@@ -5,8 +5,9 @@ IOBinding as both ``past_key_values.N.*`` and ``present.N.*``. GroupQueryAttenti
 memory on both sides and appends the new positions in place; ``attention_mask``'s length tells it
 how many positions are valid. Nothing is reallocated per token:
 
-    prefill  input_ids [1, P]   attention_mask [1, P]      -> last_logits, cache[0:P] written
-    decode   input_ids [1, 1]   attention_mask [1, P+n+1]  -> last_logits, cache[P+n] written
+    prefill  input_ids [1, P]   attention_mask [1, P]      logits_to_keep 1 -> logits [1, 1, V], cache[0:P]
+    decode   input_ids [1, 1]   attention_mask [1, P+n+1]  logits_to_keep 1 -> logits [1, 1, V], cache[P+n]
+    eval     input_ids [1, S]   attention_mask [1, S]      logits_to_keep 0 -> logits [1, S, V]
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ class ONNXBackend(Backend):
                                 f"({' '.join(str(e).split())[:300]})",
                                 "the artifact is corrupt or incomplete; re-convert it") from e
         outputs = {o.name for o in self.session.get_outputs()}
-        if not {"logits", "last_logits", "present.0.key"} <= outputs:
+        inputs = {i.name for i in [*self.session.get_inputs(), *self.session.get_overridable_initializers()]}
+        if not {"logits", "present.0.key"} <= outputs or "logits_to_keep" not in inputs:
             raise ArtifactError(f"{folder.name}/{filename} is not an edge-run decoder graph "
                                 f"(outputs: {', '.join(sorted(outputs)[:4])}...)", "convert it with `edge-run convert`")
         self.load_seconds = time.perf_counter() - t0
@@ -111,7 +113,8 @@ class ONNXBackend(Backend):
         self.options = options
         self.n_ctx = min(options.n_ctx, context)
         self._cache: list[tuple[str, Any]] = []
-        self._bindings: dict[str, Any] = {}
+        self._bindings: dict[bool, Any] = {}
+        self._keep: list[Any] = []
 
     # -- tokens ---------------------------------------------------------------------------------
     def bos_token_id(self) -> int | None:
@@ -152,10 +155,10 @@ class ONNXBackend(Backend):
         return token in self._eos
 
     # -- the graph ------------------------------------------------------------------------------
-    def _bind(self, output: str) -> Any:
-        """An IOBinding per output name, each with every layer's cache buffer bound as both past and
-        present (buffers made once, shared by the bindings); ``last_logits`` goes to a fixed buffer."""
-        binding = self._bindings.get(output)
+    def _bind(self, last_only: bool) -> Any:
+        """One IOBinding for last-position logits (into a fixed buffer) and one for every position, each
+        with every layer's cache buffer bound as both past and present (buffers made once, shared)."""
+        binding = self._bindings.get(last_only)
         if binding is None:
             ort = self._ort
             if not self._cache:
@@ -167,31 +170,34 @@ class ONNXBackend(Backend):
             for name, buf in self._cache:
                 binding.bind_ortvalue_input(f"past_key_values.{name}", buf)
                 binding.bind_ortvalue_output(f"present.{name}", buf)
-            if output == "last_logits":
-                binding.bind_ortvalue_output(output, ort.OrtValue.ortvalue_from_numpy(
+            keep = ort.OrtValue.ortvalue_from_numpy(np.array(1 if last_only else 0, dtype=np.int64))
+            self._keep.append(keep)  # bound by reference: keep it alive (an overridable initializer, so
+            binding.bind_ortvalue_input("logits_to_keep", keep)  # bind_cpu_input cannot find it)
+            if last_only:
+                binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(
                     np.zeros((1, 1, self.n_vocab), dtype=np.float32)))
-            self._bindings[output] = binding
+            self._bindings[last_only] = binding
         return binding
 
-    def _run(self, tokens: list[int], past: int, output: str) -> np.ndarray:
-        """Feed ``tokens`` after ``past`` cached positions; return ``output`` ([1, S or 1, vocab])."""
+    def _run(self, tokens: list[int], past: int, last_only: bool) -> np.ndarray:
+        """Feed ``tokens`` after ``past`` cached positions; return logits [1, 1 if last_only else S, vocab]."""
         if past + len(tokens) > self.n_ctx:
             raise UsageError(f"{past + len(tokens)} tokens do not fit the context of {self.n_ctx}",
                              "raise --ctx or shorten the prompt")
-        b = self._bind(output)
+        b = self._bind(last_only)
         b.bind_cpu_input("input_ids", np.asarray([tokens], dtype=np.int64))
         b.bind_cpu_input("attention_mask", np.ones((1, past + len(tokens)), dtype=np.int64))
-        if output != "last_logits":
-            b.bind_output(output)  # a fresh [1, S, vocab] for each call: S changes
+        if not last_only:
+            b.bind_output("logits")  # a fresh [1, S, vocab] for each call: S changes
         self.session.run_with_iobinding(b)
         out: np.ndarray = b.get_outputs()[-1].numpy()
-        return out.copy() if output == "last_logits" else out  # that buffer is overwritten by the next run
+        return out.copy() if last_only else out  # the fixed buffer is overwritten by the next run
 
     # -- evaluation -----------------------------------------------------------------------------
     def eval_logits(self, tokens: list[int]) -> np.ndarray:
         if not tokens:
             raise UsageError("eval_logits needs at least one token")
-        logits = self._run(list(tokens), 0, "logits")
+        logits = self._run(list(tokens), 0, last_only=False)
         return np.ascontiguousarray(logits[0], dtype=np.float32)
 
     # -- generation -----------------------------------------------------------------------------
@@ -222,7 +228,7 @@ class ONNXBackend(Backend):
         n_out, finish = 0, "length"
         text_parts: list[str] = []
         t_start = time.perf_counter()
-        logits = self._run(history, 0, "last_logits")[0, -1]
+        logits = self._run(history, 0, last_only=True)[0, -1]
         t_first = time.perf_counter()
         while True:
             token = sample_token(logits, params, rng, history)
@@ -240,7 +246,7 @@ class ONNXBackend(Backend):
                 break
             if n_out >= max_tokens:
                 break
-            logits = self._run([token], len(history) - 1, "last_logits")[0, -1]
+            logits = self._run([token], len(history) - 1, last_only=True)[0, -1]
         tail = decoder.decode(b"", final=True)
         if tail:
             yield tail
