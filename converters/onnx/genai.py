@@ -49,11 +49,23 @@ def _token_id(tok: dict[str, Any], content: str) -> int | None:
     return None
 
 
-def special_ids(ckpt: Checkpoint) -> dict[str, Any]:
+def tokenizer_summary(ckpt: Checkpoint) -> dict[str, Any]:
+    """The few parts of tokenizer.json this module reads (added tokens, post-processor, the vocabulary
+    entries of end-of-turn names), so the parsed whole can be dropped at once."""
+    tok = ckpt.read_json("tokenizer.json") or {}
+    vocab = tok.get("model", {}).get("vocab")
+    names = set(END_OF_TURN_TOKENS) | {str(v) for v in (ckpt.read_json("tokenizer_config.json") or {}).values()
+                                       if isinstance(v, str)}
+    kept = {k: v for k, v in vocab.items() if k in names} if isinstance(vocab, dict) else {}
+    return {"added_tokens": tok.get("added_tokens", []), "post_processor": tok.get("post_processor"),
+            "model": {"vocab": kept}}
+
+
+def special_ids(ckpt: Checkpoint, tok: dict[str, Any] | None = None) -> dict[str, Any]:
     """bos / eos (all end-of-generation ids) / pad, from config, generation_config and the tokenizer."""
     cfg = ckpt.text_config()
     gen = ckpt.read_json("generation_config.json") or {}
-    tok = ckpt.read_json("tokenizer.json") or {}
+    tok = tok if tok is not None else tokenizer_summary(ckpt)
     tcfg = ckpt.read_json("tokenizer_config.json") or {}
     eos: list[int] = []
     for v in (_ids(gen.get("eos_token_id")), _ids(cfg.get("eos_token_id"))):
@@ -112,14 +124,26 @@ def genai_config(ckpt: Checkpoint, cfg: DecoderConfig, arch_key: str) -> dict[st
     }
 
 
-def adds_bos(tokenizer_json: Path, bos: int | None) -> bool:
-    """Does the tokenizer's post-processor put BOS in front of encoded text?"""
-    from tokenizers import Tokenizer
+def adds_bos(tok: dict[str, Any], bos: int | None) -> bool:
+    """Does the tokenizer's post-processor put BOS in front of a single encoded text?
 
-    if bos is None:
-        return False
-    ids = Tokenizer.from_file(str(tokenizer_json)).encode("a", add_special_tokens=True).ids
-    return bool(ids) and ids[0] == bos
+        TemplateProcessing  single = [SpecialToken <bos>, Sequence A]   -> special_tokens[<bos>].ids[0] == bos
+        Sequence            any member that does
+    """
+    def walk(proc: Any) -> bool:
+        if not isinstance(proc, dict):
+            return False
+        if proc.get("type") == "Sequence":
+            return any(walk(p) for p in proc.get("processors", []))
+        if proc.get("type") != "TemplateProcessing" or not proc.get("single"):
+            return False
+        first = proc["single"][0].get("SpecialToken")
+        if not first:
+            return False
+        ids = proc.get("special_tokens", {}).get(first.get("id"), {}).get("ids", [])
+        return bool(ids) and ids[0] == bos
+
+    return bos is not None and walk(tok.get("post_processor"))
 
 
 def copy_tokenizer(ckpt: Checkpoint, dest: Path, tokenizer_kind: str) -> None:
@@ -135,7 +159,8 @@ def copy_tokenizer(ckpt: Checkpoint, dest: Path, tokenizer_kind: str) -> None:
     if not tcfg.get("chat_template") and jinja is not None:
         tcfg["chat_template"] = jinja.read_text(encoding="utf-8")
     if "add_bos_token" not in tcfg:  # onnxruntime-extensions adds BOS only when told to
-        tcfg["add_bos_token"] = adds_bos(dest / "tokenizer.json", special_ids(ckpt)["bos_token_id"])
+        tok = tokenizer_summary(ckpt)
+        tcfg["add_bos_token"] = adds_bos(tok, special_ids(ckpt, tok)["bos_token_id"])
     if tcfg.get("tokenizer_class") in (None, "TokenizersBackend", "PreTrainedTokenizerFast"):
         tcfg["tokenizer_class"] = TOKENIZER_CLASSES.get(tokenizer_kind, "PreTrainedTokenizerFast")
     (dest / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2, ensure_ascii=False) + "\n",
