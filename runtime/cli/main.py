@@ -67,15 +67,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # click usage errors and genuine bugs
         import click
+        from typer.exceptions import TyperException
 
-        if isinstance(e, click.exceptions.Exit):
+        # typer >= 0.20 ships its own copy of click: its exceptions are not click's classes
+        if isinstance(e, (click.exceptions.Exit, typer.Exit)):
             return e.exit_code
-        if isinstance(e, click.ClickException):
+        if isinstance(e, (click.ClickException, TyperException)) and hasattr(e, "format_message"):
             if debug_enabled():
                 raise
-            err_console.print(f"error: {' '.join(e.format_message().split())}", markup=False)
+            message = " ".join(e.format_message().split())
+            if message:  # empty after no_args_is_help has printed the help
+                err_console.print(f"error: {message.rstrip('.')}. See `edge-run --help`", markup=False)
             return 2
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, (click.exceptions.Abort, typer.Abort)):
             err_console.print("error: aborted", markup=False)
             return 130
         if debug_enabled():
