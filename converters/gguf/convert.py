@@ -22,6 +22,7 @@ from edge_run.runtime.manifest import Manifest, manifest_path_for, write_manifes
 
 from ..architectures import lookup
 from ..checkpoint import Checkpoint, open_checkpoint
+from .hparams import validate_hparams
 from .quant_types import QuantType, parse_quant_list
 from .quantize import quantize_gguf
 from .vocab import build_vocab
@@ -69,6 +70,7 @@ def convert_to_gguf(checkpoint: Path, out_dir: Path, options: ConvertOptions,
         raise UsageError(f"unknown intermediate type {options.intermediate!r}", "choose f32, f16 or bf16")
     ckpt = open_checkpoint(checkpoint)
     _, spec = lookup(ckpt.config)
+    validate_hparams(ckpt.text_config())
     build_vocab(ckpt, int(ckpt.text_config().get("vocab_size", 0)))  # fail on a bad tokenizer before writing
     name = options.name or ckpt.name
     out_dir = Path(out_dir)

@@ -28,6 +28,16 @@ def _require(cfg: dict[str, Any], key: str) -> Any:
     return cfg[key]
 
 
+def validate_hparams(cfg: dict[str, Any]) -> None:
+    """Fail with a CheckpointError before anything is written if a hyper-parameter the converter reads is
+    missing or not a positive integer."""
+    optional = tuple(k for k in ("num_key_value_heads", "head_dim") if cfg.get(k) is not None)
+    for key in (*(k for k, _ in REQUIRED_INT_FIELDS), "vocab_size", *optional):
+        value = _require(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise CheckpointError(f"config.json has an invalid {key!r}: {value!r}", "it must be a positive integer")
+
+
 def head_dim(cfg: dict[str, Any]) -> int:
     hd = cfg.get("head_dim")
     return int(hd) if hd else int(_require(cfg, "hidden_size")) // int(_require(cfg, "num_attention_heads"))
