@@ -149,6 +149,21 @@ def plan_tensors(ckpt: Checkpoint, spec: ArchSpec, outtype: str) -> list[Planned
                                   factors.shape, gguf.GGMLQuantizationType.F32))
     if "token_embd.weight" not in seen:
         raise CheckpointError("the checkpoint has no token embedding", "the weights are incomplete")
+    _check_blocks(seen, n_layers)
     return plan
+
+
+def _check_blocks(gguf_names: set[str], n_layers: int) -> None:
+    """Every block must hold the same tensors: a weight missing from one layer makes llama.cpp refuse the file."""
+    per_block: dict[int, set[str]] = {i: set() for i in range(n_layers)}
+    for name in gguf_names:
+        parts = name.split(".", 2)
+        if parts[0] == "blk" and len(parts) == 3 and parts[1].isdigit() and int(parts[1]) in per_block:
+            per_block[int(parts[1])].add(parts[2])
+    union = set().union(*per_block.values())
+    for i, names in per_block.items():
+        if union - names:
+            raise CheckpointError(f"layer {i} lacks {', '.join(sorted(union - names))}",
+                                  "the weights are incomplete: re-download the checkpoint")
 
 
