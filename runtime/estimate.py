@@ -1,0 +1,254 @@
+"""Memory estimate of running a pairing with llama.cpp (through llama-cpp-python) on a CPU.
+
+    peak RSS = runtime baseline (python, numpy, llama.cpp libraries)              anonymous
+             + vocabulary tables (~120 B per token)                             anonymous
+             + library code + every weight llama.cpp maps from the file         file-backed (mmap)
+             + copies of the weights llama.cpp repacks for the CPU's SIMD        anonymous
+               (Q4_0x8 ...; their file pages are read once, so they count twice)
+             + KV cache: layers x kv_heads x (k_dim + v_dim) x ctx x bytes       anonymous
+             + compute scratch touched by a prompt batch                          anonymous
+
+KV context is padded to 256 cells as llama.cpp pads it. llama-cpp-python keeps full-size caches for
+sliding-window layers (``swa_full``); with ``swa_full=False`` those layers hold n_swa + n_ubatch cells.
+Weights are exact for a GGUF (its tensor table) and predicted for a planned pairing from the
+checkpoint's tensor shapes and runtime/quant_mix.py. Every number here is checked against measured
+RSS by tools/validate_estimator.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .errors import ArtifactError, InsufficientMemoryError
+from .quant_mix import tensor_bytes, tensor_type
+
+MIB = 2**20
+KV_PAD = 256
+# Measured by tools/validate_estimator.py (x86-64, CPython 3.11): a process that has imported numpy,
+# llama_cpp and edge_run holds ~22 MiB anonymous; the interpreter and llama.cpp/ggml libraries map
+# ~22 MiB of file-backed pages once a model runs.
+RUNTIME_ANON_MIB = 22.0
+LIBRARY_FILE_MIB = 22.0
+# llama.cpp's vocabulary tables (token strings, scores, attributes, text->id map, piece cache) per token
+VOCAB_BYTES_PER_TOKEN = 120
+CACHE_BYTES: dict[str, float] = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+# GGML types llama.cpp repacks into interleaved layouts for a CPU feature (ggml-cpu/repack.cpp);
+# rows must come in groups of 8. Token embeddings are never repacked (they are gathered, not multiplied).
+REPACK_TYPES: dict[str, frozenset[str]] = {
+    "avx2": frozenset({"Q4_0", "IQ4_NL", "Q4_K"}),
+    "i8mm": frozenset({"Q4_0", "IQ4_NL", "Q4_K"}),
+    "dotprod": frozenset({"Q4_0", "IQ4_NL"}),
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    type: str
+    ne0: int  # row length
+    ne1: int  # rows (product of the other dimensions)
+    n_bytes: int
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    n_vocab: int
+    n_ctx_train: int
+    n_swa: int  # sliding window (0 = none)
+    n_swa_layers: int
+    tensors: tuple[TensorInfo, ...]
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(t.n_bytes for t in self.tensors)
+
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    baseline_mib: float  # runtime anonymous memory + vocabulary tables
+    libraries_mib: float  # file-backed code pages
+    weights_file_mib: float
+    weights_repacked_mib: float
+    kv_mib: float
+    compute_mib: float
+    n_ctx: int
+    cache_type: str
+
+    @property
+    def anon_mib(self) -> float:
+        return self.baseline_mib + self.weights_repacked_mib + self.kv_mib + self.compute_mib
+
+    @property
+    def file_mib(self) -> float:
+        return self.libraries_mib + self.weights_file_mib
+
+    @property
+    def total_mib(self) -> float:
+        return self.anon_mib + self.file_mib
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(anon_mib=round(self.anon_mib, 1), file_mib=round(self.file_mib, 1),
+                 total_mib=round(self.total_mib, 1))
+        return d
+
+
+def pad(n: int, to: int = KV_PAD) -> int:
+    return (n + to - 1) // to * to
+
+
+def _field(fields: dict[str, Any], key: str, default: Any = None) -> Any:
+    f = fields.get(key)
+    if f is None:
+        return default
+    value = f.contents()
+    return value
+
+
+def shape_from_gguf(path: Path) -> ModelShape:
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, OSError, IndexError, KeyError, TypeError) as e:
+        raise ArtifactError(f"{Path(path).name} is not a readable GGUF file ({e})", "re-convert it") from e
+    f = reader.fields
+    arch = _field(f, "general.architecture")
+    if not arch:
+        raise ArtifactError(f"{Path(path).name} has no general.architecture", "re-convert it")
+    n_embd = int(_field(f, f"{arch}.embedding_length"))
+    n_head = int(_field(f, f"{arch}.attention.head_count"))
+    head_dim = n_embd // n_head
+    pattern = _field(f, f"{arch}.attention.sliding_window_pattern")
+    n_layer = int(_field(f, f"{arch}.block_count"))
+    n_swa = int(_field(f, f"{arch}.attention.sliding_window", 0) or 0)
+    if isinstance(pattern, list):
+        n_swa_layers = sum(bool(x) for x in pattern)
+    elif n_swa and arch == "gemma3":  # llama.cpp's default gemma3 pattern: 5 local layers, then 1 global
+        n_swa_layers = n_layer - n_layer // 6
+    else:
+        n_swa_layers = 0
+    tensors = tuple(
+        TensorInfo(t.name, t.tensor_type.name, int(t.shape[0]), int(t.n_elements) // max(int(t.shape[0]), 1),
+                   int(t.n_bytes)) for t in reader.tensors)
+    tokens = f.get("tokenizer.ggml.tokens")
+    return ModelShape(
+        n_layer=n_layer, n_embd=n_embd, n_ff=int(_field(f, f"{arch}.feed_forward_length")), n_head=n_head,
+        n_head_kv=int(_field(f, f"{arch}.attention.head_count_kv", n_head)),
+        head_dim_k=int(_field(f, f"{arch}.attention.key_length", head_dim)),
+        head_dim_v=int(_field(f, f"{arch}.attention.value_length", head_dim)),
+        n_vocab=len(tokens.data) if tokens is not None else 0,
+        n_ctx_train=int(_field(f, f"{arch}.context_length", 0)),
+        n_swa=n_swa if n_swa_layers else 0, n_swa_layers=n_swa_layers, tensors=tensors)
+
+
+def shape_from_checkpoint(checkpoint: Path, quant: str) -> ModelShape:
+    """The shape a checkpoint would have once converted to ``quant`` (safetensors headers only)."""
+    from edge_run.converters.architectures import lookup
+    from edge_run.converters.checkpoint import open_checkpoint
+    from edge_run.converters.gguf.hparams import head_dim
+    from edge_run.converters.gguf.tensors import plan_tensors
+
+    ckpt = open_checkpoint(checkpoint)
+    _, spec = lookup(ckpt.config)
+    cfg = ckpt.text_config()
+    plan = plan_tensors(ckpt, spec, "f16")
+    n_layer = int(cfg["num_hidden_layers"])
+    has_output = any(p.gguf_name == "output.weight" for p in plan)
+    infos = []
+    for p in plan:
+        ne0 = p.shape[-1]
+        n = p.n_elements
+        t = "F32" if len(p.shape) < 2 else tensor_type(quant, p.gguf_name, ne0, n_layer, has_output)
+        infos.append(TensorInfo(p.gguf_name, t, ne0, n // ne0, tensor_bytes(t, n)))
+    layer_types = cfg.get("layer_types") or []
+    n_swa_layers = sum(t == "sliding_attention" for t in layer_types) if cfg.get("sliding_window") else 0
+    hd = head_dim(cfg)
+    return ModelShape(
+        n_layer=n_layer, n_embd=int(cfg["hidden_size"]), n_ff=int(cfg["intermediate_size"]),
+        n_head=int(cfg["num_attention_heads"]),
+        n_head_kv=int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]),
+        head_dim_k=hd, head_dim_v=hd, n_vocab=int(cfg["vocab_size"]),
+        n_ctx_train=int(cfg.get("max_position_embeddings", 0)), n_swa=int(cfg.get("sliding_window") or 0),
+        n_swa_layers=n_swa_layers, tensors=tuple(infos))
+
+
+def repacked(t: TensorInfo, simd: tuple[str, ...]) -> bool:
+    if t.name == "token_embd.weight" or t.ne1 % 8:
+        return False
+    return any(t.type in REPACK_TYPES.get(feature, ()) for feature in simd)
+
+
+def kv_bytes(shape: ModelShape, n_ctx: int, cache_type: str, swa_full: bool = True, n_ubatch: int = 512) -> float:
+    per_cell = shape.n_head_kv * (shape.head_dim_k + shape.head_dim_v) * CACHE_BYTES[cache_type]
+    cells = pad(n_ctx)
+    swa_cells = cells if swa_full or not shape.n_swa else min(cells, pad(shape.n_swa + n_ubatch))
+    n_full = shape.n_layer - shape.n_swa_layers
+    return per_cell * (n_full * cells + shape.n_swa_layers * swa_cells)
+
+
+def compute_bytes(shape: ModelShape, n_ctx: int, n_prompt: int, n_ubatch: int = 512) -> float:
+    """Scratch a prompt batch touches: per token of the batch, the residual stream and norms, the
+    projections (q, k, v, attention out), the MLP's gate/up/act, and the attention scores against
+    the cache; plus one row of logits. Models with sliding-window layers keep a second attention
+    mask over the whole context (f16)."""
+    n_ub = max(1, min(n_prompt, n_ubatch))
+    n_kv = pad(n_prompt)
+    per_token = (8 * shape.n_embd + 3 * shape.n_ff
+                 + 4 * (shape.n_head + 2 * shape.n_head_kv) * shape.head_dim_k
+                 + 2 * shape.n_head * n_kv)
+    swa_mask = 2.0 * n_ub * pad(n_ctx) if shape.n_swa_layers else 0.0
+    return 4.0 * (n_ub * per_token + shape.n_vocab) + swa_mask
+
+
+def estimate_memory(shape: ModelShape, n_ctx: int, simd: tuple[str, ...], cache_type: str = "f16",
+                    n_prompt: int | None = None, swa_full: bool = True) -> MemoryEstimate:
+    """Peak RSS for a context of ``n_ctx`` and a prompt of ``n_prompt`` tokens (default: a full batch)."""
+    n_prompt = min(n_ctx, 512) if n_prompt is None else n_prompt
+    rep = sum(t.n_bytes for t in shape.tensors if repacked(t, simd))
+    return MemoryEstimate(
+        baseline_mib=RUNTIME_ANON_MIB + shape.n_vocab * VOCAB_BYTES_PER_TOKEN / MIB,
+        libraries_mib=LIBRARY_FILE_MIB,
+        weights_file_mib=shape.weight_bytes / MIB,
+        weights_repacked_mib=rep / MIB,
+        kv_mib=kv_bytes(shape, n_ctx, cache_type, swa_full) / MIB,
+        compute_mib=compute_bytes(shape, n_ctx, n_prompt) / MIB,
+        n_ctx=n_ctx, cache_type=cache_type)
+
+
+def host_simd() -> tuple[str, ...]:
+    from .profiles import cpu_features
+
+    try:
+        return cpu_features(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return ()
+
+
+def check_memory(artifact: Path, n_ctx: int, available_mib: float | None = None,
+                 shape_of: Callable[[Path], ModelShape] = shape_from_gguf) -> MemoryEstimate | None:
+    """Refuse (InsufficientMemoryError) to load an artifact whose estimate exceeds available memory."""
+    artifact = Path(artifact)
+    if artifact.is_dir():  # ONNX: estimated by its own backend
+        return None
+    est = estimate_memory(shape_of(artifact), n_ctx, host_simd())
+    if available_mib is None:
+        available_mib = psutil.virtual_memory().available / MIB
+    if est.total_mib > available_mib:
+        raise InsufficientMemoryError(
+            f"{artifact.name} at ctx {n_ctx} needs about {est.total_mib:.0f} MiB but {available_mib:.0f} MiB "
+            "is available", "lower --ctx, pick a smaller quant (edge-run pick), or pass --force to load anyway")
+    return est
