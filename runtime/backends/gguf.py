@@ -13,6 +13,7 @@ import numpy as np
 
 from ..chat import render_chat, user_turn
 from ..errors import ArtifactError, UsageError
+from ..preflight import check_gguf
 from .base import Backend, GenerationParams, GenerationResult, LoadOptions
 
 # KV cache type name -> ggml_type id (ggml.h enum ggml_type)
@@ -44,6 +45,7 @@ class GGUFBackend(Backend):
         if options.cache_type not in CACHE_TYPES:
             raise UsageError(f"unknown KV cache type {options.cache_type!r}", f"choose from {', '.join(CACHE_TYPES)}")
         cache_type = CACHE_TYPES[options.cache_type]
+        check_gguf(path)  # a few corrupt files make llama.cpp abort the process: read the header in a child first
         t0 = time.perf_counter()
         try:
             with _quiet_stderr():

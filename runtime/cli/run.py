@@ -13,6 +13,8 @@ from ..backends.base import physical_cores
 from ..errors import UsageError
 from ._common import print_json
 
+DEFAULT_CTX = 2048
+
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -24,7 +26,8 @@ def run(
     prompt_file: Path = typer.Option(None, "--prompt-file", help="read the prompt from a UTF-8 file"),
     chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the model's chat template"),
     max_tokens: int = typer.Option(128, "--max-tokens", "-n", min=1, help="tokens to generate at most"),
-    ctx: int = typer.Option(2048, "--ctx", "-c", min=16, help="context length"),
+    ctx: int = typer.Option(None, "--ctx", "-c", min=16,
+                            help=f"context length (default {DEFAULT_CTX} or the model's trained context if smaller)"),
     temperature: float = typer.Option(0.0, "--temp", min=0.0, help="0 = greedy"),
     top_k: int = typer.Option(40, "--top-k"),
     top_p: float = typer.Option(0.95, "--top-p"),
@@ -45,9 +48,10 @@ def run(
     if profile is not None:
         from .. import picker
 
-        artifact, pick_info = picker.resolve_for_run(profile, models, artifact, ctx)
-    _memory_guard(artifact, ctx, force)
+        artifact, pick_info = picker.resolve_for_run(profile, models, artifact, ctx or DEFAULT_CTX)
     _verify(artifact)
+    ctx = _context(artifact, ctx)
+    _memory_guard(artifact, ctx, force)
     params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     with open_backend(artifact, LoadOptions(n_ctx=ctx, n_threads=n_threads, seed=seed)) as backend:
         rendered = backend.chat_prompt(text) if chat else text
@@ -86,6 +90,19 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     if prompt is None or not prompt.strip():
         raise UsageError("the prompt is empty", "pass a non-empty prompt with -p or --prompt-file")
     return prompt
+
+
+def _context(artifact: Path, ctx: int | None) -> int:
+    """--ctx, or the default capped at the model's trained context; more than the model supports is an error."""
+    from ..preflight import trained_context
+
+    limit = trained_context(artifact)
+    if ctx is None:
+        return min(DEFAULT_CTX, limit) if limit else DEFAULT_CTX
+    if limit and ctx > limit:
+        raise UsageError(f"--ctx {ctx} is more than the {limit} tokens {Path(artifact).name} was trained for",
+                         f"pass --ctx {limit} or less")
+    return ctx
 
 
 def _memory_guard(artifact: Path, ctx: int, force: bool) -> None:

@@ -1,0 +1,133 @@
+"""Check a GGUF file with llama.cpp in a child process before this process loads it.
+
+llama.cpp rejects most corrupt files with an error, but a few defects end in a GGML_ASSERT that
+aborts the whole process (a vocabulary with two identical tokens, for one). So the first load of a
+file goes through a child that reads only the header and vocabulary::
+
+    edge-run (parent)                                  python -m edge_run.runtime.preflight FILE (child)
+      cache hit (path, size, mtime)? ── yes ──> load      llama_model_load_from_file(vocab_only=True)
+      no ── spawn ──────────────────────────────────>     print {"context_length", "n_vocab", ...}
+         <── exit 0 + JSON: cache it, load             exit 1: llama.cpp's own error
+         <── killed by SIGABRT: ArtifactError          GGML_ASSERT: abort()
+
+The result is cached in ``cache_dir()/preflight.json`` keyed by path, size and mtime, so only a new or
+changed file pays for the child (about 0.5-2 s, most of it importing llama_cpp).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError
+from .fsutil import atomic_write_text, cache_dir
+
+PROBE_TIMEOUT_S = 300
+_ASSERT = re.compile(r"(GGML_ASSERT\(.*?\) failed|terminate called.*|what\(\):.*)")
+# llama.cpp log lines that say why a load failed, most specific first
+_LOAD_ERRORS = (re.compile(r"gguf_init_from_\w+: (.*)"), re.compile(r"error loading model: (.*)"))
+
+
+def _db_path() -> Path:
+    return cache_dir() / "preflight.json"
+
+
+def _load_db() -> dict[str, Any]:
+    try:
+        data = json.loads(_db_path().read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _stamp(path: Path) -> tuple[str, dict[str, int]]:
+    st = path.stat()
+    return str(path.resolve()), {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def check_gguf(path: Path) -> dict[str, Any]:
+    """Header facts of a GGUF that llama.cpp can read (``context_length``, ``n_vocab``, ``architecture``);
+    ArtifactError when llama.cpp rejects it or would abort on it."""
+    path = Path(path)
+    key, stamp = _stamp(path)
+    db = _load_db()
+    entry = db.get(key)
+    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("info"), dict):
+        return entry["info"]
+    try:
+        proc = subprocess.run([sys.executable, "-m", __name__, str(path)], capture_output=True, text=True,
+                              errors="replace", timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        raise ArtifactError(f"llama.cpp took over {PROBE_TIMEOUT_S} s to read the header of {path.name}",
+                            "the file is corrupt or on a very slow disk") from e
+    if proc.returncode != 0:
+        raise _failure(path, proc.returncode, proc.stderr)
+    try:
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError) as e:
+        raise ArtifactError(f"llama.cpp's header check of {path.name} printed no result") from e
+    db[key] = {"stamp": stamp, "info": info}
+    with contextlib.suppress(OSError):  # the cache is an optimisation; a read-only home is fine
+        atomic_write_text(_db_path(), json.dumps(db, indent=1), force=True)
+    return info
+
+
+def _failure(path: Path, returncode: int, stderr: str) -> ArtifactError:
+    hint = "the file is corrupt or truncated: re-convert or re-download it"
+    crash = _ASSERT.search(stderr)
+    if returncode < 0 or crash:
+        what = crash.group(1) if crash else f"signal {-returncode}"
+        return ArtifactError(f"llama.cpp aborts reading {path.name} ({what})", hint)
+    reason = next((m.group(1).strip() for pattern in _LOAD_ERRORS if (m := pattern.search(stderr))), "")
+    return ArtifactError(f"llama.cpp cannot read {path.name}" + (f" ({reason})" if reason else ""), hint)
+
+
+def trained_context(artifact: Path) -> int | None:
+    """The context length the model was trained for: the manifest's, else the GGUF header's (None if unknown)."""
+    from .backends import artifact_format
+    from .manifest import read_manifest
+
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact)
+    if manifest is not None and isinstance(manifest.context_length, int) and manifest.context_length > 0:
+        return manifest.context_length
+    if artifact_format(artifact) == "gguf":
+        n = check_gguf(artifact).get("context_length")
+        return int(n) if isinstance(n, int) and n > 0 else None
+    return None
+
+
+def _child(path: str) -> int:
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(path.encode(), params)
+    if not model:
+        return 1
+    buf = ctypes.create_string_buffer(4096)
+    meta: dict[str, str] = {}
+    for i in range(llama_cpp.llama_model_meta_count(model)):
+        if llama_cpp.llama_model_meta_key_by_index(model, i, buf, len(buf)) < 0:
+            continue
+        name = buf.value.decode("utf-8", "replace")
+        if llama_cpp.llama_model_meta_val_str_by_index(model, i, buf, len(buf)) >= 0:
+            meta[name] = buf.value.decode("utf-8", "replace")
+    arch = meta.get("general.architecture", "")
+    ctx = meta.get(f"{arch}.context_length", "")
+    info = {"architecture": arch, "context_length": int(ctx) if ctx.isdigit() else 0,
+            "n_vocab": int(llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model)))}
+    llama_cpp.llama_model_free(model)
+    sys.stdout.write(json.dumps(info) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1]))
