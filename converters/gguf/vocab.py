@@ -119,6 +119,11 @@ def _fill(n_vocab: int, pieces: dict[int, tuple[str, int, float]], what: str) ->
         tokens.append(text)
         types.append(int(ttype))
         scores.append(score)
+    if len(set(tokens)) != len(tokens):  # llama.cpp aborts (GGML_ASSERT) on a vocabulary with a repeated token
+        first: dict[str, int] = {}
+        i, text = next((i, t) for i, t in enumerate(tokens) if first.setdefault(t, i) != i)
+        raise CheckpointError(f"the tokenizer has token {text!r} twice (ids {first[text]} and {i})",
+                              "every token text must be unique: fix tokenizer.json")
     return VocabInfo(what, None, tokens, scores, types)
 
 
