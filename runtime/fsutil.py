@@ -60,8 +60,14 @@ def check_destination(path: Path, force: bool) -> None:
 
 
 def os_error_to_resource(e: OSError, what: str) -> ResourceError:
-    if e.errno == errno.ENOSPC:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return ResourceError(f"disk full while writing {what}", "free some space or choose another --out")
+    if e.errno == errno.EFBIG:
+        return ResourceError(f"{what} is larger than the output file system or the file-size limit allows",
+                             "choose an --out on a file system that takes large files (FAT32 stops at 4 GiB)")
+    if e.errno is None and "written" in str(e):  # numpy's short write ("N requested and M written")
+        return ResourceError(f"could not write all of {what}: the disk is full or the file is over a size limit",
+                             "free some space or choose another --out")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return ResourceError(f"cannot write {what}: {e.strerror}", "choose a writable --out")
     return ResourceError(f"cannot write {what}: {e.strerror or e}")

@@ -16,6 +16,8 @@ import contextlib
 import ctypes
 import json
 import os
+import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +31,8 @@ from .quant_types import QuantType
 # Rows of a tensor llama.cpp converts at once: bounds the quantizer's memory to about this much
 # per thread instead of whole tensors (a 262k-vocab embedding is 670 MB in float32).
 MAX_BUF_BYTES = 64 * 1024 * 1024
+# less free space than this after a failed quantization means the disk filled up
+MIN_FREE_BYTES = 1 << 20
 
 
 class QuantizeError(EdgeRunError):
@@ -58,12 +62,25 @@ def quantize_gguf(src: Path, dest: Path, qtype: QuantType, n_threads: int = 0,
         msg = " | ".join(tail) or f"exit code {proc.returncode}"
         if proc.returncode < 0 and -proc.returncode in (2, 15):
             raise Interrupted(f"quantization to {qtype.name} was interrupted")
-        if "No space left" in msg:
-            raise ResourceError(f"disk full while quantizing to {qtype.name}", "free some space")
+        if "No space left" in msg or _out_of_space(dest):
+            raise ResourceError(f"disk full while quantizing to {qtype.name}",
+                                "free some space or choose another --out")
         raise QuantizeError(f"llama.cpp failed to quantize to {qtype.name}: {msg}",
                             "run with EDGE_RUN_DEBUG=1 for the full log")
     stats = json.loads(out.decode().strip().splitlines()[-1])
     return int(stats["bytes"]), int(stats["elements"])
+
+
+def _out_of_space(dest: Path) -> bool:
+    """Did the quantizer fail because its output could not be written? (llama.cpp reports a failed write as
+    an iostream error without errno: look at the free space and the file-size limit instead.)"""
+    try:
+        free = shutil.disk_usage(dest.parent).free
+        size = dest.stat().st_size if dest.exists() else 0
+    except OSError:
+        return False
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return free < MIN_FREE_BYTES or (soft != resource.RLIM_INFINITY and size + MIN_FREE_BYTES >= soft)
 
 
 def _child(argv: list[str]) -> int:
