@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -147,7 +148,9 @@ def main(argv: list[str] | None = None) -> None:
         "processor": platform.processor() or platform.machine(),
         "onnxruntime": onnxruntime.__version__, "llama_cpp_python": llama_cpp.__version__,
         "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, "rounds": args.rounds,
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
         "speed": speed(arts, text, args.prompt_tokens, args.gen_tokens, args.rounds, args.threads),
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
     if not args.skip_quality:
         result["quality_setup"] = {"corpus": "wikitext-2-raw-test", "ctx": args.ctx, "chunks": args.chunks}
