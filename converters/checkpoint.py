@@ -108,7 +108,7 @@ def _parse_header(path: Path) -> tuple[dict[str, Any], int, int]:
         raise CheckpointError(f"cannot read {path}: {e.strerror}") from e
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{path.name} has a corrupt safetensors header ({e.__class__.__name__})",
                               "re-download or re-save the checkpoint") from e
     if not isinstance(header, dict):
@@ -127,7 +127,7 @@ def read_safetensors_index(path: Path) -> list[LazyTensor]:
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
             raise CheckpointError(f"{path.name}: entry {name!r} lacks dtype/shape/data_offsets")
         dtype = info["dtype"]
-        if dtype not in SAFETENSORS_DTYPES:
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
             raise CheckpointError(f"{path.name}: tensor {name!r} has unsupported dtype {dtype!r}",
                                   f"supported: {', '.join(SAFETENSORS_DTYPES)}")
         shape, offsets = info["shape"], info["data_offsets"]
@@ -189,7 +189,7 @@ class Checkpoint:
             return None
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise CheckpointError(f"{p} is not valid JSON ({e})", "fix or re-download the file") from e
         if not isinstance(data, dict):
             raise CheckpointError(f"{p} is not a JSON object")
@@ -218,9 +218,12 @@ def _weight_files(path: Path) -> list[Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index.name} is invalid ({e.__class__.__name__})",
                                   "re-download the checkpoint") from e
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index.name} has no valid weight_map (tensor name -> shard file)",
+                                  "re-download the checkpoint")
         names = sorted(set(weight_map.values()))
         for n in names:
             if Path(n).name != n:
@@ -253,7 +256,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path} has no config.json", "pass a Hugging Face checkpoint folder")
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"config.json is not valid JSON ({e})", "fix or re-download it") from e
     if not isinstance(config, dict):
         raise CheckpointError("config.json is not a JSON object", "fix or re-download it")

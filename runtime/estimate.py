@@ -125,10 +125,17 @@ def shape_from_gguf(path: Path) -> ModelShape:
         reader = gguf.GGUFReader(path)
     except (ValueError, OSError, IndexError, KeyError, TypeError) as e:
         raise ArtifactError(f"{Path(path).name} is not a readable GGUF file ({e})", "re-convert it") from e
+    try:
+        return _shape_from_reader(reader, Path(path).name)
+    except (TypeError, ValueError, ZeroDivisionError, IndexError, AttributeError) as e:  # missing / mistyped keys
+        raise ArtifactError(f"{Path(path).name} has missing or invalid hyper-parameters ({e})", "re-convert it") from e
+
+
+def _shape_from_reader(reader: Any, name: str) -> ModelShape:
     f = reader.fields
     arch = _field(f, "general.architecture")
     if not arch:
-        raise ArtifactError(f"{Path(path).name} has no general.architecture", "re-convert it")
+        raise ArtifactError(f"{name} has no general.architecture", "re-convert it")
     n_embd = int(_field(f, f"{arch}.embedding_length"))
     n_head = int(_field(f, f"{arch}.attention.head_count"))
     head_dim = n_embd // n_head

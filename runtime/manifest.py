@@ -37,6 +37,12 @@ from .errors import ArtifactError
 from .fsutil import atomic_write_text
 
 SCHEMA_VERSION = 1
+# JSON type of every field: a manifest is untrusted input, checked before anything uses a value
+FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "format": str, "artifact": str, "source": dict, "architecture": str, "arch": str, "parameter_count": int,
+    "quant": str, "bits_per_weight": (int, float), "file_size": int, "sha256": str, "tokenizer": str,
+    "context_length": int, "quality": dict, "extra": dict, "tool_version": str, "schema": int, "created": str,
+}
 
 
 @dataclass
@@ -77,9 +83,13 @@ class Manifest:
                                 "re-create it with `edge-run convert`")
         known = {f for f in cls.__dataclass_fields__}
         art = d["artifact"]
-        if not isinstance(art, str) or Path(art).name != art or art in ("", ".", ".."):
+        if not isinstance(art, str) or Path(art).name != art or art in ("", ".", "..") or "\x00" in art:
             raise ArtifactError(f"{origin} names artifact {art!r}, which is not a plain file name",
                                 "manifests may only name a file in their own folder")
+        wrong = [k for k, t in FIELD_TYPES.items() if k in d and (isinstance(d[k], bool) or not isinstance(d[k], t))]
+        if wrong:
+            raise ArtifactError(f"{origin} has field(s) of the wrong type: {', '.join(wrong)}",
+                                "re-create it with `edge-run convert`")
         try:
             m = cls(**{k: v for k, v in d.items() if k in known})
         except TypeError as e:
@@ -109,7 +119,7 @@ def read_manifest(artifact: Path) -> Manifest | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ArtifactError(f"manifest {path.name} is not valid JSON ({e})",
                             "re-create it with `edge-run convert`") from e
     return Manifest.from_dict(data, origin=f"manifest {path.name}")

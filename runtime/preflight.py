@@ -41,7 +41,7 @@ def _load_db() -> dict[str, Any]:
     try:
         data = json.loads(_db_path().read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
 
 

@@ -105,7 +105,7 @@ def _load_tokenizer_json(ckpt: Checkpoint) -> dict[str, Any]:
                               "copy the model's tokenizer files into the checkpoint folder")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"tokenizer.json is not valid JSON ({e})", "re-download it") from e
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise CheckpointError("tokenizer.json has no 'model' section", "re-download it")
