@@ -63,7 +63,7 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
     tool_version: str = __version__
     schema: int = SCHEMA_VERSION
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
 
     REQUIRED = (
         "format", "artifact", "source", "architecture", "arch", "parameter_count", "quant",

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(highlight=False)
+if not console.is_terminal:  # piped output: don't squeeze tables into 80 columns
+    console.width = 160
 err_console = Console(stderr=True, highlight=False)
 
 

@@ -1,0 +1,435 @@
+"""The picker: the best (model x quant type x context) pairing that fits a device profile.
+
+    candidates (local artifacts with manifests + planned pairings: local checkpoints x quant types)
+        │  memory estimate per format (ESTIMATORS registry: gguf built in; onnx registers its own)
+        │  quality (runtime/quality.py: measured BPB, else predicted and marked *)
+        │  decode speed (runtime/speed.py)
+        ▼
+    rows: fits? (anonymous memory and mmap'd weights within budget, trained context, --min-tps), why not
+        ▼
+    pick = best quality among the rows that fit (ties: faster, then smaller)
+    binding constraint = why the best-quality row that lost was rejected
+    counterfactuals    = q8_0 KV cache savings, how much more the next model up needs, ...
+
+    budget = profile RAM - OS reserve - headroom (max(64 MiB, 5% of RAM))
+
+Library only: nothing printed. runtime/cli/pick.py renders a PickResult.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError, CheckpointError, InputError, NothingFitsError, UsageError
+from .estimate import MemoryEstimate, ModelShape, estimate_memory, shape_from_checkpoint, shape_from_gguf
+from .manifest import Manifest, read_manifest
+from .profiles import DeviceProfile
+from .quality import CORPUS_KEY, Quality, predict
+from .speed import decode_speed
+
+# Quant types a local checkpoint is offered at (planned pairings), most to least precise.
+PLANNED_QUANTS: tuple[str, ...] = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
+HEADROOM_FRACTION = 0.05
+HEADROOM_MIN_MIB = 64.0
+CTX_STEP = 256  # llama.cpp pads the KV cache to 256 cells: fitted contexts are multiples of it
+MAX_CTX_SEARCH = 131072
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One pairing: an artifact on disk (``path``), or a checkpoint x quant type not converted yet."""
+
+    model: str
+    quant: str
+    shape: ModelShape | None = field(repr=False, compare=False)
+    n_params: int
+    format: str = "gguf"
+    path: Path | None = None
+    checkpoint: Path | None = None  # where a planned pairing is converted from
+    context_length: int = 0  # trained context (0 = take it from the shape)
+    # (quant, manifest.quality[CORPUS_KEY]) measured for the same source checkpoint
+    references: tuple[tuple[str, dict[str, Any]], ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def planned(self) -> bool:
+        return self.path is None
+
+    @property
+    def label(self) -> str:
+        fmt = "" if self.format == "gguf" else f" [{self.format}]"
+        return f"{self.model} {self.quant}{fmt}" + (" (planned)" if self.planned else "")
+
+    @property
+    def trained_ctx(self) -> int:
+        return self.context_length or (self.shape.n_ctx_train if self.shape else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "quant": self.quant, "format": self.format, "planned": self.planned,
+                "path": str(self.path) if self.path else None,
+                "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                "parameter_count": self.n_params, "context_length": self.trained_ctx}
+
+
+# ------------------------------------------------------------------------------------- estimators
+
+# format -> estimate(candidate, n_ctx, profile, cache_type); a new format registers one.
+Estimator = Callable[[Candidate, int, DeviceProfile, str], MemoryEstimate]
+ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register_estimator(fmt: str) -> Callable[[Estimator], Estimator]:
+    def deco(fn: Estimator) -> Estimator:
+        ESTIMATORS[fmt] = fn
+        return fn
+    return deco
+
+
+@register_estimator("gguf")
+def _estimate_gguf(c: Candidate, n_ctx: int, profile: DeviceProfile, cache_type: str) -> MemoryEstimate:
+    if c.shape is None:
+        raise ArtifactError(f"{c.label} has no tensor table to estimate from")
+    return estimate_memory(c.shape, n_ctx, tuple(profile.simd), cache_type=cache_type)
+
+
+# ------------------------------------------------------------------------------------- candidates
+
+def _model_name(path: Path, manifest: Manifest) -> str:
+    name = path.name
+    for suffix in (f".{manifest.quant}.gguf", ".gguf", f".{manifest.quant}"):
+        if name.lower().endswith(suffix.lower()):
+            return name[: -len(suffix)]
+    return name
+
+
+def _is_checkpoint(d: Path) -> bool:
+    return (d / "config.json").is_file() and (
+        any(d.glob("*.safetensors")) or (d / "model.safetensors.index.json").is_file())
+
+
+def _scan(models_dir: Path) -> tuple[list[tuple[Path, Manifest]], list[Path]]:
+    artifacts: list[tuple[Path, Manifest]] = []
+    checkpoints: list[Path] = []
+    for root, dirs, files in os.walk(models_dir):
+        d = Path(root)
+        dirs.sort()
+        if "manifest.json" in files:  # an ONNX artifact folder
+            m = read_manifest(d)
+            if m is not None:
+                artifacts.append((d, m))
+            dirs.clear()
+            continue
+        if _is_checkpoint(d):
+            checkpoints.append(d)
+        for f in sorted(files):
+            if f.endswith(".gguf"):
+                m = read_manifest(d / f)
+                if m is not None and m.format == "gguf":
+                    artifacts.append((d / f, m))
+    return artifacts, checkpoints
+
+
+def gather_candidates(models_dir: Path, quants: Iterable[str] = PLANNED_QUANTS) -> list[Candidate]:
+    """Every local artifact with a manifest under ``models_dir``, plus each local checkpoint at each of
+    ``quants`` not converted yet. Measured qualities of one source checkpoint travel with all its
+    pairings so unmeasured ones are predicted from them."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        raise InputError(f"models folder {models_dir} does not exist",
+                         "pass --models DIR holding converted artifacts or Hugging Face checkpoints")
+    artifacts, checkpoints = _scan(models_dir)
+    refs: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for path, m in artifacts:
+        entry = (m.quality or {}).get(CORPUS_KEY)
+        if isinstance(entry, dict) and isinstance(entry.get("bpb"), (int, float)):
+            refs.setdefault(m.source.get("digest", str(path)), []).append((m.quant, entry))
+    out: list[Candidate] = []
+    have: set[tuple[str, str]] = set()
+    for path, m in artifacts:
+        digest = m.source.get("digest", str(path))
+        have.add((digest, m.quant.upper()))
+        out.append(Candidate(
+            model=_model_name(path, m), quant=m.quant, shape=shape_from_gguf(path) if m.format == "gguf" else None,
+            n_params=m.parameter_count, format=m.format, path=path,
+            checkpoint=Path(m.source["path"]) if m.source.get("path") else None,
+            context_length=m.context_length, references=tuple(refs.get(digest, ()))))
+    for ckpt_dir in checkpoints:
+        out.extend(_planned(ckpt_dir, quants, have, refs))
+    return out
+
+
+def _planned(ckpt_dir: Path, quants: Iterable[str], have: set[tuple[str, str]],
+             refs: dict[str, list[tuple[str, dict[str, Any]]]]) -> list[Candidate]:
+    from edge_run.converters.checkpoint import open_checkpoint
+
+    try:
+        ckpt = open_checkpoint(ckpt_dir)
+        digest = ckpt.digest()
+    except CheckpointError:
+        return []  # not convertible: nothing to plan (`edge-run convert` says why)
+    ctx = int(ckpt.text_config().get("max_position_embeddings") or 0)
+    n_params = ckpt.parameter_count()
+    return [Candidate(model=ckpt.name, quant=q.upper(), shape=shape_from_checkpoint(ckpt_dir, q.upper()),
+                      n_params=n_params, checkpoint=ckpt_dir, context_length=ctx,
+                      references=tuple(refs.get(digest, ())))
+            for q in quants if (digest, q.upper()) not in have]
+
+
+def candidate_for_artifact(path: Path) -> Candidate:
+    """One artifact as a candidate (``run ARTIFACT --profile NAME`` checks that it fits)."""
+    path = Path(path)
+    m = read_manifest(path)
+    if path.is_dir():
+        if m is None:
+            raise ArtifactError(f"{path} has no manifest.json", "convert it with `edge-run convert`")
+        return Candidate(path.name, m.quant, None, m.parameter_count, format=m.format, path=path,
+                         context_length=m.context_length)
+    if not path.is_file():
+        raise ArtifactError(f"artifact {path} does not exist", "pass an existing .gguf file")
+    shape = shape_from_gguf(path)
+    if m is None:
+        return Candidate(path.stem, "?", shape, sum(t.ne0 * t.ne1 for t in shape.tensors), path=path)
+    entry = (m.quality or {}).get(CORPUS_KEY)
+    refs = ((m.quant, entry),) if isinstance(entry, dict) and "bpb" in entry else ()
+    return Candidate(_model_name(path, m), m.quant, shape, m.parameter_count, path=path,
+                     context_length=m.context_length, references=refs)
+
+
+# ------------------------------------------------------------------------------------------ picking
+
+@dataclass(frozen=True)
+class Row:
+    candidate: Candidate
+    estimate: MemoryEstimate | None
+    quality: Quality
+    tps: float
+    max_ctx: int  # the largest context that fits (0 = none, or not estimable)
+    reason: str  # "" = fits; else why it is rejected
+    constraints: tuple[str, ...] = ()  # each rejection's kind: memory | page-cache | context | speed | format
+
+    @property
+    def constraint(self) -> str:
+        return self.constraints[0] if self.constraints else ""
+
+    @property
+    def fits(self) -> bool:
+        return not self.reason
+
+    def rank_key(self) -> tuple[float, float, float]:
+        return (self.quality.bpb, -self.tps, self.estimate.total_mib if self.estimate else float("inf"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.candidate.to_dict(), "fits": self.fits, "why_not": self.reason or None,
+                "constraints": list(self.constraints), "max_ctx": self.max_ctx or None,
+                "memory": self.estimate.to_dict() if self.estimate else None,
+                "quality": {"bpb": round(self.quality.bpb, 4), "measured": self.quality.measured,
+                            "basis": self.quality.basis},
+                "decode_tokens_per_s": round(self.tps, 2)}
+
+
+@dataclass(frozen=True)
+class PickResult:
+    profile: DeviceProfile
+    budget_mib: float
+    ctx: int
+    min_tps: float
+    cache_type: str
+    rows: tuple[Row, ...]  # best quality first
+    pick: Row
+    binding: str  # what stops a better pick, one sentence
+    counterfactuals: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"profile": self.profile.name, "budget_mib": round(self.budget_mib, 1), "ctx": self.ctx,
+                "min_tps": self.min_tps, "cache_type": self.cache_type, "pick": self.pick.to_dict(),
+                "binding_constraint": self.binding, "counterfactuals": list(self.counterfactuals),
+                "candidates": [r.to_dict() for r in self.rows]}
+
+
+def budget_mib(profile: DeviceProfile, headroom_mib: float | None = None) -> float:
+    if headroom_mib is None:
+        headroom_mib = max(HEADROOM_MIN_MIB, HEADROOM_FRACTION * profile.ram_mb)
+    return profile.ram_mb - profile.os_reserved_mb - headroom_mib
+
+
+def _estimate(c: Candidate, n_ctx: int, profile: DeviceProfile, cache_type: str) -> MemoryEstimate | None:
+    fn = ESTIMATORS.get(c.format)
+    return fn(c, n_ctx, profile, cache_type) if fn is not None else None
+
+
+def _memory_reason(est: MemoryEstimate, budget: float) -> tuple[str, str] | None:
+    if est.anon_mib > budget:
+        return "memory", f"needs {est.total_mib:.0f} MiB > budget {budget:.0f}"
+    if est.total_mib > budget:
+        return "page-cache", (f"mmap'd weights ({est.file_mib:.0f} MiB) do not fit the {budget - est.anon_mib:.0f} "
+                              "MiB of page cache left (re-read from storage every token)")
+    return None
+
+
+def _fits(c: Candidate, n_ctx: int, profile: DeviceProfile, cache_type: str, budget: float) -> bool:
+    est = _estimate(c, n_ctx, profile, cache_type)
+    return est is not None and _memory_reason(est, budget) is None
+
+
+def largest_ctx(c: Candidate, profile: DeviceProfile, cache_type: str, budget: float, floor: int = CTX_STEP) -> int:
+    """The largest context (the trained one, or a multiple of 256) >= ``floor`` that fits; 0 if none."""
+    top = c.trained_ctx or MAX_CTX_SEARCH
+    if _fits(c, top, profile, cache_type, budget):
+        return top
+    lo, hi, best = -(-floor // CTX_STEP), (top - 1) // CTX_STEP, 0
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if _fits(c, mid * CTX_STEP, profile, cache_type, budget):
+            best, lo = mid * CTX_STEP, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def evaluate(c: Candidate, profile: DeviceProfile, ctx: int, min_tps: float = 0.0, cache_type: str = "f16",
+             budget: float | None = None) -> Row:
+    """One candidate against the profile at ``ctx``: memory, quality, speed, and why it is rejected."""
+    budget = budget_mib(profile) if budget is None else budget
+    quality = predict(c.quant, c.n_params, list(c.references))
+    if c.format not in ESTIMATORS:
+        return Row(c, None, quality, 0.0, 0, f"no memory estimator for {c.format} artifacts yet", ("format",))
+    est = _estimate(c, ctx, profile, cache_type)
+    assert est is not None
+    tps = decode_speed(c.shape, profile, position=min(ctx, 512), cache_type=cache_type).tokens_per_s \
+        if c.shape is not None else 0.0
+    max_ctx = largest_ctx(c, profile, cache_type, budget, floor=min(ctx, CTX_STEP))
+    reasons: list[tuple[str, str]] = []
+    if c.trained_ctx and ctx > c.trained_ctx:
+        reasons.append(("context", f"ctx {ctx} > trained context {c.trained_ctx}"))
+    mem = _memory_reason(est, budget)
+    if mem is not None:
+        reasons.append(mem)
+    if min_tps and tps < min_tps:
+        reasons.append(("speed", f"~{tps:.1f} tok/s < --min-tps {min_tps:g}"))
+    return Row(c, est, quality, tps, max_ctx, "; ".join(r for _, r in reasons), tuple(k for k, _ in reasons))
+
+
+def pick(profile: DeviceProfile, candidates: list[Candidate], ctx: int = 2048, min_tps: float = 0.0,
+         cache_type: str = "f16", headroom_mib: float | None = None) -> PickResult:
+    """The best-quality candidate that fits; NothingFitsError names the smallest pairing and its need."""
+    if ctx < 16:
+        raise UsageError(f"--ctx {ctx} is too small", "pass a context of at least 16 tokens")
+    if not candidates:
+        raise InputError("no candidates to pick from", "pass --models DIR holding converted artifacts (with "
+                         "manifests) or Hugging Face checkpoints")
+    budget = budget_mib(profile, headroom_mib)
+    if budget <= 0:
+        raise NothingFitsError(f"profile {profile.name} leaves no memory for a model ({profile.ram_mb} MB RAM, "
+                               f"{profile.os_reserved_mb} MB reserved for the OS)",
+                               "lower os_reserved_mb in the profile")
+    rows = sorted((evaluate(c, profile, ctx, min_tps, cache_type, budget) for c in candidates), key=Row.rank_key)
+    fitting = [r for r in rows if r.fits]
+    if not fitting:
+        raise _nothing_fits(profile, rows, budget, ctx, min_tps)
+    choice = fitting[0]
+    binding, counter = _explain(profile, rows, choice, budget, ctx, min_tps, cache_type)
+    return PickResult(profile, budget, ctx, min_tps, cache_type, tuple(rows), choice, binding, tuple(counter))
+
+
+def _nothing_fits(profile: DeviceProfile, rows: list[Row], budget: float, ctx: int,
+                  min_tps: float) -> NothingFitsError:
+    sized = [r for r in rows if r.estimate is not None]
+    if not sized:
+        return NothingFitsError(f"none of the {len(rows)} candidates can be estimated ({rows[0].reason})",
+                                "convert a checkpoint to GGUF with `edge-run convert`")
+    smallest = min(sized, key=lambda r: r.estimate.total_mib if r.estimate else 0.0)
+    assert smallest.estimate is not None
+    if smallest.estimate.total_mib <= budget and min_tps:
+        fastest = max(sized, key=lambda r: r.tps)
+        return NothingFitsError(f"nothing reaches --min-tps {min_tps:g} on {profile.name}: the fastest pairing, "
+                                f"{fastest.candidate.label}, makes about {fastest.tps:.1f} tok/s",
+                                "lower --min-tps or add a smaller model to --models")
+    need = smallest.estimate.total_mib
+    return NothingFitsError(
+        f"nothing fits {profile.name} at ctx {ctx}: the smallest pairing, {smallest.candidate.label}, needs "
+        f"{need:.0f} MiB (needs {need - budget:.0f} MiB more than the budget of {budget:.0f} MiB)",
+        "lower --ctx, use --cache-type q8_0, or add a smaller model to --models")
+
+
+_MEMORY = frozenset({"memory", "page-cache"})
+
+
+def _explain(profile: DeviceProfile, rows: list[Row], choice: Row, budget: float, ctx: int, min_tps: float,
+             cache_type: str) -> tuple[str, list[str]]:
+    better = [r for r in rows if r.rank_key() < choice.rank_key() and not r.fits]
+    counter: list[str] = []
+    est = choice.estimate
+    assert est is not None
+    if cache_type == "f16":
+        q8 = _estimate(choice.candidate, ctx, profile, "q8_0")
+        if q8 is not None:
+            line = f"a q8_0 KV cache would free {est.total_mib - q8.total_mib:.0f} MiB"
+            unlocked = next((r for r in better if set(r.constraints) <= _MEMORY
+                             and _fits(r.candidate, ctx, profile, "q8_0", budget)), None)
+            if unlocked is not None:
+                line += f" and let {unlocked.candidate.label} fit"
+            counter.append(line + " (llama.cpp needs flash attention for a quantized V cache)")
+    mem_up = [r for r in better if set(r.constraints) <= _MEMORY and r.estimate is not None]
+    if mem_up:
+        nxt = min(mem_up, key=lambda r: r.estimate.total_mib if r.estimate else 0.0)
+        assert nxt.estimate is not None
+        counter.append(f"the next model up, {nxt.candidate.label}, needs {nxt.estimate.total_mib - budget:.0f} MiB "
+                       f"more ({nxt.estimate.total_mib:.0f} MiB)")
+        if nxt.max_ctx:
+            counter.append(f"{nxt.candidate.label} would fit at ctx {nxt.max_ctx}")
+    slow = [r for r in better if r.constraints == ("speed",)]
+    if slow:
+        counter.append(f"without --min-tps, {slow[0].candidate.label} would be picked (~{slow[0].tps:.1f} tok/s)")
+    if choice.max_ctx > ctx:
+        counter.append(f"{choice.candidate.label} fits up to ctx {choice.max_ctx}")
+    if not better:
+        return "none: the best-quality candidate fits", counter
+    # binding: the best better row rejected for one reason only (relaxing that one changes the pick)
+    top = next((r for r in better if len(r.constraints) == 1), better[0])
+    top_mib = top.estimate.total_mib if top.estimate else 0.0
+    binding = {
+        "memory": f"memory: {top.candidate.label} needs {top_mib:.0f} MiB, budget {budget:.0f} MiB",
+        "page-cache": f"page cache: {top.candidate.label}'s mmap'd weights do not fit beside its anonymous memory",
+        "speed": f"speed: {top.candidate.label} makes ~{top.tps:.1f} tok/s < --min-tps {min_tps:g}",
+        "context": f"context: {top.candidate.label} was trained for {top.candidate.trained_ctx} tokens < ctx {ctx}",
+        "format": f"format: {top.reason}",
+    }[top.constraint]
+    return binding, counter
+
+
+# ------------------------------------------------------------------------------------------ run --profile
+
+def resolve_for_run(profile_name: str, models: Path | None, artifact: Path | None,
+                    ctx: int) -> tuple[Path, dict[str, Any]]:
+    """What `edge-run run --profile NAME` loads: the pick under ``models`` (converted first when it is a
+    planned pairing), or ``artifact`` once it is checked to fit the profile."""
+    from .profiles import get_profile
+
+    profile = get_profile(profile_name)
+    if artifact is not None:
+        candidates = [candidate_for_artifact(artifact)]
+    elif models is not None:
+        candidates = gather_candidates(models)
+    else:
+        raise UsageError("--profile needs --models DIR (or an artifact to check)",
+                         "pass --models with converted artifacts or checkpoints")
+    result = pick(profile, candidates, ctx)
+    chosen = result.pick.candidate
+    path = chosen.path if chosen.path is not None else convert_planned(chosen)
+    info = {"profile": profile.name, "model": chosen.model, "quant": chosen.quant, "converted": chosen.planned,
+            "estimate_mib": round(result.pick.estimate.total_mib, 1) if result.pick.estimate else None,
+            "budget_mib": round(result.budget_mib, 1), "binding_constraint": result.binding}
+    return path, info
+
+
+def convert_planned(c: Candidate, out_dir: Path | None = None) -> Path:
+    """Convert a planned pairing beside its checkpoint: ``<models>/<model>.<QUANT>.gguf``."""
+    from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
+
+    if c.checkpoint is None:
+        raise UsageError(f"{c.label} has no checkpoint to convert from")
+    out = Path(out_dir) if out_dir is not None else c.checkpoint.parent
+    return Path(convert_to_gguf(c.checkpoint, out, ConvertOptions(quants=c.quant.lower(), name=c.model))[0])

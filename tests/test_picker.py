@@ -1,0 +1,103 @@
+"""Golden, table-driven picks on every shipped profile over a fixed synthetic candidate set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edge_run.runtime.errors import NothingFitsError
+from edge_run.runtime.estimate import ModelShape, TensorInfo
+from edge_run.runtime.picker import Candidate, pick
+from edge_run.runtime.profiles import get_profile, list_profiles
+from edge_run.runtime.quant_mix import tensor_bytes, tensor_type
+
+from .conftest import CliResult
+
+# (name, layers, n_embd, n_ff, heads, kv heads, vocab): SmolLM2 135M / 360M / 1.7B, Llama-3.2-3B, Llama-3.1-8B
+FAMILY = [
+    ("s135m", 30, 576, 1536, 9, 3, 49152), ("s360m", 32, 960, 2560, 15, 5, 49152),
+    ("s1.7b", 24, 2048, 8192, 32, 32, 49152), ("l3b", 28, 3072, 8192, 24, 8, 128256),
+    ("l8b", 32, 4096, 14336, 32, 8, 128256),
+]
+QUANTS = ("F16", "Q8_0", "Q4_K_M", "Q2_K")
+
+
+def synthetic(name: str, n_layer: int, d: int, ff: int, h: int, kv: int, vocab: int, quant: str) -> Candidate:
+    hd = d // h
+    shapes = [("token_embd.weight", d, vocab), ("output.weight", d, vocab)]
+    for i in range(n_layer):
+        shapes += [(f"blk.{i}.attn_q.weight", d, d), (f"blk.{i}.attn_k.weight", d, kv * hd),
+                   (f"blk.{i}.attn_v.weight", d, kv * hd), (f"blk.{i}.attn_output.weight", d, d),
+                   (f"blk.{i}.ffn_gate.weight", d, ff), (f"blk.{i}.ffn_up.weight", d, ff),
+                   (f"blk.{i}.ffn_down.weight", ff, d)]
+    infos = []
+    for tname, ne0, ne1 in shapes:
+        t = tensor_type(quant, tname, ne0, n_layer, has_output=True)
+        infos.append(TensorInfo(tname, t, ne0, ne1, tensor_bytes(t, ne0 * ne1)))
+    shape = ModelShape(n_layer, d, ff, h, kv, hd, hd, vocab, 8192, 0, 0, tuple(infos))
+    return Candidate(name, quant, shape, sum(i.ne0 * i.ne1 for i in infos))
+
+
+CANDIDATES = [synthetic(*f, q) for f in FAMILY for q in QUANTS]
+
+# profile -> (model, quant) picked at ctx 2048 (larger devices get larger models at ~4 bits)
+GOLDEN: dict[str, tuple[str, str]] = {
+    "pi-zero-2w": ("s135m", "Q4_K_M"),  # 256 of 298 MiB
+    "pi-3b": ("s360m", "Q8_0"),  # 617 of 760 MiB
+    "pi4-2gb": ("s1.7b", "Q2_K"),  # 1305 of 1646 MiB: the bigger model even at 2-3 bits
+    "pi4-4gb": ("l3b", "Q4_K_M"),  # 2596 of 3591 MiB
+    "pi4-8gb": ("l8b", "Q4_K_M"),  # 5259 of 7482 MiB
+    "pi5-4gb": ("l3b", "Q4_K_M"),  # 2596 of 3541 MiB
+    "pi5-8gb": ("l8b", "Q4_K_M"),  # 5259 of 7432 MiB
+    "pi5-16gb": ("l8b", "Q8_0"),  # 8712 of 15215 MiB
+    "jetson-orin-nano-8gb": ("l8b", "Q4_K_M"),  # 5259 of 6582 MiB
+    "laptop-x86-8gb": ("l3b", "Q8_0"),  # 4122 of 4782 MiB
+    "laptop-x86-16gb": ("l8b", "Q8_0"),  # 8712 of 11565 MiB
+    "macbook-m1-8gb": ("l3b", "Q8_0"),  # 4122 of 4782 MiB
+}
+
+
+def test_every_shipped_profile_has_a_golden_pick() -> None:
+    assert sorted(GOLDEN) == sorted(p.name for p in list_profiles())
+
+
+@pytest.mark.parametrize("profile", sorted(GOLDEN))
+def test_golden_pick(profile: str) -> None:
+    result = pick(get_profile(profile), CANDIDATES, ctx=2048)
+    chosen = result.pick.candidate
+    assert (chosen.model, chosen.quant) == GOLDEN[profile]
+    assert result.pick.fits and result.pick.estimate.total_mib <= result.budget_mib
+    # nothing that fits has better quality
+    assert all(not r.fits or r.quality.bpb >= result.pick.quality.bpb for r in result.rows)
+
+
+def test_min_tps_trades_quality_for_speed() -> None:
+    slow = pick(get_profile("pi5-8gb"), CANDIDATES, ctx=2048)
+    fast = pick(get_profile("pi5-8gb"), CANDIDATES, ctx=2048, min_tps=5.0)
+    assert fast.pick.tps >= 5.0 > slow.pick.tps
+    assert fast.binding.startswith("speed")
+
+
+def test_nothing_fits_names_the_smallest_pairing() -> None:
+    tiny = [c for c in CANDIDATES if c.model == "l8b"]
+    with pytest.raises(NothingFitsError, match=r"l8b Q2_K \(planned\), needs \d+ MiB \(needs"):
+        pick(get_profile("pi-zero-2w"), tiny, ctx=2048)
+
+
+def test_pick_cli_end_to_end(tiny_checkpoint: Callable[[str], Path], tmp_path: Path,
+                             cli: Callable[..., CliResult]) -> None:
+    import json
+    import shutil
+
+    shutil.copytree(tiny_checkpoint("llama"), tmp_path / "tiny")
+    res = cli("pick", "--profile", "pi-3b", "--models", tmp_path, "--ctx", "256", "--json",
+              "--plot", tmp_path / "p.png")
+    assert res.code == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["pick"]["planned"] and data["pick"]["fits"]
+    assert len(data["candidates"]) == 8 and (tmp_path / "p.png").stat().st_size > 1000
+    res = cli("run", "--profile", "pi-3b", "--models", tmp_path, "--ctx", "256", "-p", "The", "-n", "3", "--json")
+    assert res.code == 0, res.stderr
+    assert json.loads(res.stdout)["pick"]["quant"] == data["pick"]["quant"]
