@@ -8,10 +8,15 @@ PROFILE ?= pi4-4gb
 zoo:
 	$(PY) -m tools.zoo build
 
+# The embedded default model (SmolLM2-135M-Instruct): build its checkpoint, convert two quant types,
+# let the picker choose among them and the planned pairings for a Raspberry Pi 4, run the pick.
 demo:
 	$(PY) -m tools.zoo build smollm2-135m
-	edge-run convert "$$($(PY) -m tools.zoo path smollm2-135m)" --quant q8_0,q4_k_m --out $(MODELS) --name smollm2-135m --force
-	edge-run run $(MODELS)/smollm2-135m.Q4_K_M.gguf -p "The capital of France is" -n 32
+	mkdir -p $(MODELS)
+	ln -sfn "$$($(PY) -m tools.zoo path smollm2-135m)" $(MODELS)/smollm2-135m
+	edge-run convert $(MODELS)/smollm2-135m --quant q8_0,q4_k_m --out $(MODELS) --force
+	edge-run pick --profile $(PROFILE) --models $(MODELS) --ctx 2048
+	edge-run run --profile $(PROFILE) --models $(MODELS) --ctx 2048 -p "The capital of France is" -n 32
 
 test:
 	$(PY) -m pytest

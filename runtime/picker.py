@@ -113,7 +113,7 @@ def _is_checkpoint(d: Path) -> bool:
 def _scan(models_dir: Path) -> tuple[list[tuple[Path, Manifest]], list[Path]]:
     artifacts: list[tuple[Path, Manifest]] = []
     checkpoints: list[Path] = []
-    for root, dirs, files in os.walk(models_dir):
+    for root, dirs, files in os.walk(models_dir, followlinks=True):  # checkpoints are often symlinked in
         d = Path(root)
         dirs.sort()
         if "manifest.json" in files:  # an ONNX artifact folder
@@ -219,7 +219,8 @@ class Row:
         return not self.reason
 
     def rank_key(self) -> tuple[float, float, float]:
-        return (self.quality.bpb, -self.tps, self.estimate.total_mib if self.estimate else float("inf"))
+        # BPB differences under 0.001 (e.g. F16 vs Q8_0) are below what the prediction can resolve: a tie
+        return (round(self.quality.bpb, 3), -self.tps, self.estimate.total_mib if self.estimate else float("inf"))
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.candidate.to_dict(), "fits": self.fits, "why_not": self.reason or None,
