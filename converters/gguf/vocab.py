@@ -184,6 +184,21 @@ def build_vocab(ckpt: Checkpoint, n_vocab: int) -> VocabInfo:
                           "supported: byte-level BPE (gpt2), SentencePiece (Unigram / BPE with byte fallback)")
 
 
+def _check_chat_templates(templates: str | list[dict[str, str]] | None) -> None:
+    """A chat template that is not valid jinja would make every load of the GGUF fail (llama-cpp-python
+    compiles it): refuse it here. Compiling runs nothing."""
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    listed = templates if isinstance(templates, list) else [{"template": templates}] if templates else []
+    for t in listed:
+        try:
+            ImmutableSandboxedEnvironment().parse(t.get("template") or "")
+        except TemplateSyntaxError as e:
+            raise CheckpointError(f"the chat template is not valid jinja ({e.message}, line {e.lineno})",
+                                  "fix chat_template in tokenizer_config.json (or chat_template.jinja)") from e
+
+
 def add_vocab(w: gguf.GGUFWriter, ckpt: Checkpoint, n_vocab: int) -> VocabInfo:
     info = build_vocab(ckpt, n_vocab)
     w.add_tokenizer_model(info.model)
@@ -200,5 +215,6 @@ def add_vocab(w: gguf.GGUFWriter, ckpt: Checkpoint, n_vocab: int) -> VocabInfo:
         jinja = ckpt.file("chat_template.jinja")
         if jinja is not None:
             special.chat_template = jinja.read_text(encoding="utf-8")
+    _check_chat_templates(special.chat_template)
     special.add_to_gguf(w, quiet=True)
     return info

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from jinja2 import TemplateError
 
 from ..chat import render_chat, user_turn
 from ..errors import ArtifactError, UsageError
@@ -57,6 +58,9 @@ class GGUFBackend(Backend):
                     # quantized V caches need flash attention in llama.cpp
                     flash_attn=options.cache_type in ("q8_0", "q4_0"),
                 )
+        except TemplateError as e:  # llama-cpp-python compiles the chat template while loading
+            raise ArtifactError(f"the chat template in {path.name} is not valid jinja ({e})",
+                                "fix chat_template in the checkpoint's tokenizer_config.json and re-convert") from e
         except (ValueError, RuntimeError) as e:
             raise ArtifactError(f"llama.cpp could not load {path.name} ({e})",
                                 "the file is corrupt, truncated or of an unsupported architecture; "
