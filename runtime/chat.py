@@ -32,6 +32,9 @@ def render_chat(template: str | None, messages: list[dict[str, str]], bos_token:
     except TemplateError as e:
         raise ArtifactError(f"the chat template failed to render ({e})",
                             "run without --chat or fix the template") from e
+    except Exception as e:  # the template is code from the model file: any failure of it is the artifact's
+        raise ArtifactError(f"the chat template failed to render ({type(e).__name__}: {e})",
+                            "run without --chat or fix the template") from e
 
 
 def user_turn(text: str) -> list[dict[str, Any]]:
