@@ -37,21 +37,23 @@ class CoreType:
 
 
 # core_type (as profiles spell it) -> clock and int8 multiply-add throughput per core.
+# Clocks are the vendors' published figures (sources per row). MACs/cycle are approximate: the number of
+# 128-bit (x86: 256-bit) SIMD pipes times the int8 lanes one multiply-accumulate instruction handles
+# (16 with Armv8.2 SDOT / x86 VPMADDUBSW-style kernels, 8 for the widening NEON multiply-adds older Arm
+# cores must use). Only their ratio to the memory bound matters here.
 CORE_TYPES: dict[str, CoreType] = {
-    # Pi Zero 2 W runs its A53s at 1.0 GHz, Pi 3B at 1.2 GHz (raspberrypi.com product briefs); one
-    # 64-bit NEON pipe executes a 128-bit SMLAL in two cycles (Arm Cortex-A53 TRM): 8 int8 MACs/cycle.
-    "cortex-a53": CoreType(1.1, 8, "Raspberry Pi product briefs; Arm Cortex-A53 TRM"),
-    # Pi 4: 1.5 GHz (1.8 GHz on later boards); two 128-bit NEON pipes, no dot product: 16 MACs/cycle.
-    "cortex-a72": CoreType(1.5, 16, "Raspberry Pi 4 product brief; Arm Cortex-A72 software optimization guide"),
-    # Pi 5: 2.4 GHz; two 128-bit pipes with SDOT (16 MACs each): 32 MACs/cycle.
-    "cortex-a76": CoreType(2.4, 32, "Raspberry Pi 5 product brief; Arm Cortex-A76 software optimization guide"),
-    # Jetson Orin Nano 8 GB: 6x A78AE at 1.5 GHz (NVIDIA Jetson Orin Nano data sheet); two SDOT pipes.
-    "cortex-a78ae": CoreType(1.5, 32, "NVIDIA Jetson Orin Nano series data sheet; Arm Cortex-A78AE"),
-    # M1 Firestorm: 3.2 GHz, four 128-bit NEON pipes with SDOT (Apple M1 reviews, e.g. AnandTech 2020).
-    "apple-m1": CoreType(3.2, 64, "AnandTech, 'Apple Announces The Apple Silicon M1' (2020)"),
-    # AVX2 laptop cores: ~3 GHz all-core, two 256-bit VPMADDUBSW ports: 64 int8 MACs/cycle (Intel
-    # optimization manual / uops.info port tables).
-    "x86-64-v3": CoreType(3.0, 64, "Intel 64 and IA-32 Optimization Reference Manual; uops.info"),
+    # Pi Zero 2 W: A53 @ 1.0 GHz; Pi 3B: A53 @ 1.2 GHz (Raspberry Pi product briefs); narrow in-order NEON.
+    "cortex-a53": CoreType(1.1, 8, "Raspberry Pi Zero 2 W and 3B product briefs"),
+    # Pi 4: A72 @ 1.5 GHz (1.8 GHz on later boards); two NEON pipes, no dot product.
+    "cortex-a72": CoreType(1.5, 16, "Raspberry Pi 4 Model B product brief"),
+    # Pi 5: A76 @ 2.4 GHz; two NEON pipes with SDOT.
+    "cortex-a76": CoreType(2.4, 32, "Raspberry Pi 5 product brief"),
+    # Jetson Orin Nano 8 GB: 6x A78AE @ 1.5 GHz; two NEON pipes with SDOT.
+    "cortex-a78ae": CoreType(1.5, 32, "NVIDIA Jetson Orin Nano series data sheet"),
+    # M1 performance cores: 3.2 GHz, four NEON pipes with SDOT.
+    "apple-m1": CoreType(3.2, 64, "Apple M1 press materials / AnandTech M1 review (2020)"),
+    # AVX2 laptop cores: ~3 GHz all-core, two 256-bit integer multiply-add ports.
+    "x86-64-v3": CoreType(3.0, 64, "Intel 64 and IA-32 Architectures Optimization Reference Manual"),
 }
 
 
