@@ -283,6 +283,10 @@ CASES: list[Case] = [
     Case("artifact exists, no --force", "convert",
          lambda w: ["convert", w.ckpt(), "--quant", "q8_0", "--out", w.root, "--name",
                     w.artifact().name.split(".")[0]], 4, "already exists", "pass --force"),
+    Case("--force re-convert from a broken checkpoint", "convert",
+         lambda w: ["convert", _broken(w.ckpt(), lambda c: _truncate(c / "model.safetensors")), "--quant", "q8_0",
+                    "--out", w.root, "--name", w.artifact().name.split(".")[0], "--force"], 3, "truncated",
+         "re-download"),
     # -- run
     Case("artifact missing", "run", _run(lambda w: w.root / "nope.gguf"), 3, "does not exist",
          "pass the path of a .gguf file"),
