@@ -37,7 +37,7 @@ def convert(
             if imatrix_text is not None:
                 from edge_run.converters.gguf.imatrix import imatrix_for_checkpoint
 
-                imatrix = imatrix_for_checkpoint(checkpoint, imatrix_text, out, progress=progress)
+                imatrix = imatrix_for_checkpoint(checkpoint, imatrix_text, out, progress=progress, name=name)
             paths = convert_to_gguf(checkpoint, out, ConvertOptions(
                 quants=quant or "q4_k_m", intermediate=intermediate, name=name, force=force, n_threads=threads,
                 imatrix=imatrix), progress=progress)

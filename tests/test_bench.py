@@ -1,0 +1,79 @@
+"""`edge-run bench` and tools/bench_vs_llama.py: the JSON they print/write (schema, not speed: speeds are
+benchmarks, reported in results/, never asserted against a threshold in tests)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_run.runtime.bench import BenchConfig
+
+STATS_KEYS = {"median", "min", "max", "spread_pct", "runs"}
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_checkpoint: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
+
+    out = tmp_path_factory.mktemp("tiny-bench")
+    (path,) = convert_to_gguf(tiny_checkpoint("llama"), out, ConvertOptions(quants="q8_0", name="tiny"))
+    return path
+
+
+def check_stats(s: dict[str, Any], repeats: int) -> None:
+    assert STATS_KEYS <= set(s)
+    assert len(s["runs"]) == repeats and all(v > 0 for v in s["runs"])
+    assert s["min"] <= s["median"] <= s["max"]
+    assert s["spread_pct"] >= 0
+
+
+def check_summary(d: dict[str, Any], repeats: int, n_prompt: int, n_gen: int) -> None:
+    assert d["repeats"] == repeats and d["threads"] >= 1 and d["n_ctx"] >= n_prompt
+    assert d["prefill"]["n_tokens"] == n_prompt
+    check_stats(d["prefill"]["tokens_per_s"], repeats)
+    assert d["decode"]["n_tokens"] == n_gen and all(1 < g <= n_gen for g in d["decode"]["generated"])
+    check_stats(d["decode"]["tokens_per_s"], repeats)
+    check_stats(d["ttft_s"], repeats)
+    assert d["ttft_s"]["prompt_tokens"] == BenchConfig().ttft_prompt
+    check_stats(d["load_s"], repeats)
+
+
+def test_bench_json_schema(tiny_gguf: Path, cli: Callable) -> None:
+    r = cli("bench", tiny_gguf, "--json", "--repeats", "2", "--n-prompt", "64", "--n-gen", "8", "--threads", "1")
+    assert r.code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["schema"] == "edge-run-bench/1"
+    assert d["artifact"] == tiny_gguf.name and d["quant"] == "Q8_0" and d["format"] == "gguf"
+    assert d["file_size"] == tiny_gguf.stat().st_size
+    assert d["threads"] == 1
+    check_summary(d, 2, 64, 8)
+    assert d["peak_rss_mib"] > 0
+    assert {"cpu", "physical_cores", "logical_cores", "ram_gib"} <= set(d["machine"])
+
+
+def test_bench_bad_input(tiny_gguf: Path, tmp_path: Path, cli: Callable) -> None:
+    r = cli("bench", tmp_path / "nope.gguf")
+    assert r.code == 3 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = cli("bench", tiny_gguf, "--repeats", "0")
+    assert r.code == 2 and "Traceback" not in r.stderr
+
+
+def test_bench_vs_llama_reports_ratios(tiny_gguf: Path, tmp_path: Path) -> None:
+    from tools.bench_vs_llama import main
+
+    out = tmp_path / "vs.json"
+    assert main([str(tiny_gguf), "--repeats", "1", "--threads", "1", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "edge-run-bench-vs-llama/1" and doc["goal_ratio"] == 0.97
+    (res,) = doc["results"]
+    for side in ("edge_run", "plain"):
+        check_summary(res[side], 1, 512, 128)
+    # both sides ran the same greedy generation on the same file, so they produced the same token count
+    assert res["edge_run"]["decode"]["generated"] == res["plain"]["decode"]["generated"]
+    ratios = res["ratio_edge_run_over_plain"]
+    assert set(ratios) == {"prefill", "decode"} and all(v > 0 for v in ratios.values())
+    assert res["meets_goal"] == all(v >= 0.97 for v in ratios.values())
