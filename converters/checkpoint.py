@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import mmap
 import struct
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ SAFETENSORS_DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("?"),
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_DIM = 2**40  # no real tensor dimension comes near this; larger ones are corruption
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
@@ -135,9 +137,11 @@ def read_safetensors_index(path: Path) -> list[LazyTensor]:
                 or not isinstance(offsets, list) or len(offsets) != 2
                 or not all(isinstance(o, int) for o in offsets)):
             raise CheckpointError(f"{path.name}: tensor {name!r} has a malformed shape or data_offsets")
+        if any(d > MAX_DIM for d in shape):
+            raise CheckpointError(f"{path.name}: tensor {name!r} has an absurd dimension in shape {shape}",
+                                  "the file is corrupt: re-download it")
         begin, end = offsets
-        expected = int(np.prod(shape, dtype=np.int64)) * SAFETENSORS_DTYPES[dtype].itemsize if shape else \
-            SAFETENSORS_DTYPES[dtype].itemsize
+        expected = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize  # exact: Python ints, no overflow
         if not 0 <= begin <= end or end > data_len:
             raise CheckpointError(f"{path.name}: tensor {name!r} lies past the end of the file "
                                   f"(bytes {begin}..{end} of {data_len})",
