@@ -255,3 +255,18 @@ def test_smollm2_q8_0_perplexity_matches_llama_cpp(zoo_gguf_dir: Callable[[str, 
     # bits per byte and perplexity describe the same NLL
     assert result.bpb * result.acc.bytes * math.log(2) == pytest.approx(math.log(result.ppl) * result.acc.count)
     assert 1.0 < result.bpb < 1.25
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m"])
+def test_token_pieces_spell_the_corpus_byte_for_byte(model: str, zoo_gguf_dir: Callable[[str, str], Path]) -> None:
+    """BPB divides by the bytes of the scored tokens' pieces: over the whole corpus they must add up to the
+    corpus's own UTF-8 size (byte-level BPE and SentencePiece with byte fallback alike)."""
+    from edge_run.runtime.backends import LoadOptions, open_backend
+
+    corpus = load_corpus("wikitext-2-raw-test")
+    with open_backend(zoo_gguf_dir(model, "q8_0"), LoadOptions(n_ctx=64)) as b:
+        tokens = b.tokenize(corpus.text)
+        sizes = {t: len(b.token_piece(t)) for t in set(tokens)}
+        bos = b.bos_token_id()
+    assert sum(sizes[t] for t in tokens if t != bos) == corpus.n_bytes
