@@ -270,3 +270,15 @@ def test_token_pieces_spell_the_corpus_byte_for_byte(model: str, zoo_gguf_dir: C
         sizes = {t: len(b.token_piece(t)) for t in set(tokens)}
         bos = b.bos_token_id()
     assert sum(sizes[t] for t in tokens if t != bos) == corpus.n_bytes
+
+
+def test_tradeoff_pareto_front() -> None:
+    from tools.tradeoff_study import markdown_table, pareto
+
+    rows = [{"model": "m", "label": q, "file_size": s, "bpb": b} for q, s, b in
+            [("F16", 100, 1.00), ("Q8_0", 60, 1.01), ("Q5", 45, 1.05), ("Q4", 40, 1.03), ("Q2", 20, 1.20),
+             ("Q3", 30, 1.20)]]
+    assert [r["label"] for r in pareto(rows)] == ["Q2", "Q4", "Q8_0", "F16"]
+    for r in rows:
+        r.update(file_mib=r["file_size"], bits_per_weight=8.0, ppl=20.0, kld_vs_f16=0.1, top1_vs_f16=0.9)
+    assert markdown_table(rows).count("\n") == len(rows) + 1

@@ -176,6 +176,18 @@ def plot(rows: list[dict[str, Any]], out: Path, title: str) -> None:
     plt.close(fig)
 
 
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    head = ("| model | quant | MiB | bpw | PPL | BPB | KLD vs F16 | top-1 vs F16 | decode tok/s | Pareto |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|:-:|")
+    lines = [head]
+    for r in rows:
+        speed = f"{r['decode_tok_s']:.0f}" if r.get("decode_tok_s") else "-"
+        lines.append(f"| {r['model']} | {r['label']} | {r['file_mib']:.1f} | {r['bits_per_weight']:.2f} | "
+                     f"{r['ppl']:.2f} | {r['bpb']:.4f} | {r['kld_vs_f16']:.4f} | {100 * r['top1_vs_f16']:.1f}% | "
+                     f"{speed} | {'yes' if r.get('pareto') else ''} |")
+    return "\n".join(lines)
+
+
 def settings_of(args: argparse.Namespace, corpus: Any) -> dict[str, Any]:
     return {"corpus": corpus.name, "corpus_sha256": corpus.sha256, "ctx": args.ctx,
             "chunks": args.chunks if args.chunks is not None else "all", "imatrix_text": args.imatrix_text,
@@ -210,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("results/tradeoff.json"))
     ap.add_argument("--plot", type=Path, default=Path("results/tradeoff.png"))
     ap.add_argument("--redo", action="store_true", help="measure again even if the output JSON has the row")
+    ap.add_argument("--table", action="store_true", help="print the output JSON as a markdown table and exit")
     ap.add_argument("--rebench", action="store_true",
                     help="only re-measure the speed columns of the rows in the output JSON (e.g. on a quieter machine)")
     args = ap.parse_args(argv)
@@ -224,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
             {k: v for k, v in settings.items() if k != "bench"}
         if same and (args.rebench or old["settings"].get("bench") == settings["bench"]):
             rows = old["rows"]
+    if args.table:
+        print(markdown_table(json.loads(args.out.read_text(encoding="utf-8"))["rows"]))
+        return 0
     if args.rebench:
         return rebench(args, settings, rows)
     done = {(r["model"], r["label"]) for r in rows}
