@@ -119,12 +119,9 @@ def _field(fields: dict[str, Any], key: str, default: Any = None) -> Any:
 
 
 def shape_from_gguf(path: Path) -> ModelShape:
-    import gguf
+    from .preflight import read_gguf_header
 
-    try:
-        reader = gguf.GGUFReader(path)
-    except (ValueError, OSError, IndexError, KeyError, TypeError) as e:
-        raise ArtifactError(f"{Path(path).name} is not a readable GGUF file ({e})", "re-convert it") from e
+    reader = read_gguf_header(path)
     try:
         return _shape_from_reader(reader, Path(path).name)
     except (TypeError, ValueError, ZeroDivisionError, IndexError, AttributeError) as e:  # missing / mistyped keys

@@ -8,17 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from .backends import artifact_format
-from .errors import ArtifactError
 from .manifest import read_manifest
 
 
 def gguf_metadata(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    import gguf
+    from .preflight import read_gguf_header
 
-    try:
-        reader = gguf.GGUFReader(path)
-    except (ValueError, OSError, IndexError, KeyError) as e:
-        raise ArtifactError(f"{path.name} is not a readable GGUF file ({e})", "re-convert it") from e
+    reader = read_gguf_header(path)
     meta: dict[str, Any] = {}
     for key, field in reader.fields.items():
         if key.startswith("GGUF."):

@@ -131,3 +131,26 @@ def _child(path: str) -> int:
 
 if __name__ == "__main__":
     sys.exit(_child(sys.argv[1]))
+
+
+def read_gguf_header(path: Path) -> Any:
+    """gguf-py's GGUFReader over ``path``, refusing any read past the end of the file.
+
+    gguf-py trusts the counts in the header: an array whose length says 10^11 makes it append empty
+    views in a loop until the process runs out of memory. Every read here is checked against the file
+    size, so a corrupt count fails at once. Any failure is an ArtifactError.
+    """
+    import gguf
+    import numpy as np
+
+    class BoundedReader(gguf.GGUFReader):
+        def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> Any:
+            if offset + np.dtype(dtype).itemsize * int(count) > len(self.data):
+                raise ValueError(f"a field at byte {offset} runs past the end of the file")
+            return super()._get(offset, dtype, count, override_order)
+
+    path = Path(path)
+    try:
+        return BoundedReader(path)
+    except (ValueError, OSError, IndexError, KeyError, TypeError, OverflowError) as e:
+        raise ArtifactError(f"{path.name} is not a readable GGUF file ({e})", "re-convert or re-download it") from e

@@ -317,3 +317,31 @@ def test_fuzz_gguf_header(small_gguf: tuple[bytes, int], tmp_path: Path, counter
 
     check()
     counter.done("GGUF header")
+
+
+def test_gguf_array_count_past_the_end_fails_fast(small_gguf: tuple[bytes, int], tmp_path: Path) -> None:
+    """Found by this fuzzer at 10x scale: an array whose count points past the end of the file made gguf-py's
+    reader append empty views until the machine ran out of memory (23 GB). It must fail at once; the check runs
+    in a child with a 3 GiB address-space limit so a regression fails here instead of taking CI down."""
+    import subprocess
+    import sys
+
+    import gguf
+
+    blob, _ = small_gguf
+    path = tmp_path / "count.gguf"
+    path.write_bytes(blob)
+    field = gguf.GGUFReader(path).fields["tokenizer.ggml.token_type"]
+    count_at = field.offset + sum(int(p.nbytes) for p in field.parts[:4])  # name length, name, type, item type
+    data = bytearray(blob)
+    data[count_at:count_at + 8] = struct.pack("<Q", 2**42)
+    path.write_bytes(bytes(data))
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+            "from edge_run.runtime.errors import ArtifactError\n"
+            "from edge_run.runtime.inspection import describe_artifact\n"
+            "from edge_run.runtime.estimate import shape_from_gguf\n"
+            "for fn in (describe_artifact, shape_from_gguf):\n"
+            "    try:\n        fn(sys.argv[1])\n    except ArtifactError as e:\n        print(e.one_line())\n")
+    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("runs past the end of the file") == 2, res.stdout
