@@ -1,0 +1,111 @@
+"""Every fact edge-run keeps about a llama.cpp quant type: one row each, read by the converter (ftype,
+imatrix), the memory estimate (per-tensor type mix), the picker (planned pairings, quality prior) and the
+GGUF backend (KV cache types).
+
+    name      llama.cpp's name (llama-quantize's type list)
+    ftype     LLAMA_FTYPE_* written as general.file_type
+    bpw       nominal bits per weight of the main block format (a real file's figure is in its manifest)
+    mix       which GGML type each tensor gets (llama.cpp src/llama-quant.cpp, llama_tensor_get_type):
+              base type; attn_v / ffn_down (more-bits layers, other layers); attn_output; fused attn_qkv;
+              the output matrix (or the tied token embedding). None: not predicted, never planned.
+    ppl_delta llama.cpp's published perplexity increase over F16 for Llama-3-8B on WikiText-2
+              (tools/quantize/quantize.cpp QUANT_OPTIONS): the picker's quality prior
+    planned   offered for a local checkpoint as a pairing not converted yet
+    kv_cache  usable as llama.cpp's KV cache type (type_k / type_v)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import LlamaFileType as FT
+
+
+@dataclass(frozen=True)
+class Mix:
+    base: str
+    attn_v: tuple[str, str] | None = None  # (more-bits layers, other layers)
+    ffn_down: tuple[str, str] | None = None
+    attn_output: str | None = None
+    attn_qkv: str | None = None  # a fused q/k/v matrix (Phi-3)
+    output: str = "Q6_K"
+
+
+def use_more_bits(layer: int, n_layer: int) -> bool:
+    """llama.cpp's k-quant mixes give these layers' attn_v / ffn_down more bits: the first and last eighth
+    of the stack and every third layer in between."""
+    return layer < n_layer // 8 or layer >= 7 * n_layer // 8 or (layer - n_layer // 8) % 3 == 2
+
+
+@dataclass(frozen=True)
+class QuantRow:
+    name: str
+    ftype: FT
+    bpw: float
+    mix: Mix | None = None
+    ppl_delta: float | None = None
+    planned: bool = False
+    needs_imatrix: bool = False
+    full_precision: bool = False
+    kv_cache: bool = False
+
+    @property
+    def ggml_type(self) -> GGMLQuantizationType:
+        """The GGML block type of the same name (F32, F16, Q8_0, Q4_0 ...; KV cache types)."""
+        return GGMLQuantizationType[self.name]
+
+    @property
+    def kv_bytes_per_element(self) -> float:
+        block, size = GGML_QUANT_SIZES[self.ggml_type]
+        return size / block
+
+
+R = QuantRow
+QUANTS: tuple[QuantRow, ...] = (
+    R("F32", FT.ALL_F32, 32.0, Mix("F32", output="F32"), 0.0, full_precision=True, kv_cache=True),
+    R("F16", FT.MOSTLY_F16, 16.0, Mix("F16", output="F16"), 0.0, planned=True, full_precision=True, kv_cache=True),
+    R("BF16", FT.MOSTLY_BF16, 16.0, Mix("BF16", output="BF16"), 0.0, full_precision=True),
+    R("Q8_0", FT.MOSTLY_Q8_0, 8.5, Mix("Q8_0", output="Q8_0"), 0.0026, planned=True, kv_cache=True),
+    R("Q6_K", FT.MOSTLY_Q6_K, 6.5625, Mix("Q6_K"), 0.0217, planned=True),
+    R("Q5_K_M", FT.MOSTLY_Q5_K_M, 5.5, Mix("Q5_K", attn_v=("Q6_K", "Q5_K"), ffn_down=("Q6_K", "Q5_K"),
+                                         attn_qkv="Q6_K"), 0.0569, planned=True),
+    R("Q5_K_S", FT.MOSTLY_Q5_K_S, 5.5, Mix("Q5_K"), 0.1049),
+    R("Q5_1", FT.MOSTLY_Q5_1, 6.0, Mix("Q5_1"), 0.1062),
+    R("Q5_0", FT.MOSTLY_Q5_0, 5.5, Mix("Q5_0"), 0.1316),
+    R("Q4_K_M", FT.MOSTLY_Q4_K_M, 4.5, Mix("Q4_K", attn_v=("Q6_K", "Q4_K"), ffn_down=("Q6_K", "Q4_K"),
+                                         attn_qkv="Q5_K"), 0.1754, planned=True),
+    R("Q4_K_S", FT.MOSTLY_Q4_K_S, 4.5, Mix("Q4_K", attn_v=("Q5_K", "Q4_K"), ffn_down=("Q5_K", "Q4_K")), 0.2689),
+    R("Q4_1", FT.MOSTLY_Q4_1, 5.0, Mix("Q4_1"), 0.4511),
+    R("Q4_0", FT.MOSTLY_Q4_0, 4.5, Mix("Q4_0"), 0.4685, planned=True, kv_cache=True),
+    R("IQ4_NL", FT.MOSTLY_IQ4_NL, 4.5, Mix("IQ4_NL")),
+    R("IQ4_XS", FT.MOSTLY_IQ4_XS, 4.25, Mix("IQ4_XS")),
+    R("Q3_K_L", FT.MOSTLY_Q3_K_L, 3.4375, Mix("Q3_K", attn_v=("Q5_K", "Q5_K"), ffn_down=("Q5_K", "Q5_K"),
+                                             attn_output="Q5_K", attn_qkv="Q4_K"), 0.5562),
+    R("Q3_K_M", FT.MOSTLY_Q3_K_M, 3.4375, Mix("Q3_K", attn_v=("Q5_K", "Q4_K"), ffn_down=("Q5_K", "Q4_K"),
+                                             attn_output="Q4_K", attn_qkv="Q4_K"), 0.6569, planned=True),
+    R("Q3_K_S", FT.MOSTLY_Q3_K_S, 3.4375, Mix("Q3_K"), 1.6321),
+    R("IQ3_M", FT.MOSTLY_IQ3_M, 3.4375),
+    R("IQ3_S", FT.MOSTLY_IQ3_S, 3.4375),
+    R("IQ3_XS", FT.MOSTLY_IQ3_XS, 3.3, needs_imatrix=True),
+    R("IQ3_XXS", FT.MOSTLY_IQ3_XXS, 3.0625, needs_imatrix=True),
+    R("Q2_K", FT.MOSTLY_Q2_K, 2.625, Mix("Q2_K", attn_v=("Q4_K", "Q3_K"), ffn_down=("Q3_K", "Q3_K"),
+                                        attn_output="Q3_K"), 3.5199, planned=True),
+    R("Q2_K_S", FT.MOSTLY_Q2_K_S, 2.625, ppl_delta=3.1836, needs_imatrix=True),
+    R("IQ2_M", FT.MOSTLY_IQ2_M, 2.7, needs_imatrix=True),
+    R("IQ2_S", FT.MOSTLY_IQ2_S, 2.5, needs_imatrix=True),
+    R("IQ2_XS", FT.MOSTLY_IQ2_XS, 2.3125, needs_imatrix=True),
+    R("IQ2_XXS", FT.MOSTLY_IQ2_XXS, 2.0625, needs_imatrix=True),
+    R("IQ1_M", FT.MOSTLY_IQ1_M, 1.75, needs_imatrix=True),
+    R("IQ1_S", FT.MOSTLY_IQ1_S, 1.5625, needs_imatrix=True),
+    R("TQ2_0", FT.MOSTLY_TQ2_0, 2.0625),
+    R("TQ1_0", FT.MOSTLY_TQ1_0, 1.6875),
+)
+del R
+
+BY_NAME: dict[str, QuantRow] = {q.name: q for q in QUANTS}
+# views the readers use
+QUANT_MIX: dict[str, Mix] = {q.name: q.mix for q in QUANTS if q.mix is not None}
+PUBLISHED_PPL_DELTA: dict[str, float] = {q.name: q.ppl_delta for q in QUANTS if q.ppl_delta is not None}
+PLANNED_QUANTS: tuple[str, ...] = tuple(q.name for q in QUANTS if q.planned)
+KV_CACHE_TYPES: dict[str, QuantRow] = {q.name.lower(): q for q in QUANTS if q.kv_cache}
