@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 
 from .errors import ArtifactError, InsufficientMemoryError
+from .gguf_header import GGUFHeader, read_gguf_header
 from .quant_mix import tensor_bytes, tensor_type
 
 MIB = 2**20
@@ -110,35 +111,26 @@ def pad(n: int, to: int = KV_PAD) -> int:
     return (n + to - 1) // to * to
 
 
-def _field(fields: dict[str, Any], key: str, default: Any = None) -> Any:
-    f = fields.get(key)
-    if f is None:
-        return default
-    value = f.contents()
-    return value
-
-
 def shape_from_gguf(path: Path) -> ModelShape:
-    from .preflight import read_gguf_header
-
-    reader = read_gguf_header(path)
+    """The shape of a GGUF file from its header's hyper-parameters and tensor table (the vocabulary is only counted)."""
+    header = read_gguf_header(path)
     try:
-        return _shape_from_reader(reader, Path(path).name)
+        return _shape_from_header(header, Path(path).name)
     except (TypeError, ValueError, ZeroDivisionError, IndexError, AttributeError) as e:  # missing / mistyped keys
         raise ArtifactError(f"{Path(path).name} has missing or invalid hyper-parameters ({e})", "re-convert it") from e
 
 
-def _shape_from_reader(reader: Any, name: str) -> ModelShape:
-    f = reader.fields
-    arch = _field(f, "general.architecture")
-    if not arch:
+def _shape_from_header(header: GGUFHeader, name: str) -> ModelShape:
+    f = header.fields
+    arch = f.get("general.architecture")
+    if not arch or not isinstance(arch, str):
         raise ArtifactError(f"{name} has no general.architecture", "re-convert it")
-    n_embd = int(_field(f, f"{arch}.embedding_length"))
-    n_head = int(_field(f, f"{arch}.attention.head_count"))
+    n_embd = int(f.get(f"{arch}.embedding_length"))
+    n_head = int(f.get(f"{arch}.attention.head_count"))
     head_dim = n_embd // n_head
-    pattern = _field(f, f"{arch}.attention.sliding_window_pattern")
-    n_layer = int(_field(f, f"{arch}.block_count"))
-    n_swa = int(_field(f, f"{arch}.attention.sliding_window", 0) or 0)
+    pattern = f.get(f"{arch}.attention.sliding_window_pattern")
+    n_layer = int(f.get(f"{arch}.block_count"))
+    n_swa = int(f.get(f"{arch}.attention.sliding_window", 0) or 0)
     if isinstance(pattern, list):
         n_swa_layers = sum(bool(x) for x in pattern)
     elif n_swa and arch == "gemma3":  # llama.cpp's default gemma3 pattern: 5 local layers, then 1 global
@@ -146,16 +138,15 @@ def _shape_from_reader(reader: Any, name: str) -> ModelShape:
     else:
         n_swa_layers = 0
     tensors = tuple(
-        TensorInfo(t.name, t.tensor_type.name, int(t.shape[0]), int(t.n_elements) // max(int(t.shape[0]), 1),
-                   int(t.n_bytes)) for t in reader.tensors)
-    tokens = f.get("tokenizer.ggml.tokens")
+        TensorInfo(t.name, t.type_name, int(t.shape[0]), t.n_elements // max(int(t.shape[0]), 1), t.n_bytes)
+        for t in header.tensors)
     return ModelShape(
-        n_layer=n_layer, n_embd=n_embd, n_ff=int(_field(f, f"{arch}.feed_forward_length")), n_head=n_head,
-        n_head_kv=int(_field(f, f"{arch}.attention.head_count_kv", n_head)),
-        head_dim_k=int(_field(f, f"{arch}.attention.key_length", head_dim)),
-        head_dim_v=int(_field(f, f"{arch}.attention.value_length", head_dim)),
-        n_vocab=len(tokens.data) if tokens is not None else 0,
-        n_ctx_train=int(_field(f, f"{arch}.context_length", 0)),
+        n_layer=n_layer, n_embd=n_embd, n_ff=int(f.get(f"{arch}.feed_forward_length")), n_head=n_head,
+        n_head_kv=int(f.get(f"{arch}.attention.head_count_kv", n_head)),
+        head_dim_k=int(f.get(f"{arch}.attention.key_length", head_dim)),
+        head_dim_v=int(f.get(f"{arch}.attention.value_length", head_dim)),
+        n_vocab=header.array_length("tokenizer.ggml.tokens") or 0,
+        n_ctx_train=int(f.get(f"{arch}.context_length", 0)),
         n_swa=n_swa if n_swa_layers else 0, n_swa_layers=n_swa_layers, tensors=tensors)
 
 

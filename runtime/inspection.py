@@ -10,25 +10,19 @@ from typing import Any
 from .backends import artifact_format
 from .manifest import read_manifest
 
+# vocabulary-sized arrays: counted, not listed
+VOCAB_ARRAYS = frozenset({"tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
+                          "tokenizer.ggml.merges"})
+
 
 def gguf_metadata(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from .preflight import read_gguf_header
+    from .gguf_header import SkippedArray, read_gguf_header
 
-    reader = read_gguf_header(path)
-    meta: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        if key in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
-                   "tokenizer.ggml.merges"):
-            meta[key] = f"[{len(field.data)} entries]"
-            continue
-        try:
-            meta[key] = field.contents()
-        except (ValueError, IndexError):
-            meta[key] = "?"
-    tensors = [{"name": t.name, "type": t.tensor_type.name, "shape": [int(x) for x in t.shape],
-                "n_bytes": int(t.n_bytes)} for t in reader.tensors]
+    header = read_gguf_header(path, max_items=None, skip_keys=VOCAB_ARRAYS)
+    meta = {key: f"[{len(value)} entries]" if isinstance(value, SkippedArray) else value
+            for key, value in header.fields.items()}
+    tensors = [{"name": t.name, "type": t.type_name, "shape": list(t.shape), "n_bytes": t.n_bytes}
+               for t in header.tensors]
     return meta, tensors
 
 
