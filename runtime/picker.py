@@ -24,15 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_run.core.quants import BY_NAME as QUANT_NAMES
+from edge_run.core.quants import PLANNED_QUANTS
+
 from .errors import ArtifactError, CheckpointError, InputError, NothingFitsError, UsageError
-from .estimate import MemoryEstimate, ModelShape, estimate_memory, shape_from_checkpoint, shape_from_gguf
+from .estimate import CACHE_BYTES, MemoryEstimate, ModelShape, estimate_memory, shape_from_checkpoint, shape_from_gguf
 from .manifest import Manifest, read_manifest
+from .pick_quality import candidate_quality, store_references
 from .profiles import DeviceProfile
-from .quality import CORPUS_KEY, Quality, predict
+from .quality import CORPUS_KEY, Quality, usable
+from .quality_store import QualityStore
 from .speed import decode_speed
 
-# Quant types a local checkpoint is offered at (planned pairings), most to least precise.
-PLANNED_QUANTS: tuple[str, ...] = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
+# Quant types a local checkpoint is offered at (planned pairings), most to least precise: PLANNED_QUANTS,
+# the `planned` column of edge_run/core/quants.py.
 HEADROOM_FRACTION = 0.05
 HEADROOM_MIN_MIB = 64.0
 CTX_STEP = 256  # llama.cpp pads the KV cache to 256 cells: fitted contexts are multiples of it
@@ -53,6 +58,9 @@ class Candidate:
     context_length: int = 0  # trained context (0 = take it from the shape)
     # (quant, manifest.quality[CORPUS_KEY]) measured for the same source checkpoint
     references: tuple[tuple[str, dict[str, Any]], ...] = field(default=(), repr=False, compare=False)
+    digest: str = field(default="", compare=False)  # the source checkpoint's digest (quality store key)
+    imatrix: bool = False  # quantized with an importance matrix
+    has_manifest: bool = True  # False: a GGUF made elsewhere, described by its own metadata only
 
     @property
     def planned(self) -> bool:
@@ -61,7 +69,8 @@ class Candidate:
     @property
     def label(self) -> str:
         fmt = "" if self.format == "gguf" else f" [{self.format}]"
-        return f"{self.model} {self.quant}{fmt}" + (" (planned)" if self.planned else "")
+        return (f"{self.model} {self.quant}{fmt}" + (" (planned)" if self.planned else "")
+                + ("" if self.has_manifest else " (no manifest)"))
 
     @property
     def trained_ctx(self) -> int:
@@ -71,7 +80,7 @@ class Candidate:
         return {"model": self.model, "quant": self.quant, "format": self.format, "planned": self.planned,
                 "path": str(self.path) if self.path else None,
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-                "parameter_count": self.n_params, "context_length": self.trained_ctx}
+                "parameter_count": self.n_params, "context_length": self.trained_ctx, "manifest": self.has_manifest}
 
 
 # ------------------------------------------------------------------------------------- estimators
@@ -110,11 +119,23 @@ def _is_checkpoint(d: Path) -> bool:
         any(d.glob("*.safetensors")) or (d / "model.safetensors.index.json").is_file())
 
 
-def _scan(models_dir: Path) -> tuple[list[tuple[Path, Manifest]], list[Path]]:
+def _scan(models_dir: Path) -> tuple[list[tuple[Path, Manifest]], list[Path], list[Path]]:
+    """(artifacts with a manifest, checkpoint folders, GGUF files without a manifest) under ``models_dir``."""
     artifacts: list[tuple[Path, Manifest]] = []
     checkpoints: list[Path] = []
+    orphans: list[Path] = []
+    seen: set[tuple[int, int]] = set()  # (device, inode) of every folder walked: a symlink loop is walked once
     for root, dirs, files in os.walk(models_dir, followlinks=True):  # checkpoints are often symlinked in
         d = Path(root)
+        try:
+            st = os.stat(d)
+        except OSError:
+            dirs.clear()
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirs.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirs.sort()
         if "manifest.json" in files:  # an ONNX artifact folder
             m = read_manifest(d)
@@ -125,27 +146,54 @@ def _scan(models_dir: Path) -> tuple[list[tuple[Path, Manifest]], list[Path]]:
         if _is_checkpoint(d):
             checkpoints.append(d)
         for f in sorted(files):
-            if f.endswith(".gguf"):
+            if f.endswith(".gguf") and (d / f).is_file():  # regular files only: a FIFO would block the read
                 m = read_manifest(d / f)
-                if m is not None and m.format == "gguf":
+                if m is None:
+                    orphans.append(d / f)
+                elif m.format == "gguf":
                     artifacts.append((d / f, m))
-    return artifacts, checkpoints
+    return artifacts, checkpoints, orphans
 
 
-def gather_candidates(models_dir: Path, quants: Iterable[str] = PLANNED_QUANTS) -> list[Candidate]:
+def _orphan_candidate(path: Path) -> Candidate | None:
+    """A GGUF made elsewhere (llama.cpp, a download) that `run` accepts: a candidate from its own metadata,
+    marked as having no manifest (quality unmeasured, quant from the file name). None if it is unreadable."""
+    try:
+        shape = shape_from_gguf(path)
+    except InputError:
+        return None
+    stem = path.name[: -len(".gguf")]
+    model, _, quant = stem.rpartition(".")
+    if not model or quant.upper() not in QUANT_NAMES:
+        model, quant = stem, "?"
+    return Candidate(model, quant.upper(), shape, sum(t.ne0 * t.ne1 for t in shape.tensors), path=path,
+                     has_manifest=False)
+
+
+def gather_candidates(models_dir: Path, quants: Iterable[str] = PLANNED_QUANTS,
+                      store: QualityStore | None = None) -> list[Candidate]:
     """Every local artifact with a manifest under ``models_dir``, plus each local checkpoint at each of
-    ``quants`` not converted yet. Measured qualities of one source checkpoint travel with all its
-    pairings so unmeasured ones are predicted from them."""
+    ``quants`` not converted yet. Measured qualities of one source checkpoint (manifests and the quality
+    store) travel with all its pairings so unmeasured ones are predicted from them."""
+    store = QualityStore.default() if store is None else store
     models_dir = Path(models_dir)
     if not models_dir.is_dir():
         raise InputError(f"models folder {models_dir} does not exist",
                          "pass --models DIR holding converted artifacts or Hugging Face checkpoints")
-    artifacts, checkpoints = _scan(models_dir)
+    artifacts, checkpoints, orphans = _scan(models_dir)
     refs: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for path, m in artifacts:
         entry = (m.quality or {}).get(CORPUS_KEY)
-        if isinstance(entry, dict) and isinstance(entry.get("bpb"), (int, float)):
-            refs.setdefault(m.source.get("digest", str(path)), []).append((m.quant, entry))
+        if usable(entry):
+            imat = bool(m.extra.get("imatrix")) if isinstance(m.extra, dict) else False
+            refs.setdefault(m.source.get("digest", str(path)), []).append((m.quant, {**entry, "imatrix": imat}))
+    merged: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {}
+
+    def refs_for(digest: str) -> tuple[tuple[str, dict[str, Any]], ...]:
+        if digest not in merged:
+            merged[digest] = tuple(refs.get(digest, ())) + store_references(store, digest)
+        return merged[digest]
+
     out: list[Candidate] = []
     have: set[tuple[str, str]] = set()
     for path, m in artifacts:
@@ -155,14 +203,16 @@ def gather_candidates(models_dir: Path, quants: Iterable[str] = PLANNED_QUANTS) 
             model=_model_name(path, m), quant=m.quant, shape=shape_from_gguf(path) if m.format == "gguf" else None,
             n_params=m.parameter_count, format=m.format, path=path,
             checkpoint=Path(m.source["path"]) if m.source.get("path") else None,
-            context_length=m.context_length, references=tuple(refs.get(digest, ()))))
+            context_length=m.context_length, references=refs_for(digest), digest=digest,
+            imatrix=bool(m.extra.get("imatrix")) if isinstance(m.extra, dict) else False))
     for ckpt_dir in checkpoints:
-        out.extend(_planned(ckpt_dir, quants, have, refs))
+        out.extend(_planned(ckpt_dir, quants, have, refs_for))
+    out.extend(c for c in map(_orphan_candidate, orphans) if c is not None)
     return out
 
 
 def _planned(ckpt_dir: Path, quants: Iterable[str], have: set[tuple[str, str]],
-             refs: dict[str, list[tuple[str, dict[str, Any]]]]) -> list[Candidate]:
+             refs_for: Callable[[str], tuple[tuple[str, dict[str, Any]], ...]]) -> list[Candidate]:
     from edge_run.converters.checkpoint import open_checkpoint
 
     try:
@@ -172,9 +222,10 @@ def _planned(ckpt_dir: Path, quants: Iterable[str], have: set[tuple[str, str]],
         return []  # not convertible: nothing to plan (`edge-run convert` says why)
     ctx = int(ckpt.text_config().get("max_position_embeddings") or 0)
     n_params = ckpt.parameter_count()
+    references = refs_for(digest)
     return [Candidate(model=ckpt.name, quant=q.upper(), shape=shape_from_checkpoint(ckpt_dir, q.upper()),
                       n_params=n_params, checkpoint=ckpt_dir, context_length=ctx,
-                      references=tuple(refs.get(digest, ())))
+                      references=references, digest=digest)
             for q in quants if (digest, q.upper()) not in have]
 
 
@@ -218,16 +269,18 @@ class Row:
     def fits(self) -> bool:
         return not self.reason
 
-    def rank_key(self) -> tuple[float, float, float]:
+    def rank_key(self) -> tuple[bool, float, float, float]:
+        # a model with nothing measured never outranks a measured one on a guess from its parameter count;
         # BPB differences under 0.001 (e.g. F16 vs Q8_0) are below what the prediction can resolve: a tie
-        return (round(self.quality.bpb, 3), -self.tps, self.estimate.total_mib if self.estimate else float("inf"))
+        return (self.quality.unmeasured, round(self.quality.bpb, 3), -self.tps,
+                self.estimate.total_mib if self.estimate else float("inf"))
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.candidate.to_dict(), "fits": self.fits, "why_not": self.reason or None,
                 "constraints": list(self.constraints), "max_ctx": self.max_ctx or None,
                 "memory": self.estimate.to_dict() if self.estimate else None,
                 "quality": {"bpb": round(self.quality.bpb, 4), "measured": self.quality.measured,
-                            "basis": self.quality.basis},
+                            "unmeasured": self.quality.unmeasured, "basis": self.quality.basis},
                 "decode_tokens_per_s": round(self.tps, 2)}
 
 
@@ -294,7 +347,7 @@ def evaluate(c: Candidate, profile: DeviceProfile, ctx: int, min_tps: float = 0.
              budget: float | None = None) -> Row:
     """One candidate against the profile at ``ctx``: memory, quality, speed, and why it is rejected."""
     budget = budget_mib(profile) if budget is None else budget
-    quality = predict(c.quant, c.n_params, list(c.references))
+    quality = candidate_quality(c)
     if c.format not in ESTIMATORS:
         return Row(c, None, quality, 0.0, 0, f"no memory estimator for {c.format} artifacts yet", ("format",))
     est = _estimate(c, ctx, profile, cache_type)
@@ -318,6 +371,8 @@ def pick(profile: DeviceProfile, candidates: list[Candidate], ctx: int = 2048, m
     """The best-quality candidate that fits; NothingFitsError names the smallest pairing and its need."""
     if ctx < 16:
         raise UsageError(f"--ctx {ctx} is too small", "pass a context of at least 16 tokens")
+    if cache_type not in CACHE_BYTES:
+        raise UsageError(f"unknown KV cache type {cache_type!r}", f"choose from: {', '.join(CACHE_BYTES)}")
     if not candidates:
         raise InputError("no candidates to pick from", "pass --models DIR holding converted artifacts (with "
                          "manifests) or Hugging Face checkpoints")
@@ -343,7 +398,16 @@ def _nothing_fits(profile: DeviceProfile, rows: list[Row], budget: float, ctx: i
                                 "convert a checkpoint to GGUF with `edge-run convert`")
     smallest = min(sized, key=lambda r: r.estimate.total_mib if r.estimate else 0.0)
     assert smallest.estimate is not None
-    if smallest.estimate.total_mib <= budget and min_tps:
+    in_memory = [r for r in sized if not set(r.constraints) & _MEMORY]
+    too_short = [r for r in in_memory if "context" in r.constraints]
+    if too_short and not any(r.constraints == ("speed",) for r in in_memory):
+        longest = max(too_short, key=lambda r: r.candidate.trained_ctx)
+        limit = longest.candidate.trained_ctx
+        return NothingFitsError(f"nothing fits {profile.name} at ctx {ctx}: the context, not memory, is the limit: "
+                                f"the pairings that fit in memory were trained for at most {limit} tokens "
+                                f"({longest.candidate.label})",
+                                f"lower --ctx to {limit} or add a model trained for a longer context to --models")
+    if in_memory and min_tps:
         fastest = max(sized, key=lambda r: r.tps)
         return NothingFitsError(f"nothing reaches --min-tps {min_tps:g} on {profile.name}: the fastest pairing, "
                                 f"{fastest.candidate.label}, makes about {fastest.tps:.1f} tok/s",

@@ -5,21 +5,22 @@ Prediction = the same checkpoint's measured BPB at another quant type, moved by 
 the two types' penalties; without any measurement of that checkpoint, a prior from its parameter
 count. Penalties come from llama.cpp's published perplexity deltas (llama-quantize's type table,
 "+X ppl @ Llama-3-8B", WikiText-2, F16 PPL ~6.233), turned into nats per token: ln((6.233 + X) / 6.233).
-Small models lose more to quantization than an 8B model, so predictions understate their penalty.
+Small models lose more to quantization than an 8B model: when the pairing's tensor table is known, the
+shift is predicted from its real type mix instead (runtime/quant_loss.py, fitted on measured zoo data).
+A model with nothing measured is "unmeasured": its prior from parameter count ranks below every measured
+model (parameter count says nothing about what a model was trained on).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from edge_run.core.quants import PUBLISHED_PPL_DELTA
+
 LLAMA3_8B_F16_PPL = 6.233
-# quant -> PPL increase over F16 for Llama-3-8B (llama.cpp tools/quantize/quantize.cpp QUANT_OPTIONS)
-PUBLISHED_PPL_DELTA: dict[str, float] = {
-    "F32": 0.0, "F16": 0.0, "BF16": 0.0, "Q8_0": 0.0026, "Q6_K": 0.0217, "Q5_K_M": 0.0569, "Q5_K_S": 0.1049,
-    "Q5_1": 0.1062, "Q5_0": 0.1316, "Q4_K_M": 0.1754, "Q4_K_S": 0.2689, "Q4_1": 0.4511, "Q4_0": 0.4685,
-    "Q3_K_L": 0.5562, "Q3_K_M": 0.6569, "Q3_K_S": 1.6321, "Q2_K": 3.5199, "Q2_K_S": 3.1836,
-}
+# quant -> PPL increase over F16 for Llama-3-8B: the ppl_delta column of edge_run/core/quants.py
 DEFAULT_TOKENS_PER_BYTE = 0.25
 CORPUS_KEY = "wikitext2"
 
@@ -37,6 +38,9 @@ def prior_bpb(n_params: int) -> float:
     return max(0.3, 1.10 - 0.263 * math.log10(max(n_params, 1) / 1e8))
 
 
+UNMEASURED = "unmeasured"  # basis of a prediction from the parameter count alone
+
+
 @dataclass(frozen=True)
 class Quality:
     bpb: float
@@ -44,20 +48,43 @@ class Quality:
     basis: str  # how it was obtained, for the table
 
     @property
+    def unmeasured(self) -> bool:
+        """Nothing of this model was measured: the value is a guess from its size and never outranks a
+        model that was measured."""
+        return self.basis.startswith(UNMEASURED)
+
+    @property
     def label(self) -> str:
+        if self.unmeasured:
+            return f"unmeasured (~{self.bpb:.2f})"
         return f"{self.bpb:.3f}" + ("" if self.measured else "*")
 
 
-def predict(quant: str, n_params: int, references: list[tuple[str, dict]]) -> Quality:
-    """``references``: (quant, quality entry) measured for the same checkpoint."""
+def usable(entry: object) -> bool:
+    """A quality entry whose BPB is a finite, non-negative number (anything else is never used)."""
+    if not isinstance(entry, dict):
+        return False
+    bpb = entry.get("bpb")
+    return isinstance(bpb, (int, float)) and not isinstance(bpb, bool) and math.isfinite(bpb) and bpb >= 0
+
+
+def predict(quant: str, n_params: int, references: list[tuple[str, dict]],
+            loss: Callable[[str], float] | None = None, imatrix: bool = False) -> Quality:
+    """``references``: (quant, quality entry) measured for the same checkpoint (an entry may say
+    ``"imatrix": true``). ``loss``: predicted nats/token over F16 of this model at a quant type (from its
+    tensor-type mix, runtime/quant_loss.py); without it, llama.cpp's Llama-3-8B penalties are used."""
+    references = [(q, e) for q, e in references if usable(e)]
     for ref_quant, entry in references:
-        if ref_quant.upper() == quant.upper():
-            return Quality(float(entry["bpb"]), True, "measured")
-    if references:
-        ref_quant, entry = min(references, key=lambda r: penalty_nats(r[0]))
+        if ref_quant.upper() == quant.upper() and bool(entry.get("imatrix")) == imatrix:
+            return Quality(float(entry["bpb"]), True, str(entry.get("basis", "measured")))
+    plain = [r for r in references if not r[1].get("imatrix")] or references
+    if plain:
+        nats = loss or penalty_nats
+        ref_quant, entry = min(plain, key=lambda r: (nats(r[0]), -int(r[1].get("chunks", 0))))
         tpb = entry.get("tokens_scored", 0) / max(entry.get("bytes_scored", 0), 1) or DEFAULT_TOKENS_PER_BYTE
-        shift = (penalty_nats(quant) - penalty_nats(ref_quant)) / math.log(2) * tpb
-        return Quality(float(entry["bpb"]) + shift, False, f"predicted from measured {ref_quant}")
+        shift = (nats(quant) - nats(ref_quant)) / math.log(2) * tpb
+        how = "tensor-type mix" if loss is not None else "Llama-3-8B penalties"
+        return Quality(float(entry["bpb"]) + shift, False, f"predicted from measured {ref_quant} ({how})")
     tpb = DEFAULT_TOKENS_PER_BYTE
     return Quality(prior_bpb(n_params) + penalty_nats(quant) / math.log(2) * tpb, False,
-                   "predicted from parameter count")
+                   f"{UNMEASURED}: a guess from the parameter count")

@@ -7,9 +7,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..pick_quality import measure_command
 from ..picker import PickResult, gather_candidates, pick
 from ..profiles import get_profile
-from ._common import console, print_json
+from ..quality_store import QualityStore
+from ._common import console, err_console, print_json, progress_bars
 
 
 def pick_cmd(
@@ -20,9 +22,20 @@ def pick_cmd(
     cache_type: str = typer.Option("f16", "--cache-type", help="KV cache type: f16 | q8_0 | q4_0 | f32"),
     as_json: bool = typer.Option(False, "--json"),
     plot: Path = typer.Option(None, "--plot", help="write quality vs memory (PNG) with budget and Pareto frontier"),
+    measure: bool = typer.Option(False, "--measure", help="measure the quality the ranking needs first (stored)"),
+    budget_seconds: float = typer.Option(None, "--budget-seconds", min=1.0, help="with --measure: time budget"),
+    chunks: int = typer.Option(20, "--chunks", min=1, help="with --measure: chunks of 512 tokens per model"),
+    slice_chunks: int = typer.Option(4, "--slice-chunks", min=1, help="with --measure: chunks per pairing"),
 ) -> None:
     """Show every candidate (memory, fit, quality, speed) and pick the best one that fits."""
-    result = pick(get_profile(profile), gather_candidates(models), ctx=ctx, min_tps=min_tps, cache_type=cache_type)
+    store = QualityStore.default()
+    dev = get_profile(profile)
+    result = pick(dev, gather_candidates(models, store=store), ctx=ctx, min_tps=min_tps, cache_type=cache_type)
+    if measure:
+        _measure(result, store, chunks, min(slice_chunks, chunks), budget_seconds, quiet=as_json)
+        result = pick(dev, gather_candidates(models, store=store), ctx=ctx, min_tps=min_tps, cache_type=cache_type)
+    for problem in dict.fromkeys(store.problems):
+        err_console.print(f"note: {problem}", markup=False)
     if plot is not None:
         from ..pick_plot import plot_pick
 
@@ -30,10 +43,30 @@ def pick_cmd(
     if as_json:
         print_json(result.to_dict())
         return
-    _print(result)
+    _print(result, str(models))
 
 
-def _print(r: PickResult) -> None:
+def _measure(result: PickResult, store: QualityStore, chunks: int, slice_chunks: int, budget: float | None,
+             quiet: bool) -> None:
+    from ..pick_measure import plan, run
+
+    report = plan(result, store, chunks, slice_chunks, budget)
+    out = err_console if quiet else console
+    if not report.planned:
+        out.print("measure: nothing to do, the quality store already has what the ranking needs")
+    else:
+        out.print(f"measure: {len(report.planned)} steps, about {report.est_seconds / 60:.1f} min: "
+                  + ", ".join(s.label for s in report.planned), markup=False)
+    if report.over_budget:
+        out.print(f"measure: {len(report.over_budget)} steps left out by --budget-seconds: "
+                  + ", ".join(s.label for s in report.over_budget), markup=False)
+    with progress_bars(enabled=not quiet) as progress:
+        run(report, store, progress=progress)
+    for step, seconds, bpb in report.done:
+        out.print(f"  {step.label}: BPB {bpb:.4f} ({seconds:.0f} s)", markup=False)
+
+
+def _print(r: PickResult, models: str) -> None:
     table = Table("pairing", "weights", "KV", "compute", "total MiB", "fits", "BPB", "tok/s", "max ctx", "why not",
                   title=f"{r.profile.description}: budget {r.budget_mib:.0f} MiB at ctx {r.ctx}")
     for row in r.rows:
@@ -43,7 +76,11 @@ def _print(r: PickResult) -> None:
                       f"{e.compute_mib:.0f}", f"{e.total_mib:.0f}", "yes" if row.fits else "no",
                       row.quality.label, f"{row.tps:.1f}", str(row.max_ctx or ""), row.reason)
     console.print(table)
-    console.print("BPB* = predicted (no `edge-run eval` measurement yet)")
+    console.print("BPB* = predicted from the same model's measured quality and the pairing's tensor-type mix; "
+                  "unmeasured = nothing of that model is measured (ranked below every measured model)")
+    for cmd in dict.fromkeys(measure_command(row.candidate, r.profile.name, models)
+                             for row in r.rows if row.quality.unmeasured):
+        console.print(f"measure the unmeasured: {cmd}", markup=False)
     console.print(f"pick: {r.pick.candidate.label} ({r.pick.quality.basis}), binding constraint: {r.binding}")
     for note in r.counterfactuals:
         console.print(f"  - {note}")

@@ -1,0 +1,178 @@
+"""`edge-run pick --measure`: measure what the ranking needs, cheapest first, into the quality store.
+
+    1. anchors   each model (source checkpoint) in the ranking, once: Q8_0 (an F16/Q8_0 artifact already
+                 under --models, else converted into the cache) on the first N chunks (default 20) of
+                 WikiText-2 at ctx 512. Q8_0 is within 0.0011 BPB of F16 on both zoo models
+                 (results/tradeoff.json: SmolLM2 1.1226 vs 1.1215, Gemma3 1.0083 vs 1.0074) and reads half
+                 the bytes, so it stands for the model's full-precision quality.
+    2. pairings  each GGUF pairing that fits the profile, on the first k chunks (default 4), plus the
+                 anchor's type on the same k chunks: the pairing's BPB is the anchor's plus the paired
+                 difference (runtime/pick_quality.py). Pairings run cheapest first (size x chunks).
+
+Every measurement goes into the quality store under (digest, quant, imatrix, corpus, ctx, chunks); a step
+whose key is already there is not planned, so nothing is measured twice. With a budget, steps are
+taken in order while the running estimate fits it (anchors first: without one a model stays unmeasured).
+The time estimate is FLOPs per chunk over a per-type throughput measured on a 2-core x86 machine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .fsutil import cache_dir
+from .pick_quality import REFERENCE_CORPUS, REFERENCE_CTX, reference_corpus_sha256
+from .picker import Candidate, PickResult
+from .quality_store import QualityStore, StoreKey
+
+ANCHOR_QUANTS = ("Q8_0", "F16")  # what stands for a model's full-precision quality, preferred first
+# prefill throughput (FLOP/s, 2 x params x tokens) by type, measured: results/tradeoff.json eval_seconds
+EVAL_FLOPS: dict[str, float] = {"F32": 6e9, "F16": 1.2e10, "BF16": 1.2e10, "Q8_0": 3.7e10}
+EVAL_FLOPS_DEFAULT = 1.1e11  # k-quants and legacy 4/5-bit types
+CONVERT_PARAMS_PER_S = 2e7  # F16 intermediate + one quantization, per parameter
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Step:
+    model: str
+    digest: str
+    quant: str
+    chunks: int
+    candidate: Candidate  # an artifact to evaluate, or a planned pairing to convert first
+    anchor: bool
+    est_seconds: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.quant} x{self.chunks}"
+
+    def key(self, chunks: int | None = None) -> StoreKey:
+        return StoreKey(self.digest, self.quant, "", reference_corpus_sha256(), REFERENCE_CTX,
+                        self.chunks if chunks is None else chunks)
+
+
+@dataclass
+class MeasureReport:
+    planned: list[Step]
+    over_budget: list[Step]
+    done: list[tuple[Step, float, float]] = field(default_factory=list)  # (step, seconds, bpb)
+
+    @property
+    def est_seconds(self) -> float:
+        return sum(s.est_seconds for s in self.planned)
+
+
+def eval_seconds(n_params: int, quant: str, chunks: int) -> float:
+    return chunks * 2.0 * n_params * REFERENCE_CTX / EVAL_FLOPS.get(quant.upper(), EVAL_FLOPS_DEFAULT)
+
+
+def _cost(c: Candidate, quant: str, chunks: int) -> float:
+    convert = c.n_params / CONVERT_PARAMS_PER_S if c.planned else 0.0
+    return eval_seconds(c.n_params, quant, chunks) + convert
+
+
+def _has(store: QualityStore, digest: str, chunks: int) -> bool:
+    sha = reference_corpus_sha256()
+    return any(s.key.chunks == chunks and s.key.ctx == REFERENCE_CTX and s.key.corpus_sha256 == sha
+               for s in store.entries(digest))
+
+
+def plan(result: PickResult, store: QualityStore, chunks: int = 20, slice_chunks: int = 4,
+         budget_s: float | None = None) -> MeasureReport:
+    """The steps the ranking in ``result`` still needs, cheapest first within anchors and pairings."""
+    by_model: dict[str, list[Candidate]] = {}
+    for row in result.rows:
+        c = row.candidate
+        if c.format == "gguf" and c.digest and (c.path is not None or c.checkpoint is not None):
+            by_model.setdefault(c.digest, []).append(c)
+    anchors: list[Step] = []
+    pairings: list[Step] = []
+    fitting = {id(r.candidate) for r in result.rows if r.fits}
+    for digest, cands in by_model.items():
+        order = {q: i for i, q in enumerate(ANCHOR_QUANTS)}
+        ranked = sorted(cands, key=lambda c: (order.get(c.quant.upper(), len(order)), c.planned))
+        base = ranked[0]
+        if base.quant.upper() not in order:  # no F16/Q8_0 to anchor on: the most precise artifact there is
+            base = min(cands, key=lambda c: -(c.shape.weight_bytes if c.shape else 0))
+        if not _has(store, digest, chunks):
+            anchors.append(Step(base.model, digest, base.quant.upper(), chunks, base, True,
+                                _cost(base, base.quant, chunks)))
+        todo = [c for c in cands if id(c) in fitting and not c.imatrix and c.quant.upper() != base.quant.upper()]
+        if todo:
+            todo.append(base)
+        for c in todo:
+            step = Step(c.model, digest, c.quant.upper(), slice_chunks, c, False, _cost(c, c.quant, slice_chunks))
+            if store.get(step.key()) is None:
+                pairings.append(step)
+    ordered = sorted(anchors, key=lambda s: s.est_seconds) + sorted(pairings, key=lambda s: s.est_seconds)
+    planned, over = [], []
+    total = 0.0
+    for s in ordered:
+        if budget_s is not None and total + s.est_seconds > budget_s:
+            over.append(s)
+            continue
+        planned.append(s)
+        total += s.est_seconds
+    return MeasureReport(planned, over)
+
+
+def run(report: MeasureReport, store: QualityStore, work_dir: Path | None = None, threads: int | None = None,
+        progress: Progress | None = None) -> MeasureReport:
+    """Run the planned steps; every result goes into ``store`` as soon as it is measured."""
+    from .evaluate import evaluate, load_corpus
+
+    corpus = load_corpus(REFERENCE_CORPUS)
+    work = Path(work_dir) if work_dir is not None else cache_dir() / "measure"
+    converted: dict[tuple[str, str], Path] = {}
+    steps = report.planned
+    for i, step in enumerate(steps):
+        if progress:
+            progress("measure", i, len(steps))
+        t0 = time.perf_counter()
+        path = step.candidate.path
+        if path is None:
+            path = converted.get((step.digest, step.quant))
+            if path is None:
+                path = _convert(step, steps[i:], work / step.digest[:16], converted)
+        res = evaluate(path, corpus, ctx=REFERENCE_CTX, chunks=step.chunks, threads=threads,
+                       progress=_relabel(progress, step.label))
+        store.put(step.key(res.chunks), {**res.quality_entry(), "artifact": path.name})
+        seconds = time.perf_counter() - t0
+        report.done.append((step, seconds, res.bpb))
+    if progress:
+        progress("measure", len(steps), len(steps))
+    return report
+
+
+def _relabel(progress: Progress | None, label: str) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda _stage, done, total: progress(label, done, total)
+
+
+def _convert(step: Step, rest: list[Step], folder: Path, converted: dict[tuple[str, str], Path]) -> Path:
+    """Convert every planned quant type of this model still to come in one go (one F16 intermediate);
+    types already converted in ``folder`` by an earlier run are reused."""
+    from edge_run.converters.gguf.convert import ConvertOptions, artifact_path, convert_to_gguf
+    from edge_run.converters.gguf.quant_types import QUANT_TYPES
+
+    from .manifest import read_manifest
+
+    want = sorted({s.quant for s in rest if s.digest == step.digest and s.candidate.path is None})
+    missing = []
+    for q in want:
+        p = artifact_path(folder, step.model, QUANT_TYPES[q])
+        if p.exists() and read_manifest(p) is not None:
+            converted[(step.digest, q)] = p
+        else:
+            missing.append(q)
+    if missing:
+        assert step.candidate.checkpoint is not None
+        paths = convert_to_gguf(step.candidate.checkpoint, folder,
+                                ConvertOptions(quants=",".join(q.lower() for q in missing), name=step.model,
+                                               force=True))
+        converted.update({(step.digest, q): p for q, p in zip(missing, paths, strict=True)})
+    return converted[(step.digest, step.quant)]

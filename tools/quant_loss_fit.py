@@ -1,0 +1,222 @@
+"""Fit runtime/quant_loss.py's per-type costs on measured data; report leave-one-model-out error.
+
+Data (no model is run here):
+    - results/tradeoff.json: SmolLM2-135M and Gemma3-270M, every plain quant type measured on WikiText-2
+      (40 chunks x 512) against the same model's F16: loss = ln(PPL_q / PPL_F16) nats per token;
+    - llama.cpp's published Llama-3-8B deltas (runtime/quality.py PUBLISHED_PPL_DELTA, same corpus).
+Each model's tensor shapes come from its public config (HPARAMS, one row per model) and the type mix
+from runtime/quant_mix.py, so every row is described by what the predictor sees at pick time.
+
+Fit: for each (GAMMA, OUTPUT_WEIGHT) on a grid, the costs by non-negative least squares on relative
+errors (each model weighted equally); the best grid point wins. Leave-one-model-out: fit on the other
+models, predict every row of the one left out (a type it never saw is interpolated from bits, as at
+pick time); the error is reported in nats/token and, for measured models, in BPB. The baseline is
+what the picker did before: llama.cpp's Llama-3-8B per-file-type delta applied to every model.
+
+    python -m tools.quant_loss_fit [--tradeoff results/tradeoff.json] [--out results/quant_loss_fit.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_run.runtime.estimate import TensorInfo
+from edge_run.runtime.quality import LLAMA3_8B_F16_PPL, PUBLISHED_PPL_DELTA, penalty_nats
+from edge_run.runtime.quant_loss import BLOCK_SCALE, TypeMix, loss_nats, mix_of
+from edge_run.runtime.quant_mix import QUANT_MIX, tensor_type
+
+# name -> (layers, n_embd, n_ff, heads, kv heads, head dim, vocab, tied embeddings): public config.json values
+HPARAMS: dict[str, tuple[int, int, int, int, int, int, int, bool]] = {
+    "smollm2-135m": (30, 576, 1536, 9, 3, 64, 49152, True),
+    "gemma3-270m": (18, 640, 2048, 4, 1, 256, 262144, True),
+    "llama3-8b": (32, 4096, 14336, 32, 8, 128, 128256, False),
+}
+# file types with a published Llama-3-8B delta that need no importance matrix
+PUBLISHED_FTYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0",
+                    "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K")
+GAMMAS = tuple(round(0.05 * i, 2) for i in range(21))
+OUTPUT_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0)
+REL_FLOOR = 0.003  # nats: below this, errors count as absolute (Q8_0's loss is noise-level)
+
+
+@dataclass(frozen=True)
+class Obs:
+    model: str
+    ftype: str
+    loss: float  # measured nats/token over F16
+    mix: TypeMix
+    tokens_per_byte: float | None  # None: published PPL only
+
+
+def tensors(model: str, ftype: str) -> tuple[TensorInfo, ...]:
+    n_layer, d, ff, h, kv, hd, vocab, tied = HPARAMS[model]
+    shapes = [("token_embd.weight", d, vocab)] + ([] if tied else [("output.weight", d, vocab)])
+    for i in range(n_layer):
+        shapes += [(f"blk.{i}.attn_q.weight", d, h * hd), (f"blk.{i}.attn_k.weight", d, kv * hd),
+                   (f"blk.{i}.attn_v.weight", d, kv * hd), (f"blk.{i}.attn_output.weight", h * hd, d),
+                   (f"blk.{i}.ffn_gate.weight", d, ff), (f"blk.{i}.ffn_up.weight", d, ff),
+                   (f"blk.{i}.ffn_down.weight", ff, d)]
+    return tuple(TensorInfo(n, tensor_type(ftype, n, ne0, n_layer, not tied), ne0, ne1, 0) for n, ne0, ne1 in shapes)
+
+
+def observations(tradeoff: dict[str, Any]) -> list[Obs]:
+    out: list[Obs] = []
+    rows = [r for r in tradeoff["rows"] if not r["imatrix"]]
+    for model in sorted({r["model"] for r in rows}):
+        if model not in HPARAMS:
+            continue
+        mine = {r["quant"]: r for r in rows if r["model"] == model}
+        f16 = mine.get("F16")
+        if f16 is None:
+            continue
+        for q, r in mine.items():
+            if q != "F16" and q in QUANT_MIX:
+                out.append(Obs(model, q, math.log(r["ppl"] / f16["ppl"]), mix_of(tensors(model, q)),
+                               r["tokens_scored"] / r["bytes_scored"]))
+    for q in PUBLISHED_FTYPES:
+        loss = math.log((LLAMA3_8B_F16_PPL + PUBLISHED_PPL_DELTA[q]) / LLAMA3_8B_F16_PPL)
+        out.append(Obs("llama3-8b", q, loss, mix_of(tensors("llama3-8b", q)), None))
+    return out
+
+
+def nnls(a: np.ndarray, b: np.ndarray, iters: int = 200) -> np.ndarray:
+    """Lawson-Hanson non-negative least squares: min |a x - b| subject to x >= 0."""
+    n = a.shape[1]
+    x = np.zeros(n)
+    passive = np.zeros(n, dtype=bool)
+    for _ in range(iters):
+        w = a.T @ (b - a @ x)
+        if passive.all() or w[~passive].max(initial=-1.0) <= 1e-12:
+            break
+        passive[np.argmax(np.where(passive, -np.inf, w))] = True
+        while True:
+            z = np.zeros(n)
+            z[passive] = np.linalg.lstsq(a[:, passive], b, rcond=None)[0]
+            if (z[passive] > 0).all():
+                x = z
+                break
+            neg = passive & (z <= 0)
+            alpha = np.min(x[neg] / (x[neg] - z[neg]))
+            x = x + alpha * (z - x)
+            passive &= x > 1e-12
+    return x
+
+
+def _design(obs: list[Obs], types: list[str], gamma: float, out_w: float) -> np.ndarray:
+    a = np.zeros((len(obs), len(types)))
+    for i, o in enumerate(obs):
+        s = (o.mix.n_block / BLOCK_SCALE) ** -gamma
+        for j, t in enumerate(types):
+            a[i, j] = s * (o.mix.shares.get(t, 0.0) + (out_w if o.mix.output_type == t else 0.0))
+    return a
+
+
+def fit(obs: list[Obs]) -> dict[str, Any]:
+    types = sorted({t for o in obs for t in [*o.mix.shares, o.mix.output_type]} - {"F16", "F32", "BF16"})
+    per_model = {m: sum(o.model == m for o in obs) for m in {o.model for o in obs}}
+    w = np.array([1.0 / (o.loss + REL_FLOOR) / math.sqrt(per_model[o.model]) for o in obs])
+    b = np.array([o.loss for o in obs])
+    best: dict[str, Any] | None = None
+    for gamma in GAMMAS:
+        for out_w in OUTPUT_WEIGHTS:
+            a = _design(obs, types, gamma, out_w)
+            c = nnls(a * w[:, None], b * w)
+            sse = float(np.sum(((a @ c - b) * w) ** 2))
+            if best is None or sse < best["sse"]:
+                best = {"sse": sse, "gamma": gamma, "output_weight": out_w,
+                        "cost": {t: float(v) for t, v in zip(types, c, strict=True)}}
+    assert best is not None
+    return best
+
+
+def predict(o: Obs, f: dict[str, Any]) -> float:
+    cost = {"F32": 0.0, "F16": 0.0, "BF16": 0.0, **f["cost"]}
+    return loss_nats(o.mix, cost, f["gamma"], f["output_weight"])
+
+
+def _bpb(nats: float, tpb: float | None) -> float | None:
+    return None if tpb is None else nats / math.log(2) * tpb
+
+
+def _order_agreement(pairs: list[tuple[float, float]]) -> float:
+    """Share of row pairs whose order (which of two file types loses more) is predicted right."""
+    n = ok = 0
+    for i in range(len(pairs)):
+        for j in range(i + 1, len(pairs)):
+            n += 1
+            ok += (pairs[i][0] - pairs[j][0]) * (pairs[i][1] - pairs[j][1]) > 0
+    return ok / n if n else 1.0
+
+
+def lomo(obs: list[Obs]) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    for model in sorted({o.model for o in obs}):
+        f = fit([o for o in obs if o.model != model])
+        rows = []
+        for o in (o for o in obs if o.model == model):
+            pred, base = predict(o, f), penalty_nats(o.ftype)
+            rows.append({"ftype": o.ftype, "measured_nats": round(o.loss, 5), "predicted_nats": round(pred, 5),
+                         "baseline_nats": round(base, 5),
+                         "measured_bpb_delta": _r(_bpb(o.loss, o.tokens_per_byte)),
+                         "predicted_bpb_delta": _r(_bpb(pred, o.tokens_per_byte)),
+                         "baseline_bpb_delta": _r(_bpb(base, o.tokens_per_byte))})
+        err = [abs(r["predicted_nats"] - r["measured_nats"]) for r in rows]
+        base_err = [abs(r["baseline_nats"] - r["measured_nats"]) for r in rows]
+        summary: dict[str, Any] = {
+            "rows": len(rows), "fit_on": sorted({o.model for o in obs} - {model}), "gamma": f["gamma"],
+            "output_weight": f["output_weight"],
+            "mae_nats": round(float(np.mean(err)), 5), "max_err_nats": round(max(err), 5),
+            "baseline_mae_nats": round(float(np.mean(base_err)), 5), "baseline_max_err_nats": round(max(base_err), 5),
+            "order_agreement": round(_order_agreement([(r["predicted_nats"], r["measured_nats"]) for r in rows]), 3),
+            "baseline_order_agreement": round(_order_agreement([(r["baseline_nats"], r["measured_nats"])
+                                                                 for r in rows]), 3),
+        }
+        if rows[0]["measured_bpb_delta"] is not None:
+            summary["mae_bpb"] = round(float(np.mean([abs(r["predicted_bpb_delta"] - r["measured_bpb_delta"])
+                                                      for r in rows])), 4)
+            summary["max_err_bpb"] = round(max(abs(r["predicted_bpb_delta"] - r["measured_bpb_delta"])
+                                               for r in rows), 4)
+            summary["baseline_mae_bpb"] = round(float(np.mean([abs(r["baseline_bpb_delta"] - r["measured_bpb_delta"])
+                                                               for r in rows])), 4)
+        report[model] = {"summary": summary, "rows": rows}
+    return report
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tradeoff", type=Path, default=Path("results/tradeoff.json"))
+    ap.add_argument("--out", type=Path, default=Path("results/quant_loss_fit.json"))
+    args = ap.parse_args(argv)
+    tradeoff = json.loads(args.tradeoff.read_text(encoding="utf-8"))
+    obs = observations(tradeoff)
+    f = fit(obs)
+    out = {
+        "schema": "edge-run-quant-loss-fit/1",
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "data": {"tradeoff": str(args.tradeoff), "tradeoff_settings": tradeoff.get("settings"),
+                 "models": sorted({o.model for o in obs}), "rows": len(obs)},
+        "fit": {"gamma": f["gamma"], "output_weight": f["output_weight"],
+                "cost": {t: round(v, 6) for t, v in sorted(f["cost"].items())}},
+        "leave_one_model_out": lomo(obs),
+    }
+    args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(out["fit"], indent=1))
+    for m, rep in out["leave_one_model_out"].items():
+        print(m, json.dumps(rep["summary"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
