@@ -269,10 +269,11 @@ class Row:
     def fits(self) -> bool:
         return not self.reason
 
-    def rank_key(self) -> tuple[bool, float, float, float]:
+    def rank_key(self) -> tuple[bool, float, bool, float, float]:
         # a model with nothing measured never outranks a measured one on a guess from its parameter count;
-        # BPB differences under 0.001 (e.g. F16 vs Q8_0) are below what the prediction can resolve: a tie
-        return (self.quality.unmeasured, round(self.quality.bpb, 3), -self.tps,
+        # BPB differences under 0.001 (e.g. F16 vs Q8_0) are below what the prediction can resolve: a tie,
+        # won by a measured value over a predicted one, then by the faster pairing
+        return (self.quality.unmeasured, round(self.quality.bpb, 3), not self.quality.measured, -self.tps,
                 self.estimate.total_mib if self.estimate else float("inf"))
 
     def to_dict(self) -> dict[str, Any]:

@@ -116,3 +116,17 @@ def test_non_finite_or_negative_measurements_are_never_used() -> None:
         c = with_refs(synthetic(*FAMILY[0], "Q8_0"), (("Q8_0", {**SMOL_Q8, "bpb": bad}),))
         row = pick(get_profile("pi5-16gb"), [c], ctx=512).pick
         assert row.quality.unmeasured and math.isfinite(row.quality.bpb)
+
+
+def test_the_oracle_agrees_with_the_pick(tmp_path: Path) -> None:
+    """Every shipped profile x ctx {512, 2048, 8192} over the zoo's measured pairings (tools/pick_oracle.py):
+    knowing each model's Q8_0 only, the pick is the measured-best pairing that fits in >= 95% of cases and
+    never more than 1% BPB worse."""
+    from tools.pick_oracle import main
+
+    out = tmp_path / "oracle.json"
+    assert main(["--tradeoff", str(ROOT / "results" / "tradeoff.json"), "--out", str(out)]) == 0
+    summary = json.loads(out.read_text(encoding="utf-8"))["summary"]
+    assert summary["anchor"]["cases"] >= 30
+    assert summary["anchor"]["agree_pct"] >= 95.0 and summary["anchor"]["max_regret_pct"] <= 1.0
+    assert summary["measured"]["agree_pct"] == 100.0

@@ -1,0 +1,91 @@
+"""`edge-run pick --measure` on a tiny checkpoint (real conversion and llama.cpp evaluation), the plan's
+order and budget, and `edge-run eval` feeding the quality store."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edge_run.runtime.pick_measure import plan
+from edge_run.runtime.picker import Candidate, pick
+from edge_run.runtime.profiles import get_profile
+from edge_run.runtime.quality_store import QualityStore
+
+from .conftest import CliResult
+from .test_picker import FAMILY, QUANTS, synthetic
+
+
+@pytest.fixture
+def models(tiny_checkpoint: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("EDGE_RUN_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(tiny_checkpoint("llama"), tmp_path / "models" / "tiny")
+    return tmp_path / "models"
+
+
+def test_measure_fills_the_store_and_never_measures_twice(models: Path, cli: Callable[..., CliResult]) -> None:
+    args = ("pick", "--profile", "pi-3b", "--models", models, "--ctx", "256")
+    before = json.loads(cli(*args, "--json").stdout)
+    assert all(c["quality"]["unmeasured"] for c in before["candidates"])
+    res = cli(*args, "--measure", "--chunks", "2", "--slice-chunks", "1")
+    assert res.code == 0, res.stderr
+    assert "measure: 9 steps, about" in res.stdout  # anchor Q8_0 x2, then Q8_0 and the 7 other types x1
+    after = json.loads(cli(*args, "--json").stdout)
+    assert not any(c["quality"]["unmeasured"] for c in after["candidates"])
+    assert all(c["quality"]["measured"] for c in after["candidates"] if c["fits"])
+    assert after["pick"]["quality"]["measured"]
+    entries = QualityStore.default().entries(_digest(models / "tiny"))
+    assert sorted((s.key.quant, s.key.chunks) for s in entries) == sorted(
+        [("Q8_0", 2)] + [(q, 1) for q in ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")])
+    assert all(s.entry["ctx"] == 512 and s.entry["bpb"] > 0 for s in entries)
+    again = cli(*args, "--measure", "--chunks", "2", "--slice-chunks", "1")
+    assert again.code == 0 and "nothing to do" in again.stdout
+    assert not list((models / "tiny").parent.glob("*.gguf"))  # converted into the cache, not into --models
+
+
+def _digest(ckpt: Path) -> str:
+    from edge_run.converters.checkpoint import open_checkpoint
+
+    return open_checkpoint(ckpt).digest()
+
+
+def test_eval_feeds_the_store_and_pick_reads_it(models: Path, cli: Callable[..., CliResult]) -> None:
+    from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
+
+    (gguf,) = convert_to_gguf(models / "tiny", models, ConvertOptions(quants="q8_0", name="tiny"))
+    res = cli("eval", gguf, "--ctx", "512", "--chunks", "1", "--json")
+    assert res.code == 0, res.stderr
+    bpb = json.loads(res.stdout)["bpb"]
+    (stored,) = QualityStore.default().entries(_digest(models / "tiny"))
+    assert (stored.key.quant, stored.key.chunks, stored.key.ctx) == ("Q8_0", 1, 512) and stored.entry["bpb"] == bpb
+    shutil.move(str(gguf.with_name(gguf.name + ".manifest.json")), str(models.parent / "m.json"))
+    gguf.unlink()  # only the checkpoint is left: its planned pairings still read the store
+    data = json.loads(cli("pick", "--profile", "pi-3b", "--models", models, "--ctx", "256", "--json").stdout)
+    q8 = next(c for c in data["candidates"] if c["quant"] == "Q8_0")
+    assert q8["quality"]["measured"] and q8["quality"]["bpb"] == pytest.approx(bpb, abs=1e-4)
+
+
+def _with_source(c: Candidate, digest: str) -> Candidate:
+    return dataclasses.replace(c, digest=digest, checkpoint=Path("/nowhere"))
+
+
+def test_plan_is_anchors_first_then_cheapest_pairings_within_the_budget(tmp_path: Path) -> None:
+    cands = [_with_source(synthetic(*FAMILY[0], q), "small") for q in QUANTS] + \
+            [_with_source(synthetic(*FAMILY[1], q), "mid") for q in QUANTS]
+    result = pick(get_profile("pi5-8gb"), cands, ctx=512)
+    store = QualityStore(tmp_path)
+    full = plan(result, store, chunks=20, slice_chunks=4)
+    kinds = [s.anchor for s in full.planned]
+    assert kinds == sorted(kinds, reverse=True) and sum(kinds) == 2  # one anchor per model, first
+    assert {s.quant for s in full.planned if s.anchor} == {"Q8_0"}
+    pair_costs = [s.est_seconds for s in full.planned if not s.anchor]
+    assert pair_costs == sorted(pair_costs)
+    assert len(full.planned) == 2 + 2 * len(QUANTS) and not full.over_budget
+    cheapest_anchor = min(s.est_seconds for s in full.planned if s.anchor)
+    tight = plan(result, store, chunks=20, slice_chunks=4, budget_s=cheapest_anchor * 1.01)
+    assert [s.anchor for s in tight.planned] == [True] and len(tight.over_budget) == len(full.planned) - 1
+    assert tight.est_seconds <= cheapest_anchor * 1.01

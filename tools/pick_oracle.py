@@ -1,0 +1,136 @@
+"""The picker checked against an oracle: for every shipped profile x ctx {512, 2048, 8192}, the pick vs the
+measured-best pairing that fits.
+
+Pairings: every zoo model x every plain quant type measured in results/tradeoff.json (WikiText-2, 40 chunks
+x 512). Memory: the estimator (runtime/estimate.py) on each model's shapes (public config values, types
+from runtime/quant_mix.py). The oracle knows every measured BPB; the picker is run twice:
+
+    anchor    it knows each model's Q8_0 measurement only (what `pick --measure` gives it first); every other
+              type is predicted from the pairing's tensor-type mix (runtime/quant_loss.py)
+    measured  it knows every measurement (after `pick --measure` measured every pairing)
+
+A case agrees when the pick is the oracle's pairing or within 0.001 BPB of it (the picker's tie); the regret
+is the pick's measured BPB over the oracle's, in percent.
+
+    python -m tools.pick_oracle [--tradeoff results/tradeoff.json] [--out results/pick_oracle.json] [--table]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+from edge_run.runtime.errors import NothingFitsError
+from edge_run.runtime.estimate import ModelShape, TensorInfo
+from edge_run.runtime.picker import Candidate, pick
+from edge_run.runtime.profiles import list_profiles
+from edge_run.runtime.quant_mix import tensor_bytes, tensor_type
+from tools.quant_loss_fit import HPARAMS
+
+CTXS = (512, 2048, 8192)
+# name -> (trained context, sliding window, sliding layers): public config values
+CONTEXT: dict[str, tuple[int, int, int]] = {"smollm2-135m": (8192, 0, 0), "gemma3-270m": (32768, 512, 15)}
+ANCHOR = "Q8_0"
+TIE_BPB = 0.001
+
+
+def shape(model: str, quant: str) -> ModelShape:
+    n_layer, d, ff, h, kv, hd, vocab, tied = HPARAMS[model]
+    n_ctx, n_swa, n_swa_layers = CONTEXT[model]
+    shapes = [("token_embd.weight", d, vocab)] + ([] if tied else [("output.weight", d, vocab)])
+    for i in range(n_layer):
+        shapes += [(f"blk.{i}.attn_q.weight", d, h * hd), (f"blk.{i}.attn_k.weight", d, kv * hd),
+                   (f"blk.{i}.attn_v.weight", d, kv * hd), (f"blk.{i}.attn_output.weight", h * hd, d),
+                   (f"blk.{i}.ffn_gate.weight", d, ff), (f"blk.{i}.ffn_up.weight", d, ff),
+                   (f"blk.{i}.ffn_down.weight", ff, d), (f"blk.{i}.attn_norm.weight", d, 1),
+                   (f"blk.{i}.ffn_norm.weight", d, 1)]
+    infos = []
+    for name, ne0, ne1 in shapes:
+        t = "F32" if ne1 == 1 else tensor_type(quant, name, ne0, n_layer, not tied)
+        infos.append(TensorInfo(name, t, ne0, ne1, tensor_bytes(t, ne0 * ne1)))
+    return ModelShape(n_layer, d, ff, h, kv, hd, hd, vocab, n_ctx, n_swa, n_swa_layers, tuple(infos))
+
+
+def candidates(rows: list[dict[str, Any]], know_all: bool) -> list[Candidate]:
+    out = []
+    for model in CONTEXT:
+        mine = {r["quant"]: r for r in rows if r["model"] == model}
+        refs = tuple((q, _entry(r)) for q, r in mine.items() if know_all or q == ANCHOR)
+        for q, r in mine.items():
+            out.append(Candidate(model, q, shape(model, q), r["parameter_count"], context_length=CONTEXT[model][0],
+                                 references=refs, digest=model))
+    return out
+
+
+def _entry(r: dict[str, Any]) -> dict[str, Any]:
+    return {"bpb": r["bpb"], "tokens_scored": r["tokens_scored"], "bytes_scored": r["bytes_scored"],
+            "chunks": r["chunks"]}
+
+
+def case(profile: Any, ctx: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    measured = {(r["model"], r["quant"]): r["bpb"] for r in rows}
+    out: dict[str, Any] = {"profile": profile.name, "ctx": ctx}
+    for mode, know_all in (("anchor", False), ("measured", True)):
+        try:
+            result = pick(profile, candidates(rows, know_all), ctx=ctx)
+        except NothingFitsError:
+            out[mode] = None
+            continue
+        fitting = [r for r in result.rows if r.fits]
+        best = min(fitting, key=lambda r: measured[(r.candidate.model, r.candidate.quant)])
+        chosen = result.pick.candidate
+        pick_bpb = measured[(chosen.model, chosen.quant)]
+        best_bpb = measured[(best.candidate.model, best.candidate.quant)]
+        out["oracle"] = f"{best.candidate.model} {best.candidate.quant}"
+        out["oracle_bpb"] = best_bpb
+        out[mode] = {"pick": f"{chosen.model} {chosen.quant}", "bpb": pick_bpb,
+                     "predicted_bpb": round(result.pick.quality.bpb, 4),
+                     "agrees": pick_bpb - best_bpb <= TIE_BPB, "regret_pct": round(100 * (pick_bpb / best_bpb - 1), 3)}
+    return out
+
+
+def summary(cases: list[dict[str, Any]], mode: str) -> dict[str, Any]:
+    done = [c[mode] for c in cases if c.get(mode)]
+    return {"cases": len(done), "nothing_fits": sum(1 for c in cases if not c.get(mode)),
+            "agree_pct": round(100 * sum(d["agrees"] for d in done) / max(len(done), 1), 1),
+            "max_regret_pct": max((d["regret_pct"] for d in done), default=0.0)}
+
+
+def table(cases: list[dict[str, Any]]) -> str:
+    lines = ["| profile | ctx | oracle (BPB) | pick, Q8_0 measured only (BPB) | pick, all measured |",
+             "|---|---|---|---|---|"]
+    for c in cases:
+        if not c.get("anchor"):
+            lines.append(f"| {c['profile']} | {c['ctx']} | nothing fits | | |")
+            continue
+        a, m = c["anchor"], c["measured"]
+        regret = "" if a["agrees"] else f", +{a['regret_pct']}%"
+        lines.append(f"| {c['profile']} | {c['ctx']} | {c['oracle']} ({c['oracle_bpb']:.4f}) | {a['pick']} "
+                     f"({a['bpb']:.4f}{regret}) | {m['pick']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tradeoff", type=Path, default=Path("results/tradeoff.json"))
+    ap.add_argument("--out", type=Path, default=Path("results/pick_oracle.json"))
+    ap.add_argument("--table", action="store_true", help="print the markdown table")
+    args = ap.parse_args(argv)
+    tradeoff = json.loads(args.tradeoff.read_text(encoding="utf-8"))
+    rows = [r for r in tradeoff["rows"] if not r["imatrix"] and r["model"] in CONTEXT]
+    cases = [case(p, ctx, rows) for p in sorted(list_profiles(), key=lambda p: p.ram_mb) for ctx in CTXS]
+    out = {"schema": "edge-run-pick-oracle/1", "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+           "tradeoff_settings": tradeoff.get("settings"), "tie_bpb": TIE_BPB,
+           "summary": {m: summary(cases, m) for m in ("anchor", "measured")}, "cases": cases}
+    args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(out["summary"]))
+    if args.table:
+        print(table(cases))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
