@@ -289,4 +289,7 @@ def save_quality(artifact: Path, result: EvalResult) -> bool:
     if read_manifest(artifact) is None:
         return False
     update_manifest(artifact, quality={result.corpus.quality_key: result.quality_entry()})
+    from .quality_store import record_eval
+
+    record_eval(artifact, result)  # and into the picker's quality store (runtime/quality_store.py)
     return True
