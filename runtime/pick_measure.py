@@ -110,9 +110,12 @@ def plan(result: PickResult, store: QualityStore, chunks: int = 20, slice_chunks
     ordered = sorted(anchors, key=lambda s: s.est_seconds) + sorted(pairings, key=lambda s: s.est_seconds)
     planned, over = [], []
     total = 0.0
+    unanchored: set[str] = set()  # models whose first step is over budget: their pairings would mean nothing
     for s in ordered:
-        if budget_s is not None and total + s.est_seconds > budget_s:
+        if s.digest in unanchored or (budget_s is not None and total + s.est_seconds > budget_s):
             over.append(s)
+            if s.anchor:
+                unanchored.add(s.digest)
             continue
         planned.append(s)
         total += s.est_seconds

@@ -442,7 +442,8 @@ def _explain(profile: DeviceProfile, rows: list[Row], choice: Row, budget: float
     if mem_up:
         nxt = min(mem_up, key=lambda r: r.estimate.total_mib if r.estimate else 0.0)
         assert nxt.estimate is not None
-        counter.append(f"the next model up, {nxt.candidate.label}, needs {nxt.estimate.total_mib - budget:.0f} MiB "
+        counter.append(f"the next model up, {nxt.candidate.label} (BPB {nxt.quality.label} vs "
+                       f"{choice.quality.label}), needs {nxt.estimate.total_mib - budget:.0f} MiB "
                        f"more ({nxt.estimate.total_mib:.0f} MiB)")
         if nxt.max_ctx:
             counter.append(f"{nxt.candidate.label} would fit at ctx {nxt.max_ctx}")

@@ -81,7 +81,8 @@ def _print(r: PickResult, models: str) -> None:
     for cmd in dict.fromkeys(measure_command(row.candidate, r.profile.name, models)
                              for row in r.rows if row.quality.unmeasured):
         console.print(f"measure the unmeasured: {cmd}", markup=False)
-    console.print(f"pick: {r.pick.candidate.label} ({r.pick.quality.basis}), binding constraint: {r.binding}")
+    console.print(f"pick: {r.pick.candidate.label}, BPB {r.pick.quality.label} ({r.pick.quality.basis}), "
+                  f"binding constraint: {r.binding}", markup=False)
     for note in r.counterfactuals:
         console.print(f"  - {note}")
 
