@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pick",
     "eval",
     "bench",
+    "bundle",
 )
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
