@@ -26,8 +26,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import OutputExistsError, UsageError
-from ..fsutil import atomic_path, ensure_folder, sha256_file
+from ..errors import OutputExistsError, ResourceError, UsageError
+from ..fsutil import atomic_path, sha256_file
 from ..manifest import manifest_path_for
 from ..profiles import DeviceProfile, get_profile
 from .baselines import BASELINES, Baseline, baseline_for_profile
@@ -152,7 +152,10 @@ def build_bundle(artifact: Path | None, profile: str, out: Path, python: str = D
     result = _choose(artifact, models, prof, ctx)
     chosen = result.pick.candidate
     assert chosen.path is not None
-    ensure_folder(out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ResourceError(f"cannot create {out.parent}: {e.strerror}", "choose a writable --out") from e
     remove_dead_builds(out.parent)
     work = Path(tempfile.mkdtemp(prefix=f".edge-run-bundle-{os.getpid()}-", dir=out.parent))
     old = None
