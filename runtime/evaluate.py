@@ -34,10 +34,12 @@ import numpy as np
 from .backends import Backend, LoadOptions, open_backend
 from .datasets import BUILTIN_CORPORA, builtin_corpus_path
 from .errors import CorpusError, UsageError
-from .eval_math import Accumulator, LogprobStore, LogprobWriter, kl_divergence, log_softmax, token_nll
+from .eval_math import Accumulator, LogprobStore, LogprobWriter, kl_divergence, log_softmax, rows_nll
 
 # progress(stage, done, total)
 Progress = Callable[[str, int, int], None]
+# logits of a chunk's scored positions (plan.first .. ctx-2): float32 [scored, n_vocab]
+ScoredLogits = Callable[[list[int]], np.ndarray]
 
 # Manifest quality keys for the built-in corpora; any other corpus is stored under its file stem.
 QUALITY_KEYS: dict[str, str] = {"wikitext-2-raw-test": "wikitext2", "tinyshakespeare": "tinyshakespeare"}
@@ -136,11 +138,12 @@ class Reference(Protocol):
 class LiveReference:
     """The parent model loaded beside the evaluated one; each chunk is run through it on demand."""
 
-    def __init__(self, backend: Backend, plan: ChunkPlan, name: str) -> None:
+    def __init__(self, backend: Backend, plan: ChunkPlan, name: str, rows: ScoredLogits | None = None) -> None:
         self.backend, self.plan, self.name = backend, plan, name
+        self.rows = rows or backend_rows(backend, plan)
 
     def chunk(self, index: int, tokens: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        lp = log_softmax(self.backend.eval_logits(tokens)[self.plan.first:self.plan.ctx - 1])
+        lp = log_softmax(self.rows(tokens))
         return lp, lp.argmax(axis=1)
 
 
@@ -207,33 +210,81 @@ class _PieceBytes:
         return total
 
 
+def backend_rows(backend: Backend, plan: ChunkPlan) -> ScoredLogits:
+    """Scored-position logits through the generic Backend.eval_logits (every position's logits; ONNX)."""
+    return lambda chunk: backend.eval_logits(chunk)[plan.first:plan.ctx - 1]
+
+
 def score(backend: Backend, tokens: list[int], plan: ChunkPlan, *, reference: Reference | None = None,
-          record: LogprobWriter | None = None, progress: Progress | None = None, stage: str = "eval") -> Accumulator:
-    """Run every chunk of ``plan`` through ``backend`` and accumulate NLL / bytes (and KLD against ``reference``)."""
+          record: LogprobWriter | None = None, progress: Progress | None = None, stage: str = "eval",
+          rows: ScoredLogits | None = None) -> Accumulator:
+    """Run every chunk of ``plan`` through ``backend`` and accumulate NLL / bytes (and KLD against ``reference``).
+
+    ``rows`` gives a chunk's scored-position logits (default: ``backend.eval_logits``). Without a reference or a
+    record only the NLL is needed and it is taken a few rows at a time (no [scored, n_vocab] temporaries)."""
     acc = Accumulator()
     piece_bytes = _PieceBytes(backend)
+    rows = rows or backend_rows(backend, plan)
     if progress:
         progress(stage, 0, plan.chunks)
     for k in range(plan.chunks):
         chunk = plan.chunk_tokens(tokens, k)
-        targets = plan.targets(chunk)
-        lp = log_softmax(backend.eval_logits(chunk)[plan.first:plan.ctx - 1])
-        acc.add_nll(token_nll(lp, np.asarray(targets)), piece_bytes(targets))
-        if reference is not None:
-            ref_lp, ref_top = reference.chunk(k, chunk)
-            acc.add_kld(kl_divergence(ref_lp, lp), lp.argmax(axis=1) == ref_top)
-        if record is not None:
-            record.put(k, chunk, lp)
+        targets = np.asarray(plan.targets(chunk))
+        logits = rows(chunk)
+        if reference is None and record is None:
+            acc.add_nll(rows_nll(logits, targets), piece_bytes(plan.targets(chunk)))
+        else:
+            lp = log_softmax(logits)
+            acc.add_nll(rows_nll(lp, targets, normalized=True), piece_bytes(plan.targets(chunk)))
+            if reference is not None:
+                ref_lp, ref_top = reference.chunk(k, chunk)
+                acc.add_kld(kl_divergence(ref_lp, lp), lp.argmax(axis=1) == ref_top)
+            if record is not None:
+                record.put(k, chunk, lp)
         if progress:
             progress(stage, k + 1, plan.chunks)
     return acc
 
 
-def _load(path: Path, ctx: int, threads: int | None, batch: int) -> Backend:
-    opts = LoadOptions(n_ctx=ctx, n_batch=min(batch, ctx), logits_all=True)
-    if threads:
-        opts = LoadOptions(n_ctx=ctx, n_batch=min(batch, ctx), logits_all=True, n_threads=threads)
-    return open_backend(path, opts)
+class _Loaded:
+    """A backend and where its chunks' scored logits come from: llama.cpp's output rows for a GGUF (only the
+    scored positions are computed, runtime/eval_llama.py), every position's logits otherwise."""
+
+    def __init__(self, path: Path, ctx: int, threads: int | None, batch: int) -> None:
+        from .backends import artifact_format
+
+        self.scorer: Any = None
+        if artifact_format(path) == "gguf":
+            from .eval_llama import LlamaChunkLogits
+
+            self.backend = open_backend(path, self._options(ctx, threads, batch, logits_all=False))
+            self.scorer = LlamaChunkLogits.for_backend(self.backend)
+            if self.scorer is not None:
+                return
+            self.backend.close()
+        self.backend = open_backend(path, self._options(ctx, threads, batch, logits_all=True))
+
+    @staticmethod
+    def _options(ctx: int, threads: int | None, batch: int, logits_all: bool) -> LoadOptions:
+        extra: dict[str, Any] = {"n_threads": threads} if threads else {}
+        return LoadOptions(n_ctx=ctx, n_batch=min(batch, ctx), logits_all=logits_all, **extra)
+
+    def rows(self, plan: ChunkPlan) -> ScoredLogits:
+        if self.scorer is None:
+            return backend_rows(self.backend, plan)
+        scorer = self.scorer
+        return lambda chunk: scorer.rows(chunk, plan.first, plan.ctx - 1)
+
+    def close(self) -> None:
+        if self.scorer is not None:
+            self.scorer.close()
+        self.backend.close()
+
+    def __enter__(self) -> _Loaded:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def evaluate(artifact: Path, corpus: Corpus, *, ctx: int = 512, chunks: int | None = None,
@@ -250,20 +301,21 @@ def evaluate(artifact: Path, corpus: Corpus, *, ctx: int = 512, chunks: int | No
     if parent is not None and parent_store is not None:
         raise UsageError("give either a parent artifact or a stored parent run, not both")
     t0 = time.perf_counter()
-    with _load(artifact, ctx, threads, batch) as backend:
+    with _Loaded(artifact, ctx, threads, batch) as loaded:
+        backend = loaded.backend
         tokens = backend.tokenize(corpus.text, add_special=True)
         plan = plan_chunks(tokens, ctx, chunks, backend.bos_token_id(), corpus.name)
         reference: Reference | None = None
-        parent_backend: Backend | None = None
+        parent_loaded: _Loaded | None = None
         parent_name: str | None = None
         try:
             if parent is not None:
-                parent_backend = _load(parent, ctx, threads, batch)
-                if parent_backend.n_vocab != backend.n_vocab:
-                    raise UsageError(f"{parent.name} has a vocabulary of {parent_backend.n_vocab}, "
+                parent_loaded = _Loaded(parent, ctx, threads, batch)
+                if parent_loaded.backend.n_vocab != backend.n_vocab:
+                    raise UsageError(f"{parent.name} has a vocabulary of {parent_loaded.backend.n_vocab}, "
                                      f"{Path(artifact).name} of {backend.n_vocab}",
                                      "KL divergence needs a parent with the same tokenizer")
-                reference = LiveReference(parent_backend, plan, Path(parent).name)
+                reference = LiveReference(parent_loaded.backend, plan, Path(parent).name, parent_loaded.rows(plan))
                 parent_name = Path(parent).name
             elif parent_store is not None:
                 reference = StoredReference(parent_store)
@@ -272,12 +324,13 @@ def evaluate(artifact: Path, corpus: Corpus, *, ctx: int = 512, chunks: int | No
             if record_to is not None:
                 writer = LogprobStore.create(record_to, plan.chunks, ctx, plan.scored_per_chunk, backend.n_vocab,
                                              Path(artifact).name)
-            acc = score(backend, tokens, plan, reference=reference, record=writer, progress=progress)
+            acc = score(backend, tokens, plan, reference=reference, record=writer, progress=progress,
+                        rows=loaded.rows(plan))
             if writer is not None:
                 writer.close()
         finally:
-            if parent_backend is not None:
-                parent_backend.close()
+            if parent_loaded is not None:
+                parent_loaded.close()
     return EvalResult(artifact=str(artifact), corpus=corpus, ctx=ctx, chunks=plan.chunks, acc=acc,
                       parent=parent_name, seconds=time.perf_counter() - t0)
 
