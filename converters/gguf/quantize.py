@@ -110,11 +110,10 @@ def _child(argv: list[str]) -> int:
     if rc != 0:
         return 1
     del keep
-    import gguf
+    from edge_run.runtime.gguf_header import read_gguf_header
 
-    reader = gguf.GGUFReader(dest)
-    stats = {"bytes": sum(int(t.n_bytes) for t in reader.tensors),
-             "elements": sum(int(t.n_elements) for t in reader.tensors)}
+    header = read_gguf_header(Path(dest), max_items=0)  # the tensor table only: the vocabulary is skipped
+    stats = {"bytes": sum(t.n_bytes for t in header.tensors), "elements": sum(t.n_elements for t in header.tensors)}
     sys.stdout.write(json.dumps(stats) + "\n")
     return 0
 
