@@ -28,11 +28,11 @@ from .quant_mix import QUANT_MIX, tensor_type
 # GGML type -> loss (nats/token) of a 1e8-block-weight model stored entirely in that type (fitted, see above)
 COST: dict[str, float] = {
     "F32": 0.0, "F16": 0.0, "BF16": 0.0,
-    "Q5_0": 0.0, "Q8_0": 0.001512, "Q6_K": 0.014037, "Q4_K": 0.017849, "Q5_K": 0.033555, "Q5_1": 0.045402,
-    "IQ4_NL": 0.265923, "Q4_0": 0.280949, "Q4_1": 0.294743, "Q3_K": 0.714426, "Q2_K": 2.694681,
+    "Q8_0": 0.002338, "Q6_K": 0.017495, "Q5_K": 0.041212, "Q5_1": 0.043331, "Q5_0": 0.057669, "Q4_K": 0.140569,
+    "IQ4_NL": 0.218126, "Q4_0": 0.286557, "Q4_1": 0.304406, "Q3_K": 0.740177, "Q2_K": 2.684527,
 }
 GAMMA = 0.35
-OUTPUT_WEIGHT = 1.0
+OUTPUT_WEIGHT = 0.25
 BLOCK_SCALE = 1e8
 
 

@@ -9,6 +9,7 @@ from runtime/quant_mix.py). The oracle knows every measured BPB; the picker is r
               type is predicted from the pairing's tensor-type mix (runtime/quant_loss.py)
     measured  it knows every measurement (after `pick --measure` measured every pairing)
 
+The same on a sweep of RAM sizes (a Pi Zero 2 W with 384..1152 MiB at ctx 2048), where the quant type decides.
 A case agrees when the pick is the oracle's pairing or within 0.001 BPB of it (the picker's tie); the regret
 is the pick's measured BPB over the oracle's, in percent.
 
@@ -18,19 +19,22 @@ is the pick's measured BPB over the oracle's, in percent.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 from pathlib import Path
 from typing import Any
 
-from edge_run.runtime.errors import NothingFitsError
+from edge_run.core.errors import NothingFitsError
 from edge_run.runtime.estimate import ModelShape, TensorInfo
 from edge_run.runtime.picker import Candidate, pick
-from edge_run.runtime.profiles import list_profiles
+from edge_run.runtime.profiles import get_profile, list_profiles
 from edge_run.runtime.quant_mix import tensor_bytes, tensor_type
 from tools.quant_loss_fit import HPARAMS
 
 CTXS = (512, 2048, 8192)
+# a memory sweep where the quant type decides: a Pi Zero 2 W with 384..1152 MiB of RAM, ctx 2048
+SWEEP_BASE, SWEEP_RAM, SWEEP_CTX = "pi-zero-2w", tuple(range(384, 1153, 16)), 2048
 # name -> (trained context, sliding window, sliding layers): public config values
 CONTEXT: dict[str, tuple[int, int, int]] = {"smollm2-135m": (8192, 0, 0), "gemma3-270m": (32768, 512, 15)}
 ANCHOR = "Q8_0"
@@ -122,13 +126,18 @@ def main(argv: list[str] | None = None) -> int:
     tradeoff = json.loads(args.tradeoff.read_text(encoding="utf-8"))
     rows = [r for r in tradeoff["rows"] if not r["imatrix"] and r["model"] in CONTEXT]
     cases = [case(p, ctx, rows) for p in sorted(list_profiles(), key=lambda p: p.ram_mb) for ctx in CTXS]
+    base = get_profile(SWEEP_BASE)
+    sweep = [case(dataclasses.replace(base, name=f"{SWEEP_BASE}@{ram}MB", ram_mb=ram), SWEEP_CTX, rows)
+             for ram in SWEEP_RAM]
     out = {"schema": "edge-run-pick-oracle/1", "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
            "tradeoff_settings": tradeoff.get("settings"), "tie_bpb": TIE_BPB,
-           "summary": {m: summary(cases, m) for m in ("anchor", "measured")}, "cases": cases}
+           "summary": {m: summary(cases, m) for m in ("anchor", "measured")},
+           "sweep_summary": {m: summary(sweep, m) for m in ("anchor", "measured")}, "cases": cases, "sweep": sweep}
     args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps(out["summary"]))
+    print(json.dumps({"profiles": out["summary"], "sweep": out["sweep_summary"]}))
     if args.table:
         print(table(cases))
+        print(table(sweep))
     return 0
 
 
