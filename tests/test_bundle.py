@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -271,3 +272,175 @@ def test_cross_build_cache_hit_is_fast(armv8a_wheel: Path) -> None:
     assert info["baseline"] == "armv8-a" and info["llama_cpp_python"] == "0.3.36"
     assert not [p for p in armv8a_wheel.parent.parent.iterdir() if p.name.startswith(".edge-run-")]
 
+
+
+# ------------------------------------------------------------------------------------- bad input (no build)
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".edge-run-")) if folder.is_dir() else []
+
+
+def _small_board(folder: Path) -> None:
+    """A user profile like a Pi 4 with 128 MiB of RAM: a budget of 48 MiB, less than the tiny model needs."""
+    text = Path(get_profile("pi4-4gb").source).read_text(encoding="utf-8")
+    text = re.sub(r"(?m)^name = .*$", 'name = "tiny-board"', text)
+    text = re.sub(r"(?m)^ram_mb = .*$", "ram_mb = 128", text)
+    text = re.sub(r"(?m)^os_reserved_mb = .*$", "os_reserved_mb = 16", text)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tiny-board.toml").write_text(text, encoding="utf-8")
+
+
+@pytest.mark.parametrize(("args", "code", "needle"), [
+    (["--profile", "pi9-1tb"], 3, "no profile named 'pi9-1tb'"),
+    (["--profile", "laptop-x86-8gb"], 3, "builds for 64-bit ARM boards only"),
+    (["--profile", "pi4-4gb", "--python", "3.7"], 3, "edge-run needs Python >= 3.11"),
+    (["--profile", "pi4-4gb", "--python", "three"], 2, "is not a Python version"),
+    (["--profile", "tiny-board"], 4, "nothing fits tiny-board"),
+])
+def test_bundle_bad_input(cli, tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                          args: list[str], code: int, needle: str) -> None:
+    _small_board(tmp_path / "profiles")
+    monkeypatch.setenv("EDGE_RUN_PROFILES", str(tmp_path / "profiles"))
+    out = tmp_path / "out" / "bundle"
+    r = cli("bundle", tiny_gguf, "--out", out, *args)
+    assert r.code == code, r.stderr
+    assert r.stderr.startswith("error: ") and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not out.with_name("bundle.tar.gz").exists() and not _leftovers(out.parent)
+
+
+def test_bundle_needs_artifact_or_models(cli, tiny_gguf: Path, tmp_path: Path) -> None:
+    r = cli("bundle", "--profile", "pi4-4gb", "--out", tmp_path / "b")
+    assert r.code == 2 and "pass either an ARTIFACT or --models DIR" in r.stderr
+    r = cli("bundle", tiny_gguf, "--models", tiny_gguf.parent, "--profile", "pi4-4gb", "--out", tmp_path / "b")
+    assert r.code == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = cli("bundle", "--models", empty, "--profile", "pi4-4gb", "--out", tmp_path / "b")
+    assert r.code == 2 and "no converted artifact" in r.stderr
+
+
+def test_bundle_refuses_existing_out_without_force(cli, tiny_gguf: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    r = cli("bundle", tiny_gguf, "--profile", "pi4-4gb", "--out", out)
+    assert r.code == 4 and "already exists" in r.stderr and "--force" in r.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_bundle_without_toolchain_says_what_to_install(cli, tiny_gguf: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"  # cmake but no cross compiler on PATH
+    bin_dir.mkdir()
+    (bin_dir / "cmake").symlink_to(shutil.which("cmake"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("EDGE_RUN_TOOLCHAIN", "gcc")
+    monkeypatch.setenv("EDGE_RUN_CACHE", str(tmp_path / "empty-cache"))  # no cached wheel: a build is needed
+    out = tmp_path / "out" / "b"
+    r = cli("bundle", tiny_gguf, "--profile", "pi4-4gb", "--out", out)
+    assert r.code == 4, r.stderr
+    assert r.stderr.strip() == ("error: no aarch64 cross compiler found to build llama.cpp for the device. install "
+                                "one: apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu")
+    assert not out.exists() and not _leftovers(out.parent)
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    r = cli("bundle", tiny_gguf, "--profile", "pi4-4gb", "--out", out)
+    assert r.code == 4 and "cmake is not installed" in r.stderr
+
+
+# ------------------------------------------------------------------------------------- slow: a whole bundle
+
+def _texts(folder: Path) -> dict[str, bytes]:
+    """Every file's bytes, with wheels unpacked (compressed members would hide a path from a grep)."""
+    out: dict[str, bytes] = {}
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(folder).as_posix()
+        if p.suffix == ".whl":
+            with zipfile.ZipFile(p) as zf:
+                out.update({f"{rel}!{n}": zf.read(n) for n in zf.namelist()})
+        else:
+            out[rel] = p.read_bytes()
+    return out
+
+
+@pytest.mark.slow
+def test_pi4_bundle(cli, armv8a_wheel: Path, tiny_gguf: Path, tmp_path: Path) -> None:
+    src = tmp_path / "models"
+    shutil.copytree(tiny_gguf.parent, src)
+    out = tmp_path / "deploy" / "pi4"
+    r = cli("bundle", "--models", src, "--profile", "pi4-4gb", "--out", out, "--python", "3.11")
+    assert r.code == 0, r.stderr
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert {"install.sh", "edge-run.service", "README.txt", "SHA256SUMS", "models/tiny.Q8_0.gguf",
+            "models/tiny.Q8_0.gguf.manifest.json", f"wheels/{armv8a_wheel.name}"} <= names
+    wheels = [n for n in names if n.startswith("wheels/")]
+    assert any(re.match(r"wheels/edge_run-.*-py3-none-any\.whl$", n) for n in wheels)
+    assert any(re.match(r"wheels/numpy-.*-cp311-cp311-manylinux.*aarch64.*\.whl$", n) for n in wheels)
+    assert any(n.startswith("wheels/uvicorn-") for n in wheels) and any(n.startswith("wheels/pip-") for n in wheels)
+    assert not any("x86_64" in n or "llama_cpp_python-0.3.36-" in n for n in wheels)
+    # checksums: sha256sum (coreutils) agrees with every line, and every file but install.sh is listed
+    check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=out, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    assert {line.split("  ", 1)[1] for line in (out / "SHA256SUMS").read_text().splitlines()} == \
+        names - {"install.sh", "SHA256SUMS"}
+    manifest = json.loads((out / "models" / "tiny.Q8_0.gguf.manifest.json").read_text())
+    assert "path" not in manifest["source"] and manifest["sha256"]
+    unit = (out / "edge-run.service").read_text()
+    assert re.search(r"ExecStart=@PREFIX@/venv/bin/edge-run serve @PREFIX@/models/tiny\.Q8_0\.gguf "
+                     r"--host 127\.0\.0\.1 --threads 4 --ctx \d+\n", unit) and "Restart=on-failure" in unit
+    readme = (out / "README.txt").read_text()
+    assert "pi4-4gb" in readme and "tiny Q8_0" in readme and "armv8-a" in readme and "budget" in readme
+    # no path of this machine anywhere, wheels unpacked
+    here = [str(tmp_path), str(Path.home()), str(Path(__file__).resolve().parents[1]), str(armv8a_wheel.parent),
+            os.environ.get("EDGE_RUN_CACHE", "/nonexistent")]
+    for rel, data in _texts(out).items():
+        for path in here:
+            assert path.encode() not in data, f"{rel} contains {path}"
+    # the tarball holds the same files under the folder's name
+    with tarfile.open(out.with_name("pi4.tar.gz")) as tf:
+        members = {m.name for m in tf.getmembers() if m.isfile()}
+    assert members == {f"pi4/{n}" for n in names}
+    assert not _leftovers(out.parent)
+    # install.sh's checks pass on a Pi 4 and refuse nothing; a second bundle hits every cache
+    info = tmp_path / "cpuinfo"
+    info.write_text(PI4_CPUINFO)
+    env = {**os.environ, "EDGE_RUN_CPUINFO": str(info), "EDGE_RUN_MACHINE": "aarch64", "EDGE_RUN_CHECK_ONLY": "1"}
+    ok = subprocess.run(["sh", str(out / "install.sh")], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    r = cli("bundle", "--models", src, "--profile", "pi4-4gb", "--out", out, "--python", "3.11")
+    assert r.code == 4 and "already exists" in r.stderr
+    r = cli("bundle", "--models", src, "--profile", "pi4-4gb", "--out", out, "--python", "3.13", "--force")
+    assert r.code == 0, r.stderr
+    assert any(p.name.startswith("numpy-") and "cp313" in p.name for p in (out / "wheels").iterdir())
+    assert not any("cp311" in p.name for p in (out / "wheels").iterdir()) and not _leftovers(out.parent)
+
+
+@pytest.mark.slow
+def test_interrupted_bundle_leaves_nothing(armv8a_wheel: Path, tiny_gguf: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "deploy" / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "edge_run.runtime.cli.main", "bundle", str(tiny_gguf),
+                             "--profile", "pi4-4gb", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _leftovers(out.parent) and time.monotonic() < deadline:  # wait until it is writing
+        time.sleep(0.1)
+    assert _leftovers(out.parent), "the bundle never started writing"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert not out.exists() and not out.with_name("b.tar.gz").exists() and not _leftovers(out.parent)
+    # SIGKILL leaves the temp folder; the next bundle into the same place removes it
+    proc = subprocess.Popen([sys.executable, "-m", "edge_run.runtime.cli.main", "bundle", str(tiny_gguf),
+                             "--profile", "pi4-4gb", "--out", str(out)], stderr=subprocess.DEVNULL)
+    while not _leftovers(out.parent) and time.monotonic() < deadline + 60:
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    assert _leftovers(out.parent)
+    r = subprocess.run([sys.executable, "-m", "edge_run.runtime.cli.main", "bundle", str(tiny_gguf),
+                        "--profile", "laptop-x86-8gb", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 3 and not _leftovers(out.parent) and not out.exists()

@@ -16,7 +16,8 @@ Public API (library: raises edge_run.runtime.errors classes, never prints):
         milliseconds). ResourceError (exit 4) when no cross toolchain or cmake is installed.
 
     build_bundle(artifact: Path | None, profile: str, out: Path, python: str = "3.13",
-                 models: Path | None = None, force: bool = False) -> BundleResult
+                 models: Path | None = None, force: bool = False, ctx: int | None = None,
+                 progress: Callable[[str], None] | None = None) -> BundleResult
         The whole bundle folder ``out`` (and ``out.tar.gz`` beside it): artifact + manifest, wheelhouse,
         install.sh, systemd unit, README.txt, SHA256SUMS. Pass ``artifact`` or ``models`` (the pick for the
         profile). BundleResult.folder / .tarball / .baseline / .python.

@@ -32,6 +32,7 @@ from ..manifest import manifest_path_for
 from ..profiles import DeviceProfile, get_profile
 from .baselines import BASELINES, Baseline, baseline_for_profile
 from .llama_wheel import build_llama_wheel, cached_llama_wheel, remove_dead_builds
+from .toolchain import find_toolchain
 from .wheelhouse import (
     build_edge_run_wheel,
     download_dependencies,
@@ -57,7 +58,7 @@ class BundleResult:
     pick: PickResult
 
 
-def _choose(artifact: Path | None, models: Path | None, profile: DeviceProfile, ctx: int) -> PickResult:
+def _choose(artifact: Path | None, models: Path | None, profile: DeviceProfile, ctx: int | None) -> PickResult:
     """The picker's verdict: the best converted artifact under ``models``, or ``artifact`` checked to fit."""
     from ..picker import candidate_for_artifact, gather_candidates, pick
 
@@ -70,6 +71,8 @@ def _choose(artifact: Path | None, models: Path | None, profile: DeviceProfile, 
         if not candidates:
             raise UsageError(f"{models} holds no converted artifact to bundle",
                              "convert one first (edge-run convert, or edge-run run --profile ... --models ...)")
+    if ctx is None:  # the default context, or the longest a candidate was trained for when that is less
+        ctx = min(DEFAULT_CTX, max((c.trained_ctx for c in candidates), default=0) or DEFAULT_CTX)
     return pick(profile, candidates, ctx)  # NothingFitsError (exit 4) when the artifact is too big for the board
 
 
@@ -136,12 +139,14 @@ def _tarball(folder: Path, dest: Path, arcname: str, force: bool) -> None:
 
 
 def build_bundle(artifact: Path | None, profile: str, out: Path, python: str = DEFAULT_PYTHON,
-                 models: Path | None = None, force: bool = False, ctx: int = DEFAULT_CTX,
+                 models: Path | None = None, force: bool = False, ctx: int | None = None,
                  progress: Callable[[str], None] | None = None) -> BundleResult:
     """Build the bundle folder ``out`` and ``out.tar.gz``; see the module docstring for what is inside.
     ``progress(step)`` is told each slow step before it starts."""
     say = progress or (lambda _step: None)
     out = Path(out)
+    if out.parent.is_dir():
+        remove_dead_builds(out.parent)  # a SIGKILLed bundle's temp folder
     prof = get_profile(profile)
     baseline = baseline_for_profile(prof)
     py = parse_python(python)
@@ -156,7 +161,6 @@ def build_bundle(artifact: Path | None, profile: str, out: Path, python: str = D
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ResourceError(f"cannot create {out.parent}: {e.strerror}", "choose a writable --out") from e
-    remove_dead_builds(out.parent)
     work = Path(tempfile.mkdtemp(prefix=f".edge-run-bundle-{os.getpid()}-", dir=out.parent))
     old = None
     try:
@@ -166,6 +170,7 @@ def build_bundle(artifact: Path | None, profile: str, out: Path, python: str = D
         wheels = stage / "wheels"
         wheels.mkdir()
         if cached_llama_wheel(baseline) is None:
+            find_toolchain()  # fail before announcing a build that cannot start
             say(f"cross-building llama.cpp for {baseline.name} (minutes; cached for the next bundle)")
         llama = build_llama_wheel(baseline, work_dir=work)
         shutil.copy2(llama, wheels / llama.name)

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -98,7 +99,15 @@ def _run(cmd: list[str], log: Path, cwd: Path | None = None) -> None:
     with open(log, "ab") as f:
         f.write(("$ " + " ".join(cmd) + "\n").encode())
         f.flush()
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, check=False)
+        # its own process group, so an interrupted bundle stops the compilers too (not only cmake)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+        try:
+            proc.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
         raise BuildError(f"{Path(cmd[0]).name} failed while cross-building llama.cpp ({tail[0].strip()[:200]})")
@@ -181,6 +190,12 @@ def _assemble(src: Path, build: Path, version: str, baseline: Baseline, out_dir:
     return write_wheel(out_dir, DIST, full_version, f"py3-none-{platform_tag}", files, metadata)
 
 
+def _prefix_map(work: Path) -> list[str]:
+    """__FILE__ in GGML_ASSERT messages would carry this machine's build folder into the wheel: map it to '.'."""
+    flag = f"-ffile-prefix-map={work}=."
+    return [f"-DCMAKE_C_FLAGS={flag}", f"-DCMAKE_CXX_FLAGS={flag}"]
+
+
 def _build(version: str, baseline: Baseline, toolchain: Toolchain, work: Path, out_dir: Path) -> Path:
     src = _extract(fetch_sdist(version, work), work / "src")
     build = work / "build"
@@ -188,7 +203,7 @@ def _build(version: str, baseline: Baseline, toolchain: Toolchain, work: Path, o
     log = work / "build.log"
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     _run(["cmake", "-S", str(src), "-B", str(build), *generator, *CMAKE_OPTIONS,
-          f"-DSKBUILD_PLATLIB_DIR={work / 'stage'}", *toolchain.write_cmake(work, baseline)], log)
+          f"-DSKBUILD_PLATLIB_DIR={work / 'stage'}", *_prefix_map(work), *toolchain.write_cmake(work, baseline)], log)
     _run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", *LIB_TARGETS], log)
     return _assemble(src, build, version, baseline, out_dir)
 

@@ -16,7 +16,7 @@ def bundle_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="bundle folder to write (and OUT.tar.gz beside it)"),
     models: Path = typer.Option(None, "--models", help="bundle the pick for the profile from this folder"),
     python: str = typer.Option(DEFAULT_PYTHON, "--python", help="device Python: 3.13 (trixie), 3.11 (bookworm)"),
-    ctx: int = typer.Option(DEFAULT_CTX, "--ctx", min=16, help="context the service runs with (must fit the board)"),
+    ctx: int = typer.Option(None, "--ctx", min=16, help=f"service context (default {DEFAULT_CTX} or the trained one)"),
     force: bool = typer.Option(False, "--force", help="replace an existing OUT and OUT.tar.gz"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
