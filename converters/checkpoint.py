@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_run.runtime.errors import CheckpointError
+from edge_run.core.errors import CheckpointError
 
 # safetensors dtype -> (numpy dtype of the stored bytes, bytes per element)
 SAFETENSORS_DTYPES: dict[str, np.dtype] = {
@@ -46,6 +46,24 @@ SAFETENSORS_DTYPES: dict[str, np.dtype] = {
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_DIM = 2**40  # no real tensor dimension comes near this; larger ones are corruption
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+FINITE_CHECK_ELEMENTS = 1 << 22  # checked at a time, so the check's own memory stays at 4 MiB of booleans
+
+
+def check_finite(name: str, arr: np.ndarray) -> np.ndarray:
+    """``arr`` unchanged, or CheckpointError naming the tensor when it holds a NaN or an infinity (a quantizer
+    would carry them into the artifact silently: F16 and ONNX int4 did, llama.cpp's Q8_0 aborted)."""
+    if arr.dtype.kind != "f":
+        return arr
+    flat = arr.reshape(-1)
+    for i in range(0, flat.size, FINITE_CHECK_ELEMENTS):
+        block = flat[i:i + FINITE_CHECK_ELEMENTS]
+        if not np.isfinite(block).all():
+            j = i + int(np.flatnonzero(~np.isfinite(block))[0])
+            raise CheckpointError(f"tensor {name!r} holds a non-finite value ({float(flat[j])} at element {j})",
+                                  "the checkpoint is corrupt (or saved after training diverged): re-download it")
+    return arr
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -79,7 +97,16 @@ class LazyTensor:
             f.seek(self.offset + start * row_elems * np_dtype.itemsize)
             flat = np.fromfile(f, dtype=np_dtype, count=(stop - start) * row_elems)
         arr = flat.reshape((stop - start, *self.shape[1:]))
-        return bf16_to_f32(arr) if self.dtype == "BF16" else arr.astype(np.float32, copy=False)
+        return check_finite(self.name, bf16_to_f32(arr) if self.dtype == "BF16" else arr.astype(np.float32, copy=False))
+
+    def row_range(self, start: int, stop: int, name: str) -> LazyTensor:
+        """Rows [start, stop) as a tensor of their own (a part of a fused projection), still unread."""
+        row_bytes = self.nbytes // self.shape[0]
+        if not 0 <= start < stop <= self.shape[0]:
+            raise CheckpointError(f"tensor {self.name!r} has {self.shape[0]} rows; rows {start}..{stop} were "
+                                  "expected", "the weights do not match config.json's sizes")
+        return LazyTensor(name, self.dtype, (stop - start, *self.shape[1:]), self.file,
+                          self.offset + start * row_bytes, (stop - start) * row_bytes)
 
     def numpy(self, widen_bf16: bool = True) -> np.ndarray:
         """The tensor as a read-only memory-mapped array (F32 copy for BF16)."""
@@ -87,9 +114,10 @@ class LazyTensor:
         if self.nbytes == 0:
             return np.zeros(self.shape, dtype=np_dtype)
         arr = np.memmap(self.file, dtype=np_dtype, mode="r", offset=self.offset, shape=self.shape)
-        if self.dtype == "BF16" and widen_bf16:
-            return bf16_to_f32(np.asarray(arr))
-        return arr
+        if self.dtype == "BF16":
+            check_finite(self.name, bf16_to_f32(np.asarray(arr)))
+            return bf16_to_f32(np.asarray(arr)) if widen_bf16 else arr
+        return check_finite(self.name, arr)
 
 
 def _parse_header(path: Path) -> tuple[dict[str, Any], int, int]:

@@ -11,17 +11,26 @@ unless ``force``.
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_run.runtime.errors import UsageError
-from edge_run.runtime.fsutil import atomic_path, check_destination, os_error_to_resource, sha256_file
+from edge_run.core.errors import UsageError
+from edge_run.runtime.fsutil import (
+    atomic_path,
+    check_destination,
+    check_plain_name,
+    exclusive_folder,
+    os_error_to_resource,
+    sha256_file,
+)
 from edge_run.runtime.manifest import Manifest, manifest_path_for, write_manifest
 
-from ..architectures import lookup
+from ..architectures import ArchSpec, lookup
 from ..checkpoint import Checkpoint, open_checkpoint
+from ..config_check import check_config
 from .hparams import validate_hparams
 from .quant_types import QuantType, parse_quant_list
 from .quantize import quantize_gguf
@@ -70,13 +79,23 @@ def convert_to_gguf(checkpoint: Path, out_dir: Path, options: ConvertOptions,
         raise UsageError(f"unknown intermediate type {options.intermediate!r}", "choose f32, f16 or bf16")
     ckpt = open_checkpoint(checkpoint)
     _, spec = lookup(ckpt.config)
+    check_config(ckpt)  # sizes vs tensors and sane bounds before anything is allocated
     validate_hparams(ckpt.text_config())
     build_vocab(ckpt, int(ckpt.text_config().get("vocab_size", 0)))  # fail on a bad tokenizer before writing
-    name = options.name or ckpt.name
+    name = check_plain_name(options.name) if options.name is not None else ckpt.name
     out_dir = Path(out_dir)
     targets = {q.name: artifact_path(out_dir, name, q) for q in quants}
     for path in targets.values():
         check_destination(path, options.force)
+    with exclusive_folder(out_dir):  # one writer per folder; removes dead converts' temp files
+        for path in targets.values():
+            check_destination(path, options.force)
+        return _convert(ckpt, spec, quants, targets, name, options, progress)
+
+
+def _convert(ckpt: Checkpoint, spec: ArchSpec, quants: list[QuantType], targets: dict[str, Path], name: str,
+             options: ConvertOptions, progress: Progress | None) -> list[Path]:
+    out_dir = next(iter(targets.values())).parent
     digest = ckpt.digest()
     inter = options.intermediate.upper()
     extra = {"intermediate": inter, "imatrix": bool(options.imatrix)}
@@ -91,7 +110,7 @@ def convert_to_gguf(checkpoint: Path, out_dir: Path, options: ConvertOptions,
             base = stack.enter_context(atomic_path(base_final, force=options.force))
         else:
             base_final = None
-            tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=".edge-run-", dir=out_dir))
+            tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=f".edge-run-{os.getpid()}-", dir=out_dir))
             base = Path(tmpdir) / f"{name}.{inter}.gguf"
         try:
             vocab, *base_stats = write_full_precision(ckpt, spec, inter.lower(), base, name, report(inter))

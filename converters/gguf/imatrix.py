@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import hashlib
 import json
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,8 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_run.runtime.errors import ArtifactError, CorpusError, EdgeRunError, UsageError
-from edge_run.runtime.fsutil import atomic_open, atomic_write_text, check_destination
+from edge_run.core.errors import ArtifactError, CorpusError, EdgeRunError, UsageError
+from edge_run.runtime.fsutil import (
+    atomic_open,
+    atomic_write_text,
+    check_destination,
+    check_plain_name,
+    exclusive_folder,
+)
 
 Progress = Callable[[str, int, int], None]
 
@@ -277,14 +284,15 @@ def imatrix_for_checkpoint(checkpoint: Path, text_file: Path, out_dir: Path, *, 
     if ctx < MIN_ROWS:
         raise UsageError(f"imatrix context {ctx} is below {MIN_ROWS} tokens")
     text = load_corpus(text_file)
-    name = name or open_checkpoint(checkpoint).name
+    name = check_plain_name(name) if name is not None else open_checkpoint(checkpoint).name
     dest = Path(out_dir) / f"{name}.imatrix.npz"
     check_destination(dest, force=True)
 
     def staged(stage: str) -> Progress | None:
         return (lambda _s, done, total: progress(stage, done, total)) if progress else None
 
-    with tempfile.TemporaryDirectory(prefix=".edge-run-imatrix-", dir=out_dir) as tmp:
+    with exclusive_folder(Path(out_dir)), \
+            tempfile.TemporaryDirectory(prefix=f".edge-run-imatrix-{os.getpid()}-", dir=out_dir) as tmp:
         (f16,) = convert_to_gguf(checkpoint, Path(tmp), ConvertOptions(quants="f16", name=name),
                                  progress=staged("imat-F16"))
         imatrix, info = compute_imatrix(f16, text.text, ctx=ctx, max_chunks=max_chunks, threads=threads,

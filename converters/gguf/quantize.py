@@ -18,13 +18,15 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from edge_run.runtime.errors import EdgeRunError, Interrupted, ResourceError
+from edge_run.core.errors import EdgeRunError, Interrupted, ResourceError
 
 from .quant_types import QuantType
 
@@ -49,7 +51,8 @@ def quantize_gguf(src: Path, dest: Path, qtype: QuantType, n_threads: int = 0,
     cmd = [sys.executable, "-m", __name__, str(src), str(dest), str(int(qtype.ftype)), str(n_threads)]
     if imatrix is not None:
         cmd.append(str(imatrix))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=die_with_parent(os.getpid()))
     try:
         out, err = proc.communicate()
     except BaseException:
@@ -69,6 +72,24 @@ def quantize_gguf(src: Path, dest: Path, qtype: QuantType, n_threads: int = 0,
                             "run with EDGE_RUN_DEBUG=1 for the full log")
     stats = json.loads(out.decode().strip().splitlines()[-1])
     return int(stats["bytes"]), int(stats["elements"])
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> Callable[[], None]:
+    """A preexec_fn for a child that must not outlive edge-run: the kernel sends it SIGKILL when the parent
+    dies (even by SIGKILL or the OOM killer), and a parent that died before prctl took effect is caught by
+    comparing getppid with the parent's pid (the child was reparented)."""
+
+    def arm() -> None:
+        with contextlib.suppress(OSError, AttributeError):  # not Linux: the signal handler path still applies
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
 
 
 def _out_of_space(dest: Path) -> bool:

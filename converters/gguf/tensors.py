@@ -76,7 +76,12 @@ class PlannedTensor:
         if self.qtype == gguf.GGMLQuantizationType.F32:
             return np.ascontiguousarray(x, dtype=np.float32)
         if self.qtype == gguf.GGMLQuantizationType.F16:
-            return np.ascontiguousarray(x, dtype=np.float16)
+            half = np.ascontiguousarray(x, dtype=np.float16)
+            if not np.isfinite(half).all():  # finite float32 beyond +-65504 becomes inf
+                name = self.source.name if self.source else self.gguf_name
+                raise CheckpointError(f"tensor {name!r} has values beyond float16's range (+-65504)",
+                                      "convert with --intermediate bf16 or f32")
+            return half
         return f32_to_bf16_bits(x)
 
     def iter_chunks(self, cfg: dict, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:

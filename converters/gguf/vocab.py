@@ -21,7 +21,7 @@ from typing import Any
 
 import gguf
 
-from edge_run.runtime.errors import CheckpointError
+from edge_run.core.errors import CheckpointError
 
 from ..checkpoint import Checkpoint
 
@@ -127,8 +127,41 @@ def _fill(n_vocab: int, pieces: dict[int, tuple[str, int, float]], what: str) ->
     return VocabInfo(what, None, tokens, scores, types)
 
 
+TOKENIZER_HINT = "the tokenizer.json is malformed: re-download it"
+
+
 def _added(tok: dict[str, Any]) -> dict[int, tuple[str, bool]]:
-    return {int(a["id"]): (a["content"], bool(a.get("special"))) for a in tok.get("added_tokens", [])}
+    entries = tok.get("added_tokens", [])
+    if not isinstance(entries, list):
+        raise CheckpointError("tokenizer.json's added_tokens is not a list", TOKENIZER_HINT)
+    added: dict[int, tuple[str, bool]] = {}
+    for a in entries:
+        i = a.get("id") if isinstance(a, dict) else None
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0 or not isinstance(a.get("content"), str):
+            raise CheckpointError(f"tokenizer.json has an added token with id {i!r} (entry {str(a)[:60]!r})",
+                                  "ids must be non-negative integers and contents strings: re-download it")
+        added[i] = (a["content"], bool(a.get("special")))
+    return added
+
+
+def _bpe_vocab(model: dict[str, Any]) -> dict[str, int]:
+    """A BPE model's vocab: {token text: id}, every id a non-negative integer."""
+    vocab = model.get("vocab", {})
+    if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                              for i in vocab.values()):
+        raise CheckpointError("tokenizer.json's BPE vocab is not a map of token -> non-negative id", TOKENIZER_HINT)
+    return vocab
+
+
+def _unigram_vocab(model: dict[str, Any]) -> list[tuple[str, float]]:
+    """A Unigram model's vocab: a list of [piece, finite score]."""
+    vocab = model.get("vocab", [])
+    ok = isinstance(vocab, list) and all(
+        isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], (int, float))
+        and not isinstance(e[1], bool) for e in vocab)
+    if not ok:
+        raise CheckpointError("tokenizer.json's Unigram vocab is not a list of [piece, score]", TOKENIZER_HINT)
+    return [(p, float(s)) for p, s in vocab]
 
 
 def _check_ids(ids: list[int], n_vocab: int) -> None:
@@ -144,7 +177,7 @@ def build_vocab(ckpt: Checkpoint, n_vocab: int) -> VocabInfo:
     kind = model.get("type")
     pieces: dict[int, tuple[str, int, float]] = {}
     if kind == "BPE" and not model.get("byte_fallback"):
-        vocab: dict[str, int] = model.get("vocab", {})
+        vocab = _bpe_vocab(model)
         _check_ids(list(vocab.values()) + list(added), n_vocab)
         for text, i in vocab.items():
             pieces[i] = (text, TT.NORMAL, 0.0)
@@ -162,11 +195,12 @@ def build_vocab(ckpt: Checkpoint, n_vocab: int) -> VocabInfo:
     if kind in ("Unigram", "BPE"):
         unk = model.get("unk_id")
         if kind == "Unigram":
-            entries = [(p, float(s)) for p, s in model.get("vocab", [])]
+            entries = _unigram_vocab(model)
         else:  # SentencePiece-BPE exported to tokenizers: rank order is merge priority
-            by_id = sorted(model.get("vocab", {}).items(), key=lambda kv: kv[1])
+            bpe = _bpe_vocab(model)
+            by_id = sorted(bpe.items(), key=lambda kv: kv[1])
             entries = [(p, -float(i)) for p, i in by_id]
-            unk = model.get("vocab", {}).get(model.get("unk_token"))
+            unk = bpe.get(model.get("unk_token"))
         _check_ids([len(entries) - 1, *added], n_vocab)
         for i, (text, score) in enumerate(entries):
             ttype = TT.UNKNOWN if i == unk else TT.BYTE if BYTE_PIECE.match(text) else TT.NORMAL

@@ -22,12 +22,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_run.runtime.errors import OutputExistsError, ResourceError
-from edge_run.runtime.fsutil import TEMP_PREFIX, check_destination, os_error_to_resource, sha256_file
+from edge_run.core.errors import OutputExistsError, ResourceError
+from edge_run.runtime.fsutil import (
+    TEMP_PREFIX,
+    check_destination,
+    check_plain_name,
+    exclusive_folder,
+    os_error_to_resource,
+    sha256_file,
+)
 from edge_run.runtime.manifest import Manifest, write_manifest
 
 from ..architectures import lookup
 from ..checkpoint import Checkpoint, open_checkpoint
+from ..config_check import check_config
 from ..gguf.vocab import build_vocab
 from .builder import DecoderBuilder, Weights
 from .genai import copy_tokenizer, genai_config
@@ -109,7 +117,9 @@ def _write_artifact(ckpt: Checkpoint, digest: str, quant: QuantConfig, dest: Pat
         sha256=sha256_file(dest / DATA_FILE), tokenizer=tokenizer_kind, context_length=cfg.max_positions,
         extra={"scheme": quant.scheme.name, "block_size": quant.block_size, "symmetric": quant.symmetric,
                "accuracy_level": quant.accuracy_level, "opset": OPSET, "linear_bits": dict(sorted(bits.items())),
-               "data_file": DATA_FILE, "num_layers": cfg.n_layers},
+               "data_file": DATA_FILE, "num_layers": cfg.n_layers,
+               # every file's digest: edge-run's integrity check covers the graph and tokenizer, not only the data
+               "files": {p.name: sha256_file(p) for p in sorted(dest.iterdir()) if p.is_file()}},
     )
     # the manifest's own size is not known before it is written; file_size counts every other file
     write_manifest(dest, manifest, force=True)
@@ -124,22 +134,29 @@ def convert_to_onnx(checkpoint: Path, out_dir: Path, options: OnnxOptions,
         quants = [parse_quant("int4", options.block_size, options.symmetric, options.accuracy_level)]
     ckpt = open_checkpoint(checkpoint)
     _, spec = lookup(ckpt.config)
+    check_config(ckpt)
     cfg = decoder_config(ckpt, spec)  # fail on a bad config before writing anything
     vocab = build_vocab(ckpt, cfg.vocab)  # and on a missing / mismatched tokenizer
     Weights(ckpt)
-    name = options.name or ckpt.name
+    name = check_plain_name(options.name) if options.name is not None else ckpt.name
     targets = [artifact_dir(out_dir, name, q) for q in quants]
     for t in targets:
         if t.exists() and not options.force:
             raise OutputExistsError(f"{t} already exists", "pass --force to overwrite it")
         check_destination(t, force=True)
+    with exclusive_folder(Path(out_dir)):  # one writer per folder; removes dead converts' temp folders
+        _convert_all(ckpt, quants, targets, vocab.kind, options, progress)
+    return targets
+
+
+def _convert_all(ckpt: Checkpoint, quants: list[QuantConfig], targets: list[Path], tokenizer_kind: str,
+                 options: OnnxOptions, progress: Progress | None) -> None:
     digest = ckpt.digest()
     for q, target in zip(quants, targets, strict=True):
         with _atomic_dir(target, options.force) as tmp:
             try:
-                _write_artifact(ckpt, digest, q, tmp, vocab.kind, progress)
+                _write_artifact(ckpt, digest, q, tmp, tokenizer_kind, progress)
             except OSError as e:
                 raise os_error_to_resource(e, target.name) from e
             except MemoryError as e:
                 raise ResourceError(f"out of memory while converting {target.name}") from e
-    return targets
