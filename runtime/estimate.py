@@ -17,6 +17,7 @@ RSS by tools/validate_estimator.py.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -233,6 +234,38 @@ def host_simd() -> tuple[str, ...]:
         return ()
 
 
+def _cgroup_headroom(root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")) -> float:
+    """memory.max - memory.current of this process's cgroup v2 and its ancestors (the tightest), inf if none."""
+    try:
+        line = next(ln for ln in membership.read_text().splitlines() if ln.startswith("0::"))
+    except (OSError, StopIteration):
+        return math.inf
+    group, best = root / line[3:].strip().lstrip("/"), math.inf
+    while True:
+        try:
+            limit = (group / "memory.max").read_text().strip()
+            if limit != "max":
+                best = min(best, int(limit) - int((group / "memory.current").read_text().strip()))
+        except (OSError, ValueError):
+            pass
+        if group == root or root not in group.parents:
+            return best
+        group = group.parent
+
+
+def available_memory_bytes() -> float:
+    """What this process can still allocate: the least of the system's available memory, its cgroup's headroom
+    (containers, systemd slices) and, under ``ulimit -v``, the address space left (RLIMIT_AS minus the
+    process's current virtual size; mmapped weights count against it too)."""
+    import resource
+
+    avail = float(psutil.virtual_memory().available)
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        avail = min(avail, soft - psutil.Process().memory_info().vms)
+    return max(0.0, min(avail, _cgroup_headroom()))
+
+
 def check_memory(artifact: Path, n_ctx: int, available_mib: float | None = None,
                  shape_of: Callable[[Path], ModelShape] = shape_from_gguf) -> MemoryEstimate | None:
     """Refuse (InsufficientMemoryError) to load an artifact whose estimate exceeds available memory."""
@@ -241,7 +274,7 @@ def check_memory(artifact: Path, n_ctx: int, available_mib: float | None = None,
         return None
     est = estimate_memory(shape_of(artifact), n_ctx, host_simd())
     if available_mib is None:
-        available_mib = psutil.virtual_memory().available / MIB
+        available_mib = available_memory_bytes() / MIB
     if est.total_mib > available_mib:
         raise InsufficientMemoryError(
             f"{artifact.name} at ctx {n_ctx} needs about {est.total_mib:.0f} MiB but {available_mib:.0f} MiB "

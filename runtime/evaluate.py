@@ -23,7 +23,9 @@ averaged; top-1 agreement = share of positions where both argmaxes are the same 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +35,9 @@ import numpy as np
 
 from .backends import Backend, LoadOptions, open_backend
 from .datasets import BUILTIN_CORPORA, builtin_corpus_path
-from .errors import CorpusError, UsageError
+from .errors import ArtifactError, CorpusError, ResourceError, UsageError
 from .eval_math import Accumulator, LogprobStore, LogprobWriter, kl_divergence, log_softmax, rows_nll
+from .fsutil import read_regular_file
 
 # progress(stage, done, total)
 Progress = Callable[[str, int, int], None]
@@ -44,6 +47,7 @@ ScoredLogits = Callable[[list[int]], np.ndarray]
 # Manifest quality keys for the built-in corpora; any other corpus is stored under its file stem.
 QUALITY_KEYS: dict[str, str] = {"wikitext-2-raw-test": "wikitext2", "tinyshakespeare": "tinyshakespeare"}
 DEFAULT_CORPUS = "wikitext-2-raw-test"
+MAX_CORPUS_BYTES = 64 * 2**20  # 50x WikiText-2's test split; tokenizing it needs a few hundred MB
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,19 @@ class Corpus:
 
     @property
     def quality_key(self) -> str:
-        return QUALITY_KEYS.get(self.name, self.name)
+        """The built-in key ("wikitext2") only for the built-in corpus's exact bytes (by sha256): a file that merely
+        has the built-in's name is keyed by its name and content hash, so it never poses as the built-in score
+        the picker reads. Other files are keyed by their name (the entry records their sha256)."""
+        if self.name not in QUALITY_KEYS:
+            return self.name
+        if self.sha256 == _builtin_sha256(self.name):
+            return QUALITY_KEYS[self.name]
+        return f"{self.name}-{self.sha256[:12]}"
+
+
+@functools.cache
+def _builtin_sha256(name: str) -> str:
+    return hashlib.sha256(builtin_corpus_path(name).read_bytes()).hexdigest()
 
 
 def load_corpus(spec: str | Path) -> Corpus:
@@ -66,15 +82,8 @@ def load_corpus(spec: str | Path) -> Corpus:
         path, name = builtin_corpus_path(spec_s), spec_s
     else:
         path, name = Path(spec_s), Path(spec_s).stem
-    if not path.exists():
-        raise CorpusError(f"corpus {spec_s} does not exist",
-                          f"pass a UTF-8 text file or a built-in corpus: {', '.join(BUILTIN_CORPORA)}")
-    if path.is_dir():
-        raise CorpusError(f"corpus {spec_s} is a folder", "pass a UTF-8 text file")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CorpusError(f"cannot read corpus {spec_s}: {e.strerror or e}") from e
+    data = read_regular_file(path, "corpus", MAX_CORPUS_BYTES, CorpusError,  # no FIFO, folder or /dev/zero
+                             f"pass a UTF-8 text file or a built-in corpus: {', '.join(BUILTIN_CORPORA)}")
     if not data.strip():
         raise CorpusError(f"corpus {spec_s} is empty", "pass a file with text in it")
     if b"\x00" in data:
@@ -341,7 +350,16 @@ def save_quality(artifact: Path, result: EvalResult) -> bool:
 
     if read_manifest(artifact) is None:
         return False
-    update_manifest(artifact, quality={result.corpus.quality_key: result.quality_entry()})
+    entry = result.quality_entry()
+    bad = sorted(k for k, v in entry.items() if isinstance(v, float) and not math.isfinite(v))
+    if bad:  # never stored: a NaN would sort anywhere in the picker
+        raise ArtifactError(f"{Path(artifact).name} gives non-finite {', '.join(bad)} on {result.corpus.name}, so the "
+                            "result was not stored", "the weights are broken (NaN/Inf logits): re-convert the artifact")
+    try:
+        update_manifest(artifact, quality={result.corpus.quality_key: entry})
+    except ResourceError as e:
+        raise ResourceError(f"the result could not be stored in {Path(artifact).name}'s manifest ({e.message})",
+                            "make the folder writable, or pass --no-save") from e
     from .quality_store import record_eval
 
     record_eval(artifact, result)  # and into the picker's quality store (runtime/quality_store.py)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from .backends import artifact_format
-from .manifest import read_manifest
 
 # vocabulary-sized arrays: counted, not listed
 VOCAB_ARRAYS = frozenset({"tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
@@ -27,9 +26,11 @@ def gguf_metadata(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def describe_artifact(path: Path, with_tensors: bool = False) -> dict[str, Any]:
+    from .integrity import verify_artifact
+
     path = Path(path)
+    manifest = verify_artifact(path)  # a file that does not match its manifest is described by neither
     fmt = artifact_format(path)
-    manifest = read_manifest(path)
     info: dict[str, Any] = {"path": str(path), "format": fmt,
                             "manifest": asdict(manifest) if manifest else None}
     if fmt == "gguf":

@@ -1,27 +1,64 @@
 """Artifact integrity: an artifact must match its manifest before it is loaded.
 
-The size is checked on every load (free). The sha256 is checked on first use and remembered in
-``cache_dir()/verified.json`` keyed by the file's path, size and mtime, so later loads cost nothing
-until the file changes.
+What is hashed: a GGUF file whole; for an ONNX folder every file its manifest lists in ``extra.files``
+(model.onnx, model.onnx.data, genai_config.json, the tokenizer files; older manifests: model.onnx.data only).
+
+When: the size is checked on every load (free). The sha256 is checked on first use and remembered in
+``cache_dir()/verified.json``, keyed by the file's path, size, mtime *and this boot's id*
+(/proc/sys/kernel/random/boot_id). Bit rot on an SD card or eMMC changes bytes without touching the mtime, so a
+cache keyed by mtime alone would never notice it; rehashing on the first use after each reboot catches it at
+the cost of one read of the file per boot (on an edge device a reboot is a power cycle, the moment flash
+corruption shows up), while repeated runs within a boot stay free. ``edge-run verify ARTIFACT`` rehashes on
+demand.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
-from .errors import IntegrityError
-from .fsutil import atomic_write_text, cache_dir, sha256_file
+from .errors import ArtifactError, IntegrityError
+from .fsutil import cache_dir, is_regular_or_folder, sha256_file, write_cache_text
 from .manifest import Manifest, read_manifest
 
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
-def _payload(artifact: Path, manifest: Manifest) -> tuple[Path, int]:
-    """The file whose digest the manifest records, and the size it records for the whole artifact."""
-    if artifact.is_dir():
-        return artifact / f"{manifest.artifact}.data" if (artifact / f"{manifest.artifact}.data").exists() \
-            else artifact / manifest.artifact, manifest.file_size
-    return artifact, manifest.file_size
+
+def boot_id() -> str:
+    """This boot's random id (Linux); "" elsewhere, which keeps the cache valid across reboots there."""
+    try:
+        return BOOT_ID.read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
+
+
+def check_artifact_path(artifact: Path) -> None:
+    """ArtifactError unless ``artifact`` is an existing regular file or folder (a FIFO named x.gguf would block
+    the first read, a device would never end)."""
+    try:
+        odd = is_regular_or_folder(artifact)
+    except FileNotFoundError as e:
+        raise ArtifactError(f"{artifact} does not exist",
+                            "pass the path of a .gguf file or an ONNX artifact folder") from e
+    except OSError as e:  # a symlink loop, a permission problem
+        raise ArtifactError(f"cannot read {artifact}: {e.strerror or e}", "check the path") from e
+    if odd:
+        raise ArtifactError(f"{artifact} is {odd}", "pass a .gguf file or an ONNX artifact folder")
+
+
+def payload_files(artifact: Path, manifest: Manifest) -> dict[str, str]:
+    """{file path: expected sha256} of everything the manifest vouches for."""
+    if not artifact.is_dir():
+        return {str(artifact): manifest.sha256}
+    files = manifest.extra.get("files")
+    if isinstance(files, dict) and files:
+        for name in files:
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                raise ArtifactError(f"manifest of {artifact.name} lists {name!r}, which is not a plain file name",
+                                    "manifests may only name files in their own folder")
+        return {str(artifact / name): str(digest) for name, digest in files.items()}
+    data = artifact / f"{manifest.artifact}.data"
+    return {str(data if data.exists() else artifact / manifest.artifact): manifest.sha256}
 
 
 def artifact_size(artifact: Path) -> int:
@@ -38,13 +75,17 @@ def _load_db() -> dict[str, dict[str, object]]:
     try:
         data = json.loads(_verified_db().read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
 
 
 def verify_artifact(artifact: Path, full: bool | None = None) -> Manifest | None:
-    """Check ``artifact`` against its manifest; None when it has no manifest (nothing to check)."""
+    """Check ``artifact`` against its manifest; None when it has no manifest (nothing to check).
+
+    ``full``: True rehashes, False checks sizes only, None rehashes unless this boot already verified the file
+    unchanged."""
     artifact = Path(artifact)
+    check_artifact_path(artifact)
     manifest = read_manifest(artifact)
     if manifest is None:
         return None
@@ -52,18 +93,24 @@ def verify_artifact(artifact: Path, full: bool | None = None) -> Manifest | None
     if size != manifest.file_size:
         raise IntegrityError(f"{artifact.name} is {size} bytes but its manifest says {manifest.file_size}",
                              "the file is truncated or was replaced: re-convert it")
-    payload, _ = _payload(artifact, manifest)
-    stat = payload.stat()
-    key = str(payload.resolve())
-    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": manifest.sha256}
-    db = _load_db()
-    if full is False or (full is None and db.get(key) == stamp):
-        return manifest
-    digest = sha256_file(payload)
-    if digest != manifest.sha256:
-        raise IntegrityError(f"{artifact.name} does not match its manifest (sha256 {digest[:12]}... "
-                             f"!= {manifest.sha256[:12]}...)", "the file is corrupt: re-convert it")
-    db[key] = stamp
-    with contextlib.suppress(OSError):  # the cache is an optimisation; a read-only home is fine
-        atomic_write_text(_verified_db(), json.dumps(db, indent=1), force=True)
+    db, changed, boot = _load_db(), False, boot_id()
+    for path_s, expected in payload_files(artifact, manifest).items():
+        path = Path(path_s)
+        try:
+            stat = path.stat()
+        except FileNotFoundError as e:
+            raise IntegrityError(f"{artifact.name} lacks {path.name}, which its manifest lists",
+                                 "the artifact is incomplete: re-convert it") from e
+        key = str(path.resolve())
+        stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": expected, "boot_id": boot}
+        if full is False or (full is None and db.get(key) == stamp):
+            continue
+        digest = sha256_file(path)
+        if digest != expected:
+            what = artifact.name if path == artifact else f"{path.name} in {artifact.name}"
+            raise IntegrityError(f"{what} does not match its manifest (sha256 {digest[:12]}... "
+                                 f"!= {expected[:12]}...)", "the file is corrupt: re-convert it")
+        db[key], changed = stamp, True
+    if changed:
+        write_cache_text(_verified_db(), json.dumps(db, indent=1))  # skipped when the cache is read-only
     return manifest

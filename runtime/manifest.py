@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .errors import ArtifactError
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, read_regular_file
 
 SCHEMA_VERSION = 1
 # JSON type of every field: a manifest is untrusted input, checked before anything uses a value
@@ -117,12 +118,35 @@ def read_manifest(artifact: Path) -> Manifest | None:
     path = manifest_path_for(artifact)
     if not path.exists():
         return None
+    raw = read_regular_file(path, "manifest", MAX_MANIFEST_BYTES, ArtifactError)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"), parse_constant=_non_finite, parse_float=_finite_float)
+    except _NonFinite as e:
+        raise ArtifactError(f"manifest {path.name} holds a non-finite number ({e})",
+                            "edit it or re-create it with `edge-run convert`") from e
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ArtifactError(f"manifest {path.name} is not valid JSON ({e})",
                             "re-create it with `edge-run convert`") from e
     return Manifest.from_dict(data, origin=f"manifest {path.name}")
+
+
+MAX_MANIFEST_BYTES = 16 * 2**20  # a manifest is a few KB
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _non_finite(token: str) -> float:
+    """json.loads accepts NaN and Infinity; a manifest must not (a NaN bpb sorts anywhere in a pick)."""
+    raise _NonFinite(token)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise _NonFinite(text)
+    return value
 
 
 def update_manifest(artifact: Path, **changes: Any) -> Manifest:

@@ -16,7 +16,6 @@ changed file pays for the child (about 0.5-2 s, most of it importing llama_cpp).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import subprocess
@@ -24,12 +23,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError
-from .fsutil import atomic_write_text, cache_dir
+from .errors import ArtifactError, EdgeRunError, ResourceError
+from .fsutil import cache_dir, write_cache_text
 
 PROBE_TIMEOUT_S = 300
 _ASSERT = re.compile(r"(GGML_ASSERT\(.*?\) failed|terminate called.*|what\(\):.*)")
 # llama.cpp log lines that say why a load failed, most specific first
+_OUT_OF_MEMORY = re.compile(r"(MemoryError|std::bad_alloc|Cannot allocate memory|failed to mmap|out of memory)",
+                            re.IGNORECASE)
 _LOAD_ERRORS = (re.compile(r"gguf_init_from_\w+: (.*)"), re.compile(r"error loading model: (.*)"))
 
 
@@ -72,13 +73,17 @@ def check_gguf(path: Path) -> dict[str, Any]:
     except (ValueError, IndexError) as e:
         raise ArtifactError(f"llama.cpp's header check of {path.name} printed no result") from e
     db[key] = {"stamp": stamp, "info": info}
-    with contextlib.suppress(OSError):  # the cache is an optimisation; a read-only home is fine
-        atomic_write_text(_db_path(), json.dumps(db, indent=1), force=True)
+    write_cache_text(_db_path(), json.dumps(db, indent=1))  # skipped when the cache is read-only
     return info
 
 
-def _failure(path: Path, returncode: int, stderr: str) -> ArtifactError:
+def _failure(path: Path, returncode: int, stderr: str) -> EdgeRunError:
     hint = "the file is corrupt or truncated: re-convert or re-download it"
+    oom = _OUT_OF_MEMORY.search(stderr)
+    if oom or returncode == -9:  # a memory limit (ulimit -v, cgroup) or the OOM killer, not a corrupt file
+        return ResourceError(f"not enough memory to read {path.name} ({oom.group(1) if oom else 'killed'})",
+                             "free memory, raise the memory limit (ulimit -v, the container's memory.max) "
+                             "or pick a smaller artifact")
     crash = _ASSERT.search(stderr)
     if returncode < 0 or crash:
         what = crash.group(1) if crash else f"signal {-returncode}"

@@ -6,6 +6,7 @@ A user adds a device by dropping ``NAME.toml`` into ``$EDGE_RUN_PROFILES`` (defa
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -19,6 +20,9 @@ import numpy as np
 import psutil
 
 from .errors import ProfileError
+from .fsutil import read_regular_file
+
+MAX_PROFILE_BYTES = 1 << 20  # a profile is a dozen lines
 
 KNOWN_SIMD = frozenset({"neon", "dotprod", "i8mm", "sve", "avx", "avx2", "fma", "f16c", "avx512", "avx512_vnni",
                         "avx_vnni"})
@@ -76,7 +80,7 @@ def parse_profile(data: dict[str, Any], origin: str) -> DeviceProfile:
         if isinstance(value, bool) or not isinstance(value, typ):
             raise ProfileError(f"{origin}: field {key!r} has the wrong type ({type(value).__name__})", hint)
     for key in ("ram_mb", "physical_cores", "memory_bandwidth_gbs"):
-        if data[key] <= 0:
+        if not math.isfinite(data[key]) or data[key] <= 0:  # nan <= 0 is False: test finiteness first
             raise ProfileError(f"{origin}: {key} must be positive, got {data[key]}", hint)
     if data["os_reserved_mb"] < 0 or data["os_reserved_mb"] >= data["ram_mb"]:
         raise ProfileError(f"{origin}: os_reserved_mb must be between 0 and ram_mb ({data['ram_mb']})", hint)
@@ -94,16 +98,17 @@ def parse_profile(data: dict[str, Any], origin: str) -> DeviceProfile:
 
 
 def load_profile_file(path: Path) -> DeviceProfile:
+    data_bytes = read_regular_file(Path(path), "profile", MAX_PROFILE_BYTES, ProfileError)  # no FIFO, no /dev/zero
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ProfileError(f"cannot read profile {path}: {e.strerror}") from e
+        text = data_bytes.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ProfileError(f"profile {path} is not UTF-8 text") from e
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(f"profile {path} is not valid TOML ({e})", "fix the syntax") from e
+    except RecursionError as e:
+        raise ProfileError(f"profile {path} nests tables or arrays too deeply", "a profile is one flat table") from e
     return parse_profile(data, str(path))
 
 

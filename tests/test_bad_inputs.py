@@ -324,10 +324,10 @@ CASES: list[Case] = [
          "Invalid value for '--ctx'", "edge-run --help"),
     # -- inspect
     Case("inspect a truncated GGUF", "inspect",
-         lambda w: ["inspect", _broken(w.artifact(), lambda a: _truncate(a, 3000))], 3,
+         lambda w: ["inspect", _broken(_orphan(w), lambda a: _truncate(a, 3000))], 3,
          "is not a readable GGUF file", "re-convert"),
     Case("inspect a GGUF with a corrupted header", "inspect",
-         lambda w: ["inspect", _broken(w.artifact(), lambda a: _gguf_u64(a, 16, 2**64 - 1))], 3,
+         lambda w: ["inspect", _broken(_orphan(w), lambda a: _gguf_u64(a, 16, 2**64 - 1))], 3,
          "is not a readable GGUF file", "re-convert"),
     Case("inspect a manifest naming ../x", "inspect",
          lambda w: ["inspect", _broken(w.artifact(), _manifest_edit(lambda d: d.update(artifact="../x")))],

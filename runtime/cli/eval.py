@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+from ..errors import EdgeRunError
 from ._common import console, err_console, print_json, progress_bars
+
+if TYPE_CHECKING:
+    from ..evaluate import EvalResult
 
 
 def eval_command(
@@ -27,10 +32,22 @@ def eval_command(
     with progress_bars(enabled=not as_json) as progress:
         result = evaluate(artifact, text, ctx=ctx, chunks=chunks, parent=against, threads=threads,
                           progress=progress)
-    saved = save_quality(artifact, result) if save else False
+    saved, not_saved = False, None
+    if save:  # a finished measurement is printed even when the manifest cannot take it
+        try:
+            saved = save_quality(artifact, result)
+        except EdgeRunError as failure:
+            not_saved = failure
     if as_json:
         print_json({**result.to_json(), "saved_to_manifest": saved})
-        return
+    else:
+        _print_result(artifact, result, save, saved)
+    if not_saved is not None:
+        raise not_saved
+
+
+def _print_result(artifact: Path, result: EvalResult, save: bool, saved: bool) -> None:
+    text = result.corpus
     e = result.quality_entry()
     console.print(f"{Path(artifact).name} on {text.name}: {e['chunks']} chunks x {e['ctx']} tokens, "
                   f"{e['tokens_scored']} tokens / {e['bytes_scored']} bytes scored")

@@ -7,6 +7,7 @@ row in ``COMMAND_MODULES``.
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import sys
 
@@ -25,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "eval",
     "bench",
     "bundle",
+    "verify",
 )
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -53,16 +55,56 @@ def debug_enabled() -> bool:
     return os.environ.get("EDGE_RUN_DEBUG", "") not in ("", "0")
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
+
+
+def _usable_std_streams() -> None:
+    """A closed stdout/stderr (`run ... >&-`) becomes /dev/null, and text the terminal's encoding cannot spell
+    (PYTHONIOENCODING=ascii, LC_ALL=C) is escaped instead of failing in the middle of the output."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            setattr(sys, name, open(fd, "w", closefd=False))
+        stream = getattr(sys, name)
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors="backslashreplace")
+
+
+def _reader_went_away() -> int:
+    """stdout's reader closed the pipe (`| head`): a normal end. Point fd 1 at /dev/null so the interpreter's
+    final flush cannot fail again and print to stderr."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
-    app = build_app()
+    _usable_std_streams()
     try:
+        app = build_app()
         app(args=argv, standalone_mode=False)
+    except BrokenPipeError:
+        return _reader_went_away()
+    except SystemExit as e:  # click turns EPIPE into exit(1) itself
+        if isinstance(e.__context__, BrokenPipeError):
+            return _reader_went_away()
+        raise
     except EdgeRunError as e:
         if debug_enabled():
             raise
         err_console.print(f"error: {e.one_line()}", markup=False)
         return e.exit_code
+    except MemoryError:  # written without rich: formatting needs memory too
+        os.write(2, b"error: out of memory. free memory, raise the memory limit (ulimit -v, the container's "
+                    b"memory.max) or pick a smaller artifact\n")
+        return 4
     except KeyboardInterrupt:
         err_console.print("error: interrupted", markup=False)
         return 130

@@ -11,6 +11,7 @@ import typer
 from ..backends import GenerationParams, LoadOptions, open_backend
 from ..backends.base import physical_cores
 from ..errors import UsageError
+from ..prompt import check_prompt_size
 from ._common import print_json
 
 DEFAULT_CTX = 2048
@@ -29,10 +30,10 @@ def run(
     ctx: int = typer.Option(None, "--ctx", "-c", min=16,
                             help=f"context length (default {DEFAULT_CTX} or the model's trained context if smaller)"),
     temperature: float = typer.Option(0.0, "--temp", min=0.0, help="0 = greedy"),
-    top_k: int = typer.Option(40, "--top-k"),
-    top_p: float = typer.Option(0.95, "--top-p"),
+    top_k: int = typer.Option(40, "--top-k", min=0, help="0 = no top-k cut"),
+    top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0),
     seed: int = typer.Option(0, "--seed"),
-    threads: int = typer.Option(None, "--threads", "-t", help="default: physical cores"),
+    threads: int = typer.Option(None, "--threads", "-t", min=1, help="default: physical cores"),
     profile: str = typer.Option(None, "--profile",
                                 help="pick the best artifact for this device profile ('auto' = this machine)"),
     models: Path = typer.Option(None, "--models", help="with --profile: folder of artifacts/checkpoints to pick from"),
@@ -55,6 +56,7 @@ def run(
     params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     with open_backend(artifact, LoadOptions(n_ctx=ctx, n_threads=n_threads, seed=seed)) as backend:
         rendered = backend.chat_prompt(text) if chat else text
+        check_prompt_size(rendered, "the prompt rendered by the chat template")
         tokens = backend.tokenize(rendered, add_special=True)
         pieces = []
         for piece in backend.stream(tokens, params):
@@ -77,19 +79,9 @@ def run(
 
 
 def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
-    if prompt is not None and prompt_file is not None:
-        raise UsageError("both -p and --prompt-file given", "pass only one of them")
-    if prompt_file is not None:
-        try:
-            prompt = prompt_file.read_bytes().decode("utf-8")
-        except FileNotFoundError as e:
-            raise UsageError(f"prompt file {prompt_file} does not exist", "pass an existing file") from e
-        except UnicodeDecodeError as e:
-            raise UsageError(f"prompt file {prompt_file} is not UTF-8 text (byte {e.start})",
-                             "convert it to UTF-8") from e
-    if prompt is None or not prompt.strip():
-        raise UsageError("the prompt is empty", "pass a non-empty prompt with -p or --prompt-file")
-    return prompt
+    from ..prompt import read_prompt
+
+    return read_prompt(prompt, prompt_file)
 
 
 def _context(artifact: Path, ctx: int | None) -> int:
