@@ -1,3 +1,5 @@
 """edge-run runtime: memory estimates, device picking and CPU inference (GGUF / ONNX)."""
 
-__version__ = "0.1.0"
+from edge_run.core import __version__
+
+__all__ = ["__version__"]

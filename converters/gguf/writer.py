@@ -20,8 +20,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from edge_run.runtime import __version__
-from edge_run.runtime.errors import CheckpointError
+from edge_run.core import __version__
+from edge_run.core.errors import CheckpointError
 
 from ..architectures import ArchSpec
 from ..checkpoint import Checkpoint
