@@ -6,8 +6,9 @@ GGUF backend (KV cache types).
     ftype     LLAMA_FTYPE_* written as general.file_type
     bpw       nominal bits per weight of the main block format (a real file's figure is in its manifest)
     mix       which GGML type each tensor gets (llama.cpp src/llama-quant.cpp, llama_tensor_get_type):
-              base type; attn_v / ffn_down (more-bits layers, other layers); attn_output; fused attn_qkv;
-              the output matrix (or the tied token embedding). None: not predicted, never planned.
+              base type; attn_v (and a fused attn_qkv, which llama.cpp treats as attn_v) and ffn_down as
+              (layer rule, type on the layers it selects, type elsewhere); attn_output; the output matrix
+              (or the tied token embedding). None: not predicted, never planned.
     ppl_delta llama.cpp's published perplexity increase over F16 for Llama-3-8B on WikiText-2
               (tools/quantize/quantize.cpp QUANT_OPTIONS): the picker's quality prior
     planned   offered for a local checkpoint as a pairing not converted yet
@@ -16,19 +17,30 @@ GGUF backend (KV cache types).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import LlamaFileType as FT
 
+# Which layers a mix gives its "hi" type (else "lo"): layer index, layer count, query heads per KV head.
+LAYER_RULES: dict[str, Callable[[int, int, int], bool]] = {
+    "all": lambda i, n, gqa: True,
+    "more_bits": lambda i, n, gqa: use_more_bits(i, n),
+    "first2": lambda i, n, gqa: i < 2,
+    "first4": lambda i, n, gqa: i < 4,
+    "first_eighth": lambda i, n, gqa: i < n // 8,
+    "first_sixteenth": lambda i, n, gqa: i < n // 16,
+    "gqa4": lambda i, n, gqa: gqa >= 4,  # every layer, when 4+ query heads share a KV head
+}
+
 
 @dataclass(frozen=True)
 class Mix:
     base: str
-    attn_v: tuple[str, str] | None = None  # (more-bits layers, other layers)
-    ffn_down: tuple[str, str] | None = None
+    attn_v: tuple[str, str, str] | None = None  # (LAYER_RULES key, hi type, lo type)
+    ffn_down: tuple[str, str, str] | None = None
     attn_output: str | None = None
-    attn_qkv: str | None = None  # a fused q/k/v matrix (Phi-3)
     output: str = "Q6_K"
 
 
@@ -68,28 +80,30 @@ QUANTS: tuple[QuantRow, ...] = (
     R("BF16", FT.MOSTLY_BF16, 16.0, Mix("BF16", output="BF16"), 0.0, full_precision=True),
     R("Q8_0", FT.MOSTLY_Q8_0, 8.5, Mix("Q8_0", output="Q8_0"), 0.0026, planned=True, kv_cache=True),
     R("Q6_K", FT.MOSTLY_Q6_K, 6.5625, Mix("Q6_K"), 0.0217, planned=True),
-    R("Q5_K_M", FT.MOSTLY_Q5_K_M, 5.5, Mix("Q5_K", attn_v=("Q6_K", "Q5_K"), ffn_down=("Q6_K", "Q5_K"),
-                                         attn_qkv="Q6_K"), 0.0569, planned=True),
+    R("Q5_K_M", FT.MOSTLY_Q5_K_M, 5.5, Mix("Q5_K", attn_v=("more_bits", "Q6_K", "Q5_K"),
+                                         ffn_down=("more_bits", "Q6_K", "Q5_K")), 0.0569, planned=True),
     R("Q5_K_S", FT.MOSTLY_Q5_K_S, 5.5, Mix("Q5_K"), 0.1049),
     R("Q5_1", FT.MOSTLY_Q5_1, 6.0, Mix("Q5_1"), 0.1062),
     R("Q5_0", FT.MOSTLY_Q5_0, 5.5, Mix("Q5_0"), 0.1316),
-    R("Q4_K_M", FT.MOSTLY_Q4_K_M, 4.5, Mix("Q4_K", attn_v=("Q6_K", "Q4_K"), ffn_down=("Q6_K", "Q4_K"),
-                                         attn_qkv="Q5_K"), 0.1754, planned=True),
-    R("Q4_K_S", FT.MOSTLY_Q4_K_S, 4.5, Mix("Q4_K", attn_v=("Q5_K", "Q4_K"), ffn_down=("Q5_K", "Q4_K")), 0.2689),
+    R("Q4_K_M", FT.MOSTLY_Q4_K_M, 4.5, Mix("Q4_K", attn_v=("more_bits", "Q6_K", "Q4_K"),
+                                         ffn_down=("more_bits", "Q6_K", "Q4_K")), 0.1754, planned=True),
+    R("Q4_K_S", FT.MOSTLY_Q4_K_S, 4.5, Mix("Q4_K", attn_v=("first4", "Q5_K", "Q4_K"),
+                                         ffn_down=("first_eighth", "Q5_K", "Q4_K")), 0.2689),
     R("Q4_1", FT.MOSTLY_Q4_1, 5.0, Mix("Q4_1"), 0.4511),
     R("Q4_0", FT.MOSTLY_Q4_0, 4.5, Mix("Q4_0"), 0.4685, planned=True, kv_cache=True),
     R("IQ4_NL", FT.MOSTLY_IQ4_NL, 4.5, Mix("IQ4_NL")),
     R("IQ4_XS", FT.MOSTLY_IQ4_XS, 4.25, Mix("IQ4_XS")),
-    R("Q3_K_L", FT.MOSTLY_Q3_K_L, 3.4375, Mix("Q3_K", attn_v=("Q5_K", "Q5_K"), ffn_down=("Q5_K", "Q5_K"),
-                                             attn_output="Q5_K", attn_qkv="Q4_K"), 0.5562),
-    R("Q3_K_M", FT.MOSTLY_Q3_K_M, 3.4375, Mix("Q3_K", attn_v=("Q5_K", "Q4_K"), ffn_down=("Q5_K", "Q4_K"),
-                                             attn_output="Q4_K", attn_qkv="Q4_K"), 0.6569, planned=True),
+    R("Q3_K_L", FT.MOSTLY_Q3_K_L, 3.4375, Mix("Q3_K", attn_v=("all", "Q5_K", "Q5_K"), ffn_down=("all", "Q5_K", "Q5_K"),
+                                             attn_output="Q5_K"), 0.5562),
+    R("Q3_K_M", FT.MOSTLY_Q3_K_M, 3.4375, Mix("Q3_K", attn_v=("first2", "Q5_K", "Q4_K"),
+                                             ffn_down=("first_sixteenth", "Q5_K", "Q4_K"),
+                                             attn_output="Q4_K"), 0.6569, planned=True),
     R("Q3_K_S", FT.MOSTLY_Q3_K_S, 3.4375, Mix("Q3_K"), 1.6321),
     R("IQ3_M", FT.MOSTLY_IQ3_M, 3.4375),
     R("IQ3_S", FT.MOSTLY_IQ3_S, 3.4375),
     R("IQ3_XS", FT.MOSTLY_IQ3_XS, 3.3, needs_imatrix=True),
     R("IQ3_XXS", FT.MOSTLY_IQ3_XXS, 3.0625, needs_imatrix=True),
-    R("Q2_K", FT.MOSTLY_Q2_K, 2.625, Mix("Q2_K", attn_v=("Q4_K", "Q3_K"), ffn_down=("Q3_K", "Q3_K"),
+    R("Q2_K", FT.MOSTLY_Q2_K, 2.625, Mix("Q2_K", attn_v=("gqa4", "Q4_K", "Q3_K"), ffn_down=("all", "Q3_K", "Q3_K"),
                                         attn_output="Q3_K"), 3.5199, planned=True),
     R("Q2_K_S", FT.MOSTLY_Q2_K_S, 2.625, ppl_delta=3.1836, needs_imatrix=True),
     R("IQ2_M", FT.MOSTLY_IQ2_M, 2.7, needs_imatrix=True),

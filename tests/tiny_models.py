@@ -70,8 +70,31 @@ def _gemma3(vocab: int) -> Any:
                             tie_word_embeddings=True)
 
 
+def _phi3(vocab: int, original: int = 256, hidden: int = 64) -> Any:
+    """Fused qkv_proj / gate_up_proj and longrope scaling (per-frequency short / long divisors, attention
+    factor from max / original context); ``original`` 256 keeps the parity tests on the short factors."""
+    from transformers import Phi3Config
+    half = hidden // 4 // 2  # head_dim (hidden / 4 heads), halved
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": original,
+            "short_factor": [1.0 + 0.15 * i for i in range(half)], "long_factor": [1.5 + 0.9 * i for i in range(half)]}
+    cfg = {**_common(vocab), "hidden_size": hidden, "intermediate_size": 2 * hidden}
+    return Phi3Config(**cfg, rms_norm_eps=1e-5, tie_word_embeddings=False, sliding_window=None,
+                      original_max_position_embeddings=original, rope_parameters=rope)
+
+
+def _phi3_long(vocab: int) -> Any:
+    """Phi-3 whose original context (64) is shorter than the test prompts: the long factors apply."""
+    return _phi3(vocab, original=64)
+
+
+def _phi3_wide(vocab: int) -> Any:
+    """Phi-3 with 256-wide rows, so llama.cpp's k-quants (256-element blocks) apply to it unchanged."""
+    return _phi3(vocab, hidden=256)
+
+
 TINY_CONFIGS: dict[str, Callable[[int], Any]] = {
-    "llama": _llama, "mistral": _mistral, "qwen2": _qwen2, "qwen3": _qwen3, "gemma3": _gemma3,
+    "llama": _llama, "mistral": _mistral, "qwen2": _qwen2, "qwen3": _qwen3, "gemma3": _gemma3, "phi3": _phi3,
+    "phi3-long": _phi3_long, "phi3-wide": _phi3_wide,
 }
 
 

@@ -31,7 +31,8 @@ from typing import Any
 from edge_run.converters.gguf.convert import ConvertOptions, artifact_path, convert_to_gguf
 from edge_run.converters.gguf.imatrix import imatrix_for_checkpoint
 from edge_run.converters.gguf.quant_types import QUANT_TYPES
-from edge_run.runtime import __version__
+from edge_run.core import __version__
+from edge_run.core.quants import PLANNED_QUANTS
 from edge_run.runtime.bench import BenchConfig, bench, machine_info
 from edge_run.runtime.evaluate import evaluate, load_corpus
 from edge_run.runtime.fsutil import atomic_write_text, cache_dir
@@ -39,7 +40,7 @@ from edge_run.runtime.manifest import read_manifest
 from tools.zoo import zoo_checkpoint
 
 MODELS = ("smollm2-135m", "gemma3-270m")
-PLAIN = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
+PLAIN = PLANNED_QUANTS
 WITH_IMATRIX = ("Q4_K_M", "Q3_K_M", "Q2_K")
 QUICK_CHUNKS = 40
 

@@ -9,9 +9,10 @@ from typing import Any
 import gguf
 import numpy as np
 
-from edge_run.runtime.errors import CheckpointError
+from edge_run.core.errors import CheckpointError
 
-from ..architectures import ArchSpec, rope_scaling, rope_theta
+from ..architectures import ArchSpec
+from ..rope import RopePlan, RopeVariant, rope_dim, rope_plan, rope_theta
 
 # (HF config key, GGUFWriter method) for required integer fields
 REQUIRED_INT_FIELDS: tuple[tuple[str, str], ...] = (
@@ -57,17 +58,13 @@ def write_common(w: gguf.GGUFWriter, cfg: dict[str, Any], spec: ArchSpec) -> Non
     if hd != cfg["hidden_size"] // cfg["num_attention_heads"]:
         w.add_key_length(hd)
         w.add_value_length(hd)
-    w.add_rope_dimension_count(hd)
+    w.add_rope_dimension_count(rope_dim(cfg, hd))
     theta = rope_theta(cfg)
     if theta is not None:
         w.add_rope_freq_base(theta)
-    scaling = rope_scaling(cfg)
-    if scaling and scaling["rope_type"] == "linear":
-        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(float(scaling["factor"]))
-    elif scaling and scaling["rope_type"] not in ("llama3",):
-        raise CheckpointError(f"rope scaling {scaling['rope_type']!r} is not supported yet",
-                              "supported: default, linear, llama3")
+    variant, plan, _ = rope_plan(cfg, hd, spec.rope_types, f"llama.cpp's {spec.key} graph")
+    if variant is not None and plan is not None:
+        ROPE_METADATA[variant.gguf_metadata](w, cfg, plan)
     for extra in spec.extra_hparams:
         EXTRA_HPARAMS[extra](w, cfg)
 
@@ -88,32 +85,49 @@ def _sliding_window(w: gguf.GGUFWriter, cfg: dict[str, Any]) -> None:
         w.add_rope_freq_base_swa(float(local_theta))
 
 
-def _llama3_rope(w: gguf.GGUFWriter, cfg: dict[str, Any]) -> None:
-    """Nothing to write as metadata: llama3 rope scaling travels as the ``rope_freqs`` tensor."""
+def _phi3_window(w: gguf.GGUFWriter, cfg: dict[str, Any]) -> None:
+    """Phi-3 writes its sliding window as llama.cpp's converter does (0 = none); llama.cpp reads it but
+    runs Phi-3 with full attention (its Phi SWA is disabled)."""
+    w.add_sliding_window(int(cfg.get("sliding_window") or 0))
 
 
 EXTRA_HPARAMS: dict[str, Callable[[gguf.GGUFWriter, dict[str, Any]], None]] = {
     "sliding_window": _sliding_window,
-    "llama3_rope": _llama3_rope,
+    "phi3_window": _phi3_window,
 }
 
 
-def llama3_rope_factors(cfg: dict[str, Any]) -> np.ndarray | None:
-    """Per-frequency divisors for Llama 3.1-style rope scaling (llama.cpp reads them from the
-    ``rope_freqs.weight`` tensor). Low frequencies are stretched by ``factor``, high ones kept,
-    the band between interpolated smoothly."""
-    scaling = rope_scaling(cfg)
-    if not scaling or scaling["rope_type"] != "llama3":
-        return None
-    base = rope_theta(cfg) or 10000.0
-    dim = head_dim(cfg)
-    factor = float(scaling.get("factor", 8.0))
-    low = float(scaling.get("low_freq_factor", 1.0))
-    high = float(scaling.get("high_freq_factor", 4.0))
-    old_ctx = float(scaling.get("original_max_position_embeddings", 8192))
-    freqs = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
-    wavelen = 2 * np.pi / freqs
-    low_wl, high_wl = old_ctx / low, old_ctx / high
-    smooth = (old_ctx / wavelen - low) / (high - low)
-    out = np.where(wavelen < high_wl, 1.0, np.where(wavelen > low_wl, factor, 1.0 / ((1 - smooth) / factor + smooth)))
-    return out.astype(np.float32)
+def _no_metadata(w: gguf.GGUFWriter, cfg: dict[str, Any], plan: RopePlan) -> None:
+    """llama3: nothing but the generated ``rope_freqs`` tensor."""
+
+
+def _linear_metadata(w: gguf.GGUFWriter, cfg: dict[str, Any], plan: RopePlan) -> None:
+    w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+    w.add_rope_scaling_factor(float(plan.short[0]))
+
+
+def _longrope_metadata(w: gguf.GGUFWriter, cfg: dict[str, Any], plan: RopePlan) -> None:
+    """llama.cpp picks rope_factors_long when the context exceeds the original one and multiplies
+    cos/sin by the attention factor."""
+    w.add_rope_scaling_attn_factors(plan.mscale)
+    w.add_rope_scaling_orig_ctx_len(plan.switch_at)
+
+
+# RopeVariant.gguf_metadata -> writer
+ROPE_METADATA: dict[str, Callable[[gguf.GGUFWriter, dict[str, Any], RopePlan], None]] = {
+    "": _no_metadata, "linear": _linear_metadata, "longrope": _longrope_metadata,
+}
+
+
+def generated_tensors(cfg: dict[str, Any], spec: ArchSpec) -> list[tuple[str, np.ndarray]]:
+    """(GGUF name, f32 data) of the tensors the rope variant adds (rope_freqs, rope_factors_long/short)."""
+    variant: RopeVariant | None
+    variant, plan, _ = rope_plan(cfg, head_dim(cfg), spec.rope_types, f"llama.cpp's {spec.key} graph")
+    if variant is None or plan is None:
+        return []
+    out = []
+    for tensor, which in variant.gguf_tensors:
+        data = plan.long if which == "long" else plan.short
+        assert data is not None
+        out.append((gguf.TENSOR_NAMES[gguf.MODEL_TENSOR[tensor]] + ".weight", data))
+    return out

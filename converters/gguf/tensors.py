@@ -12,17 +12,17 @@ Rope permutation for llama-family Q/K (rows of one head shown, head_dim = 8):
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import gguf
 import numpy as np
 
-from edge_run.runtime.errors import CheckpointError
+from edge_run.core.errors import CheckpointError
 
 from ..architectures import ArchSpec
 from ..checkpoint import SAFETENSORS_DTYPES, Checkpoint, LazyTensor
-from .hparams import llama3_rope_factors
+from .hparams import generated_tensors
 
 # Which full-precision GGUF type a 2-D weight gets for each --outtype; 1-D tensors are always F32.
 OUTTYPES: dict[str, tuple[gguf.GGMLQuantizationType, np.dtype | None]] = {
@@ -54,11 +54,12 @@ class PlannedTensor:
     """One GGUF tensor to write: where it comes from and how it is transformed."""
 
     gguf_name: str
-    source: LazyTensor | None  # None for generated tensors (rope_freqs)
+    source: LazyTensor | None  # None for generated tensors (rope_freqs, rope_factors_long/short)
     shape: tuple[int, ...]
     qtype: gguf.GGMLQuantizationType
     permute_heads: int = 0  # >0: apply permute_rope with this many heads
     add: float = 0.0  # gemma norm offset
+    data: np.ndarray | None = field(default=None, compare=False, repr=False)  # a generated tensor's values
 
     @property
     def n_elements(self) -> int:
@@ -87,9 +88,8 @@ class PlannedTensor:
     def iter_chunks(self, cfg: dict, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
         """The converted tensor in row chunks (whole rope heads per chunk when permuting)."""
         if self.source is None:
-            data = llama3_rope_factors(cfg)
-            assert data is not None
-            yield data
+            assert self.data is not None
+            yield np.ascontiguousarray(self.data, dtype=np.float32)
             return
         rows = self.shape[0] if self.shape else 1
         row_bytes = max(1, self.source.nbytes // max(rows, 1)) * 4 // SAFETENSORS_DTYPES[self.source.dtype].itemsize
@@ -148,10 +148,8 @@ def plan_tensors(ckpt: Checkpoint, spec: ArchSpec, outtype: str) -> list[Planned
         add = spec.norm_offset if name.endswith("norm.weight") else 0.0
         qtype = wide_type if len(t.shape) >= 2 else gguf.GGMLQuantizationType.F32
         plan.append(PlannedTensor(name, t, t.shape, qtype, heads, add))
-    factors = llama3_rope_factors(cfg)
-    if factors is not None:
-        plan.append(PlannedTensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", None,
-                                  factors.shape, gguf.GGMLQuantizationType.F32))
+    for gguf_name, data in generated_tensors(cfg, spec):
+        plan.append(PlannedTensor(gguf_name, None, data.shape, gguf.GGMLQuantizationType.F32, data=data))
     if "token_embd.weight" not in seen:
         raise CheckpointError("the checkpoint has no token embedding", "the weights are incomplete")
     _check_blocks(seen, n_layers)

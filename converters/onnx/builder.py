@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import TensorProto
 
-from edge_run.runtime.errors import CheckpointError
+from edge_run.core.errors import CheckpointError
 
 from ..checkpoint import Checkpoint, LazyTensor
 from .graph import MS_DOMAIN, Graph
@@ -56,6 +56,7 @@ class Weights:
 
     ckpt: Checkpoint
     prefix: str = field(init=False)
+    parts: dict[str, LazyTensor] = field(init=False, default_factory=dict)  # row ranges of fused tensors
 
     def __post_init__(self) -> None:
         hits = [n[: -len("embed_tokens.weight")] for n in self.ckpt.tensors if n.endswith("embed_tokens.weight")]
@@ -66,14 +67,32 @@ class Weights:
 
     def get(self, name: str, model_prefix: bool = True) -> LazyTensor:
         full = self.prefix + name if model_prefix else name
-        t = self.ckpt.tensors.get(full)
+        t = self.ckpt.tensors.get(full) or self.parts.get(full)
         if t is None:
             raise CheckpointError(f"tensor {full!r} is missing from the checkpoint",
                                   "the weights do not match config.json's architecture")
         return t
 
     def maybe(self, name: str) -> LazyTensor | None:
-        return self.ckpt.tensors.get(self.prefix + name)
+        return self.ckpt.tensors.get(self.prefix + name) or self.parts.get(self.prefix + name)
+
+    def split_fused(self, cfg: DecoderConfig) -> None:
+        """Expose each part of a stacked projection (ArchSpec.fused) under the name it has in architectures
+        that store it apart, as a row range of the stacked tensor: ``layers.3.self_attn.k_proj.weight`` =
+        rows [q_size, q_size + kv_size) of ``layers.3.self_attn.qkv_proj.weight``."""
+        sizes = {"q": cfg.q_size, "kv": cfg.kv_size, "ffn": cfg.intermediate}
+        for i in range(cfg.n_layers):
+            for f in cfg.fused:
+                stacked = self.get(f"layers.{i}.{f.fused}")
+                start = 0
+                for part, size_key in f.parts:
+                    stop = start + sizes[size_key]
+                    name = f"{self.prefix}layers.{i}.{part}"
+                    self.parts[name] = stacked.row_range(start, stop, name)
+                    start = stop
+                if start != stacked.shape[0]:
+                    raise CheckpointError(f"tensor {stacked.name!r} has {stacked.shape[0]} rows but config.json's "
+                                          f"sizes add up to {start}", "the config does not belong to these weights")
 
     def vector(self, name: str, offset: float = 0.0) -> np.ndarray:
         return np.asarray(self.get(name).numpy(), dtype=np.float32) + np.float32(offset)
@@ -86,6 +105,7 @@ class Weights:
 class DecoderBuilder:
     def __init__(self, g: Graph, cfg: DecoderConfig, weights: Weights, quant: QuantConfig) -> None:
         self.g, self.cfg, self.w, self.q = g, cfg, weights, quant
+        weights.split_fused(cfg)
         self.linears: dict[str, int | None] = {}  # node path -> bits (None = f32), for the manifest
         self._packed: dict[str, tuple[list[str], PackedShape]] = {}
 
@@ -254,18 +274,33 @@ class DecoderBuilder:
         return self.linear(h, f"{p}/down_proj", f"{base}.down_proj", [self.w.get(f"layers.{i}.mlp.down_proj.weight")],
                            self.q.scheme.bits("ffn_down", i, c.n_layers))
 
-    def rope_caches(self) -> dict[str, tuple[str, str]]:
-        out = {}
+    def rope_caches(self, total: str) -> dict[str, tuple[str, str]]:
+        """cos/sin caches per layer type. With two sets (longrope), the long set applies once the total
+        sequence is longer than the original context, as in transformers:
+
+            total_sequence_length ─► Greater(switch_at) ─► If ─┬ then: cos/sin_cache.long
+                                                               └ else: cos/sin_cache.short
+        """
+        g, out = self.g, {}
         for kind, rope in self.cfg.ropes.items():
-            cos, sin = rope.caches(self.cfg.head_dim, self.cfg.max_positions)
-            out[kind] = (self.g.initializer(f"cos_cache.{kind}", cos, weight=False),
-                         self.g.initializer(f"sin_cache.{kind}", sin, weight=False))
+            short = [g.initializer(f"{n}_cache.{kind}", a, weight=False)
+                     for n, a in zip(("cos", "sin"), rope.caches(self.cfg.max_positions), strict=True)]
+            if not rope.switch_at:
+                out[kind] = (short[0], short[1])
+                continue
+            long = [g.initializer(f"{n}_cache.{kind}.long", a, weight=False)
+                    for n, a in zip(("cos", "sin"), rope.caches(self.cfg.max_positions, True), strict=True)]
+            p = f"/model/rotary_emb.{kind}"
+            cond = g.op("Greater", [total, g.const(np.int32(rope.switch_at), "int32")], f"{p}/Greater")
+            cos, sin = g.node("If", [cond], f"{p}/If", n_out=2,
+                              then_branch=g.branch(f"{kind}_long", long), else_branch=g.branch(f"{kind}_short", short))
+            out[kind] = (cos, sin)
         return out
 
     def build(self, progress: LayerProgress | None = None) -> None:
         c = self.cfg
         ids, seqlens, total = self.inputs()
-        ropes = self.rope_caches()
+        ropes = self.rope_caches(total)
         residual = self.embedding(ids)
         pending: str | None = None  # the last block's output, not yet added to the residual
         pre_mlp = "pre_feedforward_layernorm" if c.sandwich_norms else "post_attention_layernorm"

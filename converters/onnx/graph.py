@@ -110,6 +110,14 @@ class Graph:
     def op(self, op: str, inputs: Sequence[str], name: str, domain: str = "", **attrs: Any) -> str:
         return self.node(op, inputs, name, 1, domain, **attrs)[0]
 
+    def branch(self, name: str, values: Sequence[str]) -> onnx.GraphProto:
+        """A subgraph for If that returns outer-scope f32 values unchanged (one Identity each)."""
+        outs = [f"{name}/output_{i}" for i in range(len(values))]
+        nodes = [helper.make_node("Identity", [v], [o], name=f"{name}/Identity_{i}")
+                 for i, (v, o) in enumerate(zip(values, outs, strict=True))]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+                                                   for o in outs])
+
     def add_input(self, name: str, elem: int, shape: Sequence[int | str]) -> str:
         self.inputs.append(helper.make_tensor_value_info(name, elem, list(shape)))
         return name

@@ -26,18 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
-from edge_run.runtime.errors import UsageError
+from edge_run.core.errors import UsageError
+from edge_run.core.quants import use_more_bits
 
 MIN_BLOCK, MAX_BLOCK = 16, 256
 ROW_CHUNK_ELEMENTS = 1 << 23  # ~32 MiB of f32 per quantization chunk
 
 _KERNELS: dict[int, Callable[..., None]] = {4: quantize_matmul_4bits, 8: quantize_matmul_8bits}
-
-
-def use_more_bits(layer: int, n_layers: int) -> bool:
-    """llama.cpp's k-quant mixes give these layers' attn_v / ffn_down more bits: the first and last
-    eighth of the stack and every third layer in between."""
-    return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
 
 
 LAYER_RULES: dict[str, Callable[[int, int], bool]] = {
