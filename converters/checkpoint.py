@@ -108,15 +108,6 @@ class LazyTensor:
         return LazyTensor(name, self.dtype, (stop - start, *self.shape[1:]), self.file,
                           self.offset + start * row_bytes, (stop - start) * row_bytes)
 
-    def row_range(self, start: int, stop: int, name: str) -> LazyTensor:
-        """Rows [start, stop) as a tensor of their own (a part of a fused projection), still unread."""
-        row_bytes = self.nbytes // self.shape[0]
-        if not 0 <= start < stop <= self.shape[0]:
-            raise CheckpointError(f"tensor {self.name!r} has {self.shape[0]} rows; rows {start}..{stop} were "
-                                  "expected", "the weights do not match config.json's sizes")
-        return LazyTensor(name, self.dtype, (stop - start, *self.shape[1:]), self.file,
-                          self.offset + start * row_bytes, (stop - start) * row_bytes)
-
     def numpy(self, widen_bf16: bool = True) -> np.ndarray:
         """The tensor as a read-only memory-mapped array (F32 copy for BF16)."""
         np_dtype = SAFETENSORS_DTYPES[self.dtype]
