@@ -71,6 +71,8 @@ def candidate_quality(c: Candidate) -> Quality:
 
 def measure_command(c: Candidate, profile: str, models: str = "models") -> str:
     """What measures this candidate's model (an artifact: eval it; a checkpoint: pick --measure)."""
+    if c.path is not None and not c.has_manifest:
+        return f"{c.path.name} has no manifest to key a measurement by: convert its checkpoint with `edge-run convert`"
     if c.path is not None and c.format == "gguf":
         return f"edge-run eval {c.path} --chunks 20"
     return f"edge-run pick --profile {profile} --models {models} --measure"

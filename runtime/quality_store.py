@@ -87,6 +87,7 @@ class QualityStore:
             self._remove_stale_temps(folder)
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
             try:
+                os.fchmod(fd, 0o644)  # mkstemp makes 0600; an entry is no secret
                 with os.fdopen(fd, "w", encoding="utf-8") as f:
                     f.write(text)
                     f.flush()
