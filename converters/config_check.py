@@ -68,8 +68,8 @@ def _llama3(params: dict[str, Any]) -> None:
     old = params.get("original_max_position_embeddings", 8192)
     if isinstance(old, bool) or not isinstance(old, int) or old <= 0:
         raise _bad("rope_scaling.original_max_position_embeddings", old, "it must be a positive integer")
-    if not high > low:  # the smoothing band divides by (high - low)
-        raise _bad("rope_scaling", params, "high_freq_factor must be larger than low_freq_factor")
+    if not high > low:  # the smoothing band divides by (high - low): equal factors give NaN rope factors
+        raise _bad("rope_scaling.high_freq_factor", high, f"it must be larger than low_freq_factor {low:g}")
 
 
 def _no_check(params: dict[str, Any]) -> None:

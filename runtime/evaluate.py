@@ -296,6 +296,17 @@ class _Loaded:
         self.close()
 
 
+def _check_trained_context(artifact: Path, ctx: int) -> None:
+    """As `run` does: a context beyond what the model was trained for is a usage error (it also made the KV cache
+    and the run time grow without bound: --ctx 100000 on a 512-token model ran for over 10 minutes)."""
+    from .preflight import trained_context
+
+    limit = trained_context(artifact)
+    if limit and ctx > limit:
+        raise UsageError(f"--ctx {ctx} is more than the {limit} tokens {artifact.name} was trained for",
+                         f"pass --ctx {limit} or less")
+
+
 def evaluate(artifact: Path, corpus: Corpus, *, ctx: int = 512, chunks: int | None = None,
              parent: Path | None = None, parent_store: Path | None = None, record_to: Path | None = None,
              threads: int | None = None, batch: int = 512, progress: Progress | None = None) -> EvalResult:
@@ -309,6 +320,7 @@ def evaluate(artifact: Path, corpus: Corpus, *, ctx: int = 512, chunks: int | No
 
     if parent is not None and parent_store is not None:
         raise UsageError("give either a parent artifact or a stored parent run, not both")
+    _check_trained_context(Path(artifact), ctx)
     t0 = time.perf_counter()
     with _Loaded(artifact, ctx, threads, batch) as loaded:
         backend = loaded.backend

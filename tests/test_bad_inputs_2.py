@@ -102,7 +102,7 @@ CASES: list[Case] = [
     Case("llama3 rope with low == high frequency factor", "convert",
          _c(_cfg(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 2.0, "high_freq_factor": 2.0,
                                "original_max_position_embeddings": 256})), 3,
-         "high_freq_factor must be larger than low_freq_factor", "fix config.json"),
+         "invalid 'rope_scaling.high_freq_factor': 2.0 (it must be larger than low_freq_factor 2)", "fix config.json"),
     # -- convert: tokenizer.json oddities
     Case("tokenizer vocab is a list", "convert", _c(_tok(lambda t: t["model"].update(vocab=[["a", 0]]))), 3,
          "BPE vocab is not a map", "re-download"),
@@ -164,6 +164,9 @@ CASES: list[Case] = [
     # -- eval
     Case("corpus /dev/zero", "eval", lambda w: ["eval", w.artifact(), "--corpus", "/dev/zero"], 3, "is a device",
          "pass a regular file"),
+    Case("eval --ctx above the trained context", "eval",
+         lambda w: ["eval", w.artifact(), "--ctx", "100000", "--chunks", "1"], 2,
+         "--ctx 100000 is more than the 512 tokens", "pass --ctx 512 or less"),
     Case("corpus is a folder", "eval", lambda w: ["eval", w.artifact(), "--corpus", w.root], 3, "is a folder",
          "pass a regular file"),
     # -- profiles and pick

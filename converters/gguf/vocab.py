@@ -138,7 +138,7 @@ def _added(tok: dict[str, Any]) -> dict[int, tuple[str, bool]]:
     for a in entries:
         i = a.get("id") if isinstance(a, dict) else None
         if isinstance(i, bool) or not isinstance(i, int) or i < 0 or not isinstance(a.get("content"), str):
-            raise CheckpointError(f"tokenizer.json has an added token with id {i!r} (entry {str(a)[:60]!r})",
+            raise CheckpointError(f"tokenizer.json has an added token with id {i!r}",
                                   "ids must be non-negative integers and contents strings: re-download it")
         added[i] = (a["content"], bool(a.get("special")))
     return added
