@@ -8,7 +8,7 @@
     rows: fits? (anonymous memory and mmap'd weights within budget, trained context, --min-tps), why not
         ▼
     pick = best quality among the rows that fit (ties: faster, then smaller)
-    binding constraint = why the best-quality row that lost was rejected
+    binding constraint = why the best-quality row that lost was rejected     (runtime/pick_explain.py)
     counterfactuals    = q8_0 KV cache savings, how much more the next model up needs, ...
 
     budget = profile RAM - OS reserve - headroom (max(64 MiB, 5% of RAM))
@@ -30,6 +30,7 @@ from edge_run.core.quants import PLANNED_QUANTS
 from .errors import ArtifactError, CheckpointError, InputError, NothingFitsError, UsageError
 from .estimate import CACHE_BYTES, MemoryEstimate, ModelShape, estimate_memory, shape_from_checkpoint, shape_from_gguf
 from .manifest import Manifest, read_manifest
+from .pick_explain import explain, nothing_fits
 from .pick_quality import candidate_quality, store_references
 from .profiles import DeviceProfile
 from .quality import CORPUS_KEY, Quality, usable
@@ -385,86 +386,10 @@ def pick(profile: DeviceProfile, candidates: list[Candidate], ctx: int = 2048, m
     rows = sorted((evaluate(c, profile, ctx, min_tps, cache_type, budget) for c in candidates), key=Row.rank_key)
     fitting = [r for r in rows if r.fits]
     if not fitting:
-        raise _nothing_fits(profile, rows, budget, ctx, min_tps)
+        raise nothing_fits(profile, rows, budget, ctx, min_tps)
     choice = fitting[0]
-    binding, counter = _explain(profile, rows, choice, budget, ctx, min_tps, cache_type)
+    binding, counter = explain(profile, rows, choice, budget, ctx, min_tps, cache_type)
     return PickResult(profile, budget, ctx, min_tps, cache_type, tuple(rows), choice, binding, tuple(counter))
-
-
-def _nothing_fits(profile: DeviceProfile, rows: list[Row], budget: float, ctx: int,
-                  min_tps: float) -> NothingFitsError:
-    sized = [r for r in rows if r.estimate is not None]
-    if not sized:
-        return NothingFitsError(f"none of the {len(rows)} candidates can be estimated ({rows[0].reason})",
-                                "convert a checkpoint to GGUF with `edge-run convert`")
-    smallest = min(sized, key=lambda r: r.estimate.total_mib if r.estimate else 0.0)
-    assert smallest.estimate is not None
-    in_memory = [r for r in sized if not set(r.constraints) & _MEMORY]
-    too_short = [r for r in in_memory if "context" in r.constraints]
-    if too_short and not any(r.constraints == ("speed",) for r in in_memory):
-        longest = max(too_short, key=lambda r: r.candidate.trained_ctx)
-        limit = longest.candidate.trained_ctx
-        return NothingFitsError(f"nothing fits {profile.name} at ctx {ctx}: the context, not memory, is the limit: "
-                                f"the pairings that fit in memory were trained for at most {limit} tokens "
-                                f"({longest.candidate.label})",
-                                f"lower --ctx to {limit} or add a model trained for a longer context to --models")
-    if in_memory and min_tps:
-        fastest = max(sized, key=lambda r: r.tps)
-        return NothingFitsError(f"nothing reaches --min-tps {min_tps:g} on {profile.name}: the fastest pairing, "
-                                f"{fastest.candidate.label}, makes about {fastest.tps:.1f} tok/s",
-                                "lower --min-tps or add a smaller model to --models")
-    need = smallest.estimate.total_mib
-    return NothingFitsError(
-        f"nothing fits {profile.name} at ctx {ctx}: the smallest pairing, {smallest.candidate.label}, needs "
-        f"{need:.0f} MiB (needs {need - budget:.0f} MiB more than the budget of {budget:.0f} MiB)",
-        "lower --ctx, use --cache-type q8_0, or add a smaller model to --models")
-
-
-_MEMORY = frozenset({"memory", "page-cache"})
-
-
-def _explain(profile: DeviceProfile, rows: list[Row], choice: Row, budget: float, ctx: int, min_tps: float,
-             cache_type: str) -> tuple[str, list[str]]:
-    better = [r for r in rows if r.rank_key() < choice.rank_key() and not r.fits]
-    counter: list[str] = []
-    est = choice.estimate
-    assert est is not None
-    if cache_type == "f16":
-        q8 = _estimate(choice.candidate, ctx, profile, "q8_0")
-        if q8 is not None:
-            line = f"a q8_0 KV cache would free {est.total_mib - q8.total_mib:.0f} MiB"
-            unlocked = next((r for r in better if set(r.constraints) <= _MEMORY
-                             and _fits(r.candidate, ctx, profile, "q8_0", budget)), None)
-            if unlocked is not None:
-                line += f" and let {unlocked.candidate.label} fit"
-            counter.append(line + " (llama.cpp needs flash attention for a quantized V cache)")
-    mem_up = [r for r in better if set(r.constraints) <= _MEMORY and r.estimate is not None]
-    if mem_up:
-        nxt = min(mem_up, key=lambda r: r.estimate.total_mib if r.estimate else 0.0)
-        assert nxt.estimate is not None
-        counter.append(f"the next model up, {nxt.candidate.label} (BPB {nxt.quality.label} vs "
-                       f"{choice.quality.label}), needs {nxt.estimate.total_mib - budget:.0f} MiB "
-                       f"more ({nxt.estimate.total_mib:.0f} MiB)")
-        if nxt.max_ctx:
-            counter.append(f"{nxt.candidate.label} would fit at ctx {nxt.max_ctx}")
-    slow = [r for r in better if r.constraints == ("speed",)]
-    if slow:
-        counter.append(f"without --min-tps, {slow[0].candidate.label} would be picked (~{slow[0].tps:.1f} tok/s)")
-    if choice.max_ctx > ctx:
-        counter.append(f"{choice.candidate.label} fits up to ctx {choice.max_ctx}")
-    if not better:
-        return "none: the best-quality candidate fits", counter
-    # binding: the best better row rejected for one reason only (relaxing that one changes the pick)
-    top = next((r for r in better if len(r.constraints) == 1), better[0])
-    top_mib = top.estimate.total_mib if top.estimate else 0.0
-    binding = {
-        "memory": f"memory: {top.candidate.label} needs {top_mib:.0f} MiB, budget {budget:.0f} MiB",
-        "page-cache": f"page cache: {top.candidate.label}'s mmap'd weights do not fit beside its anonymous memory",
-        "speed": f"speed: {top.candidate.label} makes ~{top.tps:.1f} tok/s < --min-tps {min_tps:g}",
-        "context": f"context: {top.candidate.label} was trained for {top.candidate.trained_ctx} tokens < ctx {ctx}",
-        "format": f"format: {top.reason}",
-    }[top.constraint]
-    return binding, counter
 
 
 # ------------------------------------------------------------------------------------------ run --profile

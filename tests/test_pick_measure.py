@@ -31,6 +31,9 @@ def test_measure_fills_the_store_and_never_measures_twice(models: Path, cli: Cal
     args = ("pick", "--profile", "pi-3b", "--models", models, "--ctx", "256")
     before = json.loads(cli(*args, "--json").stdout)
     assert all(c["quality"]["unmeasured"] for c in before["candidates"])
+    table = cli(*args).stdout
+    assert f"measure the unmeasured: edge-run pick --profile pi-3b --models {models} --measure" in table
+    assert "unmeasured (~" in table
     res = cli(*args, "--measure", "--chunks", "2", "--slice-chunks", "1")
     assert res.code == 0, res.stderr
     assert "measure: 9 steps, about" in res.stdout  # anchor Q8_0 x2, then Q8_0 and the 7 other types x1
