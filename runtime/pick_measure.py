@@ -1,6 +1,6 @@
 """`edge-run pick --measure`: measure what the ranking needs, cheapest first, into the quality store.
 
-    1. anchors   each model (source checkpoint) in the ranking, once: Q8_0 (an F16/Q8_0 artifact already
+    1. anchors   each model (source checkpoint) with a pairing that fits, once: Q8_0 (an F16/Q8_0 artifact already
                  under --models, else converted into the cache) on the first N chunks (default 20) of
                  WikiText-2 at ctx 512. Q8_0 is within 0.0011 BPB of F16 on both zoo models
                  (results/tradeoff.json: SmolLM2 1.1226 vs 1.1215, Gemma3 1.0083 vs 1.0074) and reads half
@@ -12,6 +12,8 @@
 Every measurement goes into the quality store under (digest, quant, imatrix, corpus, ctx, chunks); a step
 whose key is already there is not planned, so nothing is measured twice. With a budget, steps are
 taken in order while the running estimate fits it (anchors first: without one a model stays unmeasured).
+Models none of whose pairings fit get their anchor last: it only puts a measured number on why the
+next model up would have been better.
 The time estimate is FLOPs per chunk over a per-type throughput measured on a 2-core x86 machine.
 """
 
@@ -107,7 +109,11 @@ def plan(result: PickResult, store: QualityStore, chunks: int = 20, slice_chunks
             step = Step(c.model, digest, c.quant.upper(), slice_chunks, c, False, _cost(c, c.quant, slice_chunks))
             if store.get(step.key()) is None:
                 pairings.append(step)
-    ordered = sorted(anchors, key=lambda s: s.est_seconds) + sorted(pairings, key=lambda s: s.est_seconds)
+    # models with a pairing that fits decide the pick; the others only explain it (the "next model up" line)
+    deciding = {d for d, cands in by_model.items() if any(id(c) in fitting for c in cands)}
+    ordered = (sorted((a for a in anchors if a.digest in deciding), key=lambda s: s.est_seconds)
+               + sorted(pairings, key=lambda s: s.est_seconds)
+               + sorted((a for a in anchors if a.digest not in deciding), key=lambda s: s.est_seconds))
     planned, over = [], []
     total = 0.0
     unanchored: set[str] = set()  # models whose first step is over budget: their pairings would mean nothing

@@ -92,3 +92,14 @@ def test_plan_is_anchors_first_then_cheapest_pairings_within_the_budget(tmp_path
     tight = plan(result, store, chunks=20, slice_chunks=4, budget_s=cheapest_anchor * 1.01)
     assert [s.anchor for s in tight.planned] == [True] and len(tight.over_budget) == len(full.planned) - 1
     assert tight.est_seconds <= cheapest_anchor * 1.01
+
+
+def test_a_model_that_cannot_fit_is_measured_last(tmp_path: Path) -> None:
+    cands = [_with_source(synthetic(*FAMILY[0], q), "small") for q in QUANTS] + \
+            [_with_source(synthetic(*FAMILY[2], q), "big") for q in QUANTS]
+    result = pick(get_profile("pi-zero-2w"), cands, ctx=2048)
+    assert not any(r.fits for r in result.rows if r.candidate.digest == "big")
+    steps = plan(result, QualityStore(tmp_path)).planned
+    assert steps[0].anchor and steps[0].digest == "small"
+    assert steps[-1].anchor and steps[-1].digest == "big"  # only explains the pick: last
+    assert not any(s.digest == "big" and not s.anchor for s in steps)
