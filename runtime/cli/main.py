@@ -32,7 +32,16 @@ COMMAND_MODULES: tuple[str, ...] = (
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def build_app() -> typer.Typer:
+def invoked_command(argv: list[str] | None) -> str | None:
+    """The command module named on the command line, if any (the first argument that is not an option)."""
+    args = sys.argv[1:] if argv is None else argv
+    first = next((a for a in args if not a.startswith("-")), None)
+    return first if first in COMMAND_MODULES else None
+
+
+def build_app(only: str | None = None) -> typer.Typer:
+    """The CLI with every command, or with ``only`` that one: a command imports its own libraries, so running
+    one never pays for importing all the others (seconds on a Raspberry Pi)."""
     app = typer.Typer(
         name="edge-run",
         help="Offline edge inference: convert, pick, run, evaluate.",
@@ -40,7 +49,13 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
-    for name in COMMAND_MODULES:
+    if only is not None:
+
+        @app.callback()
+        def _group() -> None:  # with a single command registered, typer would otherwise run it without its name
+            """Offline edge inference: convert, pick, run, evaluate."""
+
+    for name in (only,) if only is not None else COMMAND_MODULES:
         try:
             module = importlib.import_module(f"{__package__}.{name}")
         except ModuleNotFoundError as e:
@@ -88,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     _usable_std_streams()
     try:
-        app = build_app()
+        app = build_app(invoked_command(argv))
         app(args=argv, standalone_mode=False)
     except BrokenPipeError:
         return _reader_went_away()
