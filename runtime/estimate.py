@@ -17,6 +17,7 @@ RSS by tools/validate_estimator.py.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -151,17 +152,33 @@ def _shape_from_header(header: GGUFHeader, name: str) -> ModelShape:
         n_swa=n_swa if n_swa_layers else 0, n_swa_layers=n_swa_layers, tensors=tensors)
 
 
-def shape_from_checkpoint(checkpoint: Path, quant: str) -> ModelShape:
-    """The shape a checkpoint would have once converted to ``quant`` (safetensors headers only)."""
+def _folder_stamp(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    try:
+        return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in folder.iterdir()
+                            if p.suffix in (".json", ".safetensors") and (st := p.stat())))
+    except OSError:  # open_checkpoint says what is wrong with the folder
+        return ()
+
+
+@functools.lru_cache(maxsize=16)
+def _checkpoint_plan(folder: str, stamp: tuple[tuple[str, int, int], ...]) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """(text config, F16 tensor plan) of a checkpoint, read once per process for all the quant types the picker
+    plans (``stamp``: its files' names, sizes and mtimes, so a changed checkpoint is read again)."""
     from edge_run.converters.architectures import lookup
     from edge_run.converters.checkpoint import open_checkpoint
-    from edge_run.converters.gguf.hparams import head_dim
     from edge_run.converters.gguf.tensors import plan_tensors
 
-    ckpt = open_checkpoint(checkpoint)
+    ckpt = open_checkpoint(Path(folder))
     _, spec = lookup(ckpt.config)
-    cfg = ckpt.text_config()
-    plan = plan_tensors(ckpt, spec, "f16")
+    return ckpt.text_config(), tuple(plan_tensors(ckpt, spec, "f16"))
+
+
+def shape_from_checkpoint(checkpoint: Path, quant: str) -> ModelShape:
+    """The shape a checkpoint would have once converted to ``quant`` (safetensors headers only)."""
+    from edge_run.converters.gguf.hparams import head_dim
+
+    folder = Path(checkpoint).resolve()
+    cfg, plan = _checkpoint_plan(str(folder), _folder_stamp(folder))
     n_layer = int(cfg["num_hidden_layers"])
     has_output = any(p.gguf_name == "output.weight" for p in plan)
     infos = []
