@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import os
 import time
@@ -12,13 +11,14 @@ from pathlib import Path
 import numpy as np
 from jinja2 import TemplateError
 
-from ..chat import render_chat, user_turn
+from edge_run.core.quants import KV_CACHE_TYPES
+
 from ..errors import ArtifactError, UsageError
 from ..preflight import check_gguf
-from .base import Backend, GenerationParams, GenerationResult, LoadOptions
+from .base import Backend, GenerationParams, LoadOptions
 
 # KV cache type name -> ggml_type id (ggml.h enum ggml_type)
-CACHE_TYPES: dict[str, int] = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
+CACHE_TYPES: dict[str, int] = {name: int(q.ggml_type) for name, q in KV_CACHE_TYPES.items()}  # core/quants.py
 
 
 @contextlib.contextmanager
@@ -72,6 +72,7 @@ class GGUFBackend(Backend):
         self.n_vocab = self.llm.n_vocab()
         self.metadata: dict[str, str] = dict(self.llm.metadata)
         self._vocab = self.llm._model.vocab
+        self._pieces: dict[int, bytes] = {}
 
     # -- tokens ---------------------------------------------------------------------------------
     def bos_token_id(self) -> int | None:
@@ -94,8 +95,15 @@ class GGUFBackend(Backend):
     def detokenize(self, tokens: list[int]) -> str:
         return self.llm.detokenize(tokens).decode("utf-8", errors="replace")
 
+    def tokenize_plain(self, text: str) -> list[int]:
+        data = text.encode("utf-8")
+        return self.llm.tokenize(data, add_bos=False, special=False) if data else []
+
     def token_piece(self, token: int) -> bytes:
-        return self.llm.detokenize([token])
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.llm.detokenize([token])
+        return piece
 
     def is_eog(self, token: int) -> bool:
         return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
@@ -111,57 +119,37 @@ class GGUFBackend(Backend):
         return np.array(self.llm.scores[: len(tokens)], dtype=np.float32)
 
     # -- generation -----------------------------------------------------------------------------
-    def chat_prompt(self, user_message: str) -> str:
-        template = self.metadata.get("tokenizer.chat_template")
-        bos = self.bos_token_id()
-        eos = self.llm.token_eos()
-        return render_chat(template, user_turn(user_message),
-                           bos_token=self.token_piece(bos).decode("utf-8", "replace") if bos is not None else "",
-                           eos_token=self.token_piece(eos).decode("utf-8", "replace") if eos >= 0 else "")
+    def chat_template(self) -> str | None:
+        return self.metadata.get("tokenizer.chat_template")
 
-    def stream(self, prompt_tokens: list[int], params: GenerationParams) -> Iterator[str]:
-        if not prompt_tokens:
-            raise UsageError("the prompt is empty", "pass a non-empty prompt with -p")
-        room = self.n_ctx - len(prompt_tokens)
-        if room <= 0:
-            raise UsageError(f"the prompt has {len(prompt_tokens)} tokens but the context holds {self.n_ctx}",
-                             "shorten the prompt or raise --ctx")
-        max_tokens = min(params.max_tokens, room)
+    def template_tokens(self) -> dict[str, str]:
+        bos, eos = self.bos_token_id(), self.llm.token_eos()
+        return {"bos_token": self.token_piece(bos).decode("utf-8", "replace") if bos is not None else "",
+                "eos_token": self.token_piece(eos).decode("utf-8", "replace") if eos >= 0 else ""}
+
+    def cached_prefix(self, prompt_tokens: list[int]) -> int:
+        """How many leading prompt tokens are already in the KV cache from the previous call."""
+        if not self.options.reuse_prefix:
+            return 0
+        cached = self.llm.input_ids[: self.llm.n_tokens]
+        n = 0
+        for a, b in zip(cached, prompt_tokens, strict=False):
+            if a != b:
+                break
+            n += 1
+        return min(n, len(prompt_tokens) - 1)  # the last prompt token is always evaluated (fresh logits)
+
+    def token_stream(self, prompt_tokens: list[int], params: GenerationParams) -> Iterator[int]:
+        """llama-cpp-python's generate: llama.cpp's sampler chain (penalties -> top-k -> typical -> top-p -> min-p
+        -> temperature -> seeded draw, or greedy) reads the logits in C, none are copied to Python. It keeps the
+        KV cache of the common prefix with the previous call and evaluates only the rest."""
+        self.cached_tokens = self.cached_prefix(prompt_tokens)
+        if not self.options.reuse_prefix:
+            self.llm.reset()
         self.llm.set_seed(params.seed)
-        self.llm.reset()
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        n_out, finish = 0, "length"
-        t_start = time.perf_counter()
-        t_first = t_start
-        text_parts: list[str] = []
-        stop = params.stop
-        gen = self.llm.generate(
+        return self.llm.generate(
             prompt_tokens, temp=params.temperature, top_k=params.top_k, top_p=params.top_p,
             min_p=params.min_p, repeat_penalty=params.repeat_penalty, reset=True,
-        )
-        for token in gen:
-            if n_out == 0:
-                t_first = time.perf_counter()
-            if self.is_eog(token):
-                finish = "stop"
-                break
-            n_out += 1
-            piece = decoder.decode(self.token_piece(token))
-            if piece:
-                text_parts.append(piece)
-                yield piece
-            if stop and any(s in "".join(text_parts[-8:]) for s in stop):
-                finish = "stop"
-                break
-            if n_out >= max_tokens:
-                break
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            yield tail
-        t_end = time.perf_counter()
-        self.last_result = GenerationResult(
-            text="", prompt_tokens=len(prompt_tokens), completion_tokens=n_out,
-            prefill_seconds=t_first - t_start, decode_seconds=t_end - t_first, finish_reason=finish,
         )
 
     def close(self) -> None:

@@ -12,7 +12,6 @@ how many positions are valid. Nothing is reallocated per token:
 
 from __future__ import annotations
 
-import codecs
 import json
 import re
 import time
@@ -23,9 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..chat import render_chat, user_turn
 from ..errors import ArtifactError, UsageError
-from .base import Backend, GenerationParams, GenerationResult, LoadOptions
+from .base import Backend, GenerationParams, LoadOptions
 from .sampling import sample_token
 
 BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
@@ -87,6 +85,8 @@ class ONNXBackend(Backend):
         tcfg_path = folder / "tokenizer_config.json"
         self._tcfg = _read_json(tcfg_path) if tcfg_path.exists() else {}
         tok_json = _read_json(folder / "tokenizer.json")
+        self._tok_json = tok_json
+        self._plain_tokenizer: Any = None
         self._special = {int(a["id"]) for a in tok_json.get("added_tokens", []) if a.get("special")}
         self._byte_level = "ByteLevel" in json.dumps(tok_json.get("decoder") or {})
         self._pieces: dict[int, bytes] = {}
@@ -126,6 +126,14 @@ class ONNXBackend(Backend):
         if len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
             ids = ids[1:]
         return ids
+
+    def tokenize_plain(self, text: str) -> list[int]:
+        """Without the added tokens, special-token text is split like any other text by the BPE model."""
+        if self._plain_tokenizer is None:
+            from tokenizers import Tokenizer
+
+            self._plain_tokenizer = Tokenizer.from_str(json.dumps({**self._tok_json, "added_tokens": []}))
+        return list(self._plain_tokenizer.encode(text, add_special_tokens=False).ids)
 
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.token_piece(t) for t in tokens).decode("utf-8", errors="replace")
@@ -201,12 +209,14 @@ class ONNXBackend(Backend):
         return np.ascontiguousarray(logits[0], dtype=np.float32)
 
     # -- generation -----------------------------------------------------------------------------
-    def chat_prompt(self, user_message: str) -> str:
+    def chat_template(self) -> str | None:
         template = self._tcfg.get("chat_template")
         if isinstance(template, list):  # several named templates: take the default one
             template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-        return render_chat(template, user_turn(user_message), bos_token=self._token_text("bos_token"),
-                           eos_token=self._token_text("eos_token"))
+        return template if isinstance(template, str) else None
+
+    def template_tokens(self) -> dict[str, str]:
+        return {"bos_token": self._token_text("bos_token"), "eos_token": self._token_text("eos_token")}
 
     def _token_text(self, key: str) -> str:
         value = self._tcfg.get(key)
@@ -214,47 +224,16 @@ class ONNXBackend(Backend):
             value = value.get("content")
         return value if isinstance(value, str) else ""
 
-    def stream(self, prompt_tokens: list[int], params: GenerationParams) -> Iterator[str]:
-        if not prompt_tokens:
-            raise UsageError("the prompt is empty", "pass a non-empty prompt with -p")
-        room = self.n_ctx - len(prompt_tokens)
-        if room <= 0:
-            raise UsageError(f"the prompt has {len(prompt_tokens)} tokens but the context holds {self.n_ctx}",
-                             "shorten the prompt or raise --ctx")
-        max_tokens = min(params.max_tokens, room)
+    def token_stream(self, prompt_tokens: list[int], params: GenerationParams) -> Iterator[int]:
+        """Prefill the prompt into the in-place KV cache, then sample (numpy) and feed back one token at a time."""
         rng = np.random.default_rng(params.seed)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         history = list(prompt_tokens)
-        n_out, finish = 0, "length"
-        text_parts: list[str] = []
-        t_start = time.perf_counter()
         logits = self._run(history, 0, last_only=True)[0, -1]
-        t_first = time.perf_counter()
         while True:
             token = sample_token(logits, params, rng, history)
-            if self.is_eog(token):
-                finish = "stop"
-                break
-            n_out += 1
+            yield token
             history.append(token)
-            piece = decoder.decode(self.token_piece(token))
-            if piece:
-                text_parts.append(piece)
-                yield piece
-            if params.stop and any(s in "".join(text_parts[-8:]) for s in params.stop):
-                finish = "stop"
-                break
-            if n_out >= max_tokens:
-                break
             logits = self._run([token], len(history) - 1, last_only=True)[0, -1]
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            yield tail
-        t_end = time.perf_counter()
-        self.last_result = GenerationResult(
-            text="", prompt_tokens=len(prompt_tokens), completion_tokens=n_out,
-            prefill_seconds=t_first - t_start, decode_seconds=t_end - t_first, finish_reason=finish,
-        )
 
     def close(self) -> None:
         self._bindings.clear()

@@ -20,9 +20,11 @@ def bench_command(
     """Benchmark an artifact on this machine (pp<N> prefill and tg<N> decode tokens/s, like llama-bench)."""
     from ..bench import BenchConfig, bench
     from ..errors import ArtifactError
+    from ..session import verify
 
     if not Path(artifact).exists():
         raise ArtifactError(f"{artifact} does not exist", "pass the path of a .gguf file or an ONNX artifact folder")
+    verify(artifact)
     config = BenchConfig(n_prompt=n_prompt, n_gen=n_gen, repeats=repeats, threads=threads)
     with progress_bars(enabled=not as_json) as progress:
         result = bench(artifact, config, progress=progress)

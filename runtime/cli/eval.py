@@ -27,7 +27,11 @@ def eval_command(
 ) -> None:
     """Measure perplexity and bits per byte the way llama.cpp's perplexity tool does; store them in the manifest."""
     from ..evaluate import evaluate, load_corpus, save_quality
+    from ..session import verify
 
+    for path in (artifact, against):
+        if path is not None:
+            verify(path)
     text = load_corpus(corpus)
     with progress_bars(enabled=not as_json) as progress:
         result = evaluate(artifact, text, ctx=ctx, chunks=chunks, parent=against, threads=threads,

@@ -27,6 +27,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bench",
     "bundle",
     "verify",
+    "serve",
+    "chat",
 )
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)

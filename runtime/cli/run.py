@@ -8,13 +8,12 @@ from pathlib import Path
 
 import typer
 
-from ..backends import GenerationParams, LoadOptions, open_backend
+from ..backends import GenerationParams
 from ..backends.base import physical_cores
 from ..errors import UsageError
 from ..prompt import check_prompt_size
+from ..session import DEFAULT_CTX, SessionOptions, open_session
 from ._common import print_json
-
-DEFAULT_CTX = 2048
 
 
 def peak_rss_mib() -> float:
@@ -50,11 +49,9 @@ def run(
         from .. import picker
 
         artifact, pick_info = picker.resolve_for_run(profile, models, artifact, ctx or DEFAULT_CTX)
-    _verify(artifact)
-    ctx = _context(artifact, ctx)
-    _memory_guard(artifact, ctx, force)
     params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    with open_backend(artifact, LoadOptions(n_ctx=ctx, n_threads=n_threads, seed=seed)) as backend:
+    options = SessionOptions(ctx=ctx, threads=n_threads, force=force, seed=seed)
+    with open_session(artifact, options) as backend:
         rendered = backend.chat_prompt(text) if chat else text
         check_prompt_size(rendered, "the prompt rendered by the chat template")
         tokens = backend.tokenize(rendered, add_special=True)
@@ -74,7 +71,7 @@ def run(
             "completion_tokens": result.completion_tokens, "finish_reason": result.finish_reason,
             "prefill_tokens_per_s": round(result.prefill_tps, 2), "decode_tokens_per_s": round(result.decode_tps, 2),
             "load_seconds": round(backend.load_seconds, 3), "peak_rss_mib": round(peak_rss_mib(), 1),
-            "threads": n_threads, "n_ctx": ctx, "pick": pick_info,
+            "threads": n_threads, "n_ctx": backend.n_ctx, "pick": pick_info,
         })
 
 
@@ -82,36 +79,6 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     from ..prompt import read_prompt
 
     return read_prompt(prompt, prompt_file)
-
-
-def _context(artifact: Path, ctx: int | None) -> int:
-    """--ctx, or the default capped at the model's trained context; more than the model supports is an error."""
-    from ..preflight import trained_context
-
-    limit = trained_context(artifact)
-    if ctx is None:
-        return min(DEFAULT_CTX, limit) if limit else DEFAULT_CTX
-    if limit and ctx > limit:
-        raise UsageError(f"--ctx {ctx} is more than the {limit} tokens {Path(artifact).name} was trained for",
-                         f"pass --ctx {limit} or less")
-    return ctx
-
-
-def _memory_guard(artifact: Path, ctx: int, force: bool) -> None:
-    try:
-        from ..estimate import check_memory
-    except ImportError:  # estimator not installed in this build
-        return
-    if not force:
-        check_memory(artifact, ctx)
-
-
-def _verify(artifact: Path) -> None:
-    try:
-        from ..integrity import verify_artifact
-    except ImportError:
-        return
-    verify_artifact(artifact)
 
 
 def register(app: typer.Typer) -> None:
