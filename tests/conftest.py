@@ -1,9 +1,17 @@
-"""Shared fixtures: the tiny tokenizer / checkpoints (session-scoped, built once) and the CLI runner."""
+"""Shared fixtures: the tiny tokenizer / checkpoints (session-scoped, built once) and the CLI runner.
+
+No test touches the user's real folders: HOME, the XDG folders, EDGE_RUN_CACHE and EDGE_RUN_PROFILES point
+into a temp folder for the whole session and into a fresh one for each test. The expensive shared caches stay
+shared and reused: the model zoo (~/.cache/edge-run/zoo), compiled llama.cpp tools, cross-built wheels, ARM
+root filesystems (SHARED_CACHE_ENTRIES) and pip's cache are resolved before isolating and linked into every
+isolated cache folder.
+"""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +19,53 @@ from pathlib import Path
 import pytest
 
 from .tiny_models import make_tiny_checkpoint, train_tokenizer
+
+
+def _real_cache() -> Path:
+    env = os.environ.get("EDGE_RUN_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-run"
+
+
+# resolved at import, before any fixture isolates the environment
+REAL_CACHE = _real_cache()
+# built once per machine and reused by every test run: the model zoo, cross-built llama-cpp-python wheels,
+# llama.cpp's own tools (compiled), ARM root filesystems, benchmark models
+SHARED_CACHE_ENTRIES = ("zoo", "llama-cpp-python", "llama-tools", "arm-rootfs", "arm-check", "bench-models")
+REAL_PIP_CACHE = os.environ.get("PIP_CACHE_DIR") or str(Path.home() / ".cache" / "pip")
+
+
+def isolated_env(root: Path) -> dict[str, str]:
+    """A home, XDG folders and edge-run folders under ``root``, with the shared caches linked in."""
+    home = root / "home"
+    cache = home / ".cache" / "edge-run"
+    cache.mkdir(parents=True, exist_ok=True)
+    for entry in SHARED_CACHE_ENTRIES:
+        (REAL_CACHE / entry).mkdir(parents=True, exist_ok=True)
+        link = cache / entry
+        if not link.exists():
+            link.symlink_to(REAL_CACHE / entry, target_is_directory=True)
+    return {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_DATA_HOME": str(home / ".local" / "share"), "EDGE_RUN_CACHE": str(cache),
+            "EDGE_RUN_PROFILES": str(home / ".config" / "edge-run" / "profiles"), "PIP_CACHE_DIR": REAL_PIP_CACHE}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Session fixtures (tiny checkpoints, zoo conversions) run isolated too."""
+    saved = dict(os.environ)
+    os.environ.update(isolated_env(tmp_path_factory.mktemp("session-env")))
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_test(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with empty caches and no user profiles (a test may still point them elsewhere)."""
+    for key, value in isolated_env(tmp_path_factory.mktemp("env")).items():
+        monkeypatch.setenv(key, value)
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +86,17 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir
         return made[arch]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_checkpoint: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny llama checkpoint converted to Q8_0 (with its manifest), once per session and shared: treat it
+    as read-only (copy it before changing it)."""
+    from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
+
+    (path,) = convert_to_gguf(tiny_checkpoint("llama"), tmp_path_factory.mktemp("tiny-gguf"),
+                              ConvertOptions(quants="q8_0", name="tiny"))
+    return path
 
 
 @dataclass

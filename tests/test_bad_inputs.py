@@ -368,12 +368,8 @@ CASES: list[Case] = [
 
 
 @pytest.fixture(scope="module")
-def tiny_artifact(tiny_checkpoint: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
-
-    (path,) = convert_to_gguf(tiny_checkpoint("llama"), tmp_path_factory.mktemp("tiny-artifact"),
-                              ConvertOptions(quants="q8_0", name="tiny"))
-    return path
+def tiny_artifact(tiny_gguf: Path) -> Path:
+    return tiny_gguf  # conftest's shared tiny Q8_0 (world copies it)
 
 
 @pytest.fixture

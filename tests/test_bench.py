@@ -8,20 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from edge_run.runtime.bench import BenchConfig
 
 STATS_KEYS = {"median", "min", "max", "spread_pct", "runs"}
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tiny_checkpoint: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
-
-    out = tmp_path_factory.mktemp("tiny-bench")
-    (path,) = convert_to_gguf(tiny_checkpoint("llama"), out, ConvertOptions(quants="q8_0", name="tiny"))
-    return path
 
 
 def check_stats(s: dict[str, Any], repeats: int) -> None:

@@ -6,18 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from .conftest import CliResult
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tiny_checkpoint: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
-
-    out = tmp_path_factory.mktemp("tiny-gguf")
-    (path,) = convert_to_gguf(tiny_checkpoint("llama"), out, ConvertOptions(quants="q8_0", name="tiny"))
-    return path
 
 
 def test_run_json_reports_counts_and_speeds(tiny_gguf: Path, cli: Callable[..., CliResult]) -> None:

@@ -57,14 +57,13 @@ def build_app(only: str | None = None) -> typer.Typer:
         def _group() -> None:  # with a single command registered, typer would otherwise run it without its name
             """Offline edge inference: convert, pick, run, evaluate."""
 
+    # a missing or mistyped command module is a bug: it fails loudly
     for name in (only,) if only is not None else COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"{__package__}.{name}":
-                continue  # command group not built yet
-            raise
-        module.register(app)
+        module = importlib.import_module(f"{__package__}.{name}")
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise ImportError(f"command module {module.__name__} has no register(app) function")
+        register(app)
     return app
 
 
