@@ -98,6 +98,12 @@ fi
 have=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 [ "$have" = "$PYTHON_VERSION" ] || fail 3 "this bundle's wheels are for Python $PYTHON_VERSION but $PY is $have." \
     "build the bundle with --python $have"
+found=""
+for d in /lib/aarch64-linux-gnu /usr/lib/aarch64-linux-gnu /lib64 /usr/lib64 /lib /usr/lib; do
+    if [ -e "$d/libstdc++.so.6" ]; then found=$d; break; fi
+done
+[ -n "$found" ] || fail 4 "this system has no libstdc++.so.6, which llama.cpp and onnxruntime need." \
+    "install the libstdc++6 package (Raspberry Pi OS has it)"
 PIP_WHEEL=$(ls wheels/pip-*.whl 2>/dev/null | head -n 1)
 [ -n "$PIP_WHEEL" ] || fail 5 "the bundle has no pip wheel. copy the whole bundle again"
 
