@@ -77,7 +77,8 @@ class PlannedTensor:
         if self.qtype == gguf.GGMLQuantizationType.F32:
             return np.ascontiguousarray(x, dtype=np.float32)
         if self.qtype == gguf.GGMLQuantizationType.F16:
-            half = np.ascontiguousarray(x, dtype=np.float16)
+            with np.errstate(over="ignore"):  # an overflow is detected and reported just below
+                half = np.ascontiguousarray(x, dtype=np.float16)
             if not np.isfinite(half).all():  # finite float32 beyond +-65504 becomes inf
                 name = self.source.name if self.source else self.gguf_name
                 raise CheckpointError(f"tensor {name!r} has values beyond float16's range (+-65504)",
