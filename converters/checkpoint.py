@@ -265,7 +265,7 @@ def _weight_files(path: Path) -> list[Path]:
             raise CheckpointError(f"shard(s) {', '.join(missing)} listed in {index.name} are missing",
                                   "download the complete checkpoint")
         return [path / n for n in names]
-    files = sorted(path.glob("*.safetensors"))
+    files = sorted(p for p in path.glob("*.safetensors") if p.is_file())  # a FIFO would block the first read
     if files:
         return files
     pickled = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]

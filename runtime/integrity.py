@@ -15,6 +15,7 @@ demand.
 from __future__ import annotations
 
 import json
+import stat as stat_module
 from pathlib import Path
 
 from .errors import ArtifactError, IntegrityError
@@ -101,6 +102,9 @@ def verify_artifact(artifact: Path, full: bool | None = None) -> Manifest | None
         except FileNotFoundError as e:
             raise IntegrityError(f"{artifact.name} lacks {path.name}, which its manifest lists",
                                  "the artifact is incomplete: re-convert it") from e
+        if not stat_module.S_ISREG(stat.st_mode):  # a FIFO would block the hash
+            raise IntegrityError(f"{path.name} in {artifact.name} is not a regular file",
+                                 "the artifact was tampered with: re-convert it")
         key = str(path.resolve())
         stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": expected, "boot_id": boot}
         if full is False or (full is None and db.get(key) == stamp):

@@ -254,12 +254,27 @@ def _fifo(path: Path) -> Path:
     return path
 
 
+def _fifo_checkpoint(d: Path) -> Path:
+    """A checkpoint folder whose model.safetensors is a FIFO (config and tokenizer are real)."""
+    import shutil
+
+    ckpt = d / "ckpt"
+    ckpt.mkdir()
+    for f in (d / "ckpt-src").iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy(f, ckpt / f.name)
+    _fifo(ckpt / "model.safetensors")
+    return ckpt
+
+
 FIFO_CASES: dict[str, tuple[Callable[[Path, Path], list[str | Path]], int, str]] = {
     "run a FIFO named x.gguf": (lambda d, art: ["run", _fifo(d / "x.gguf"), "-p", "hi"], 3, "is a FIFO"),
     "inspect a FIFO": (lambda d, art: ["inspect", _fifo(d / "x.gguf")], 3, "is a FIFO"),
     "bench a FIFO": (lambda d, art: ["bench", _fifo(d / "x.gguf")], 3, "is a FIFO"),
     "--prompt-file a FIFO": (lambda d, art: ["run", art, "--prompt-file", _fifo(d / "p.txt")], 2, "is a FIFO"),
     "corpus a FIFO": (lambda d, art: ["eval", art, "--corpus", _fifo(d / "c.txt")], 3, "is a FIFO"),
+    "model.safetensors a FIFO": (lambda d, art: ["convert", _fifo_checkpoint(d), "--out", d / "out"], 3,
+                                 "has no *.safetensors weights"),
     "FIFO in the profiles folder": (lambda d, art: ["profiles", "show", "board"], 3, "is a FIFO"),
     "FIFO x.gguf in --models": (lambda d, art: ["pick", "--profile", "pi4-4gb", "--ctx", "512", "--models",
                                                 d / "models"], 0, ""),
@@ -267,9 +282,12 @@ FIFO_CASES: dict[str, tuple[Callable[[Path, Path], list[str | Path]], int, str]]
 
 
 @pytest.mark.parametrize("name", list(FIFO_CASES))
-def test_fifos_never_block(name: str, tiny_artifact: Path, tmp_path: Path) -> None:
+def test_fifos_never_block(name: str, tiny_artifact: Path, tmp_path: Path,
+                           tiny_checkpoint: Callable[[str], Path]) -> None:
     """A FIFO where a file belongs is refused at once (reading it would wait forever for a writer)."""
     import shutil
+
+    shutil.copytree(tiny_checkpoint("llama"), tmp_path / "ckpt-src")
 
     profiles = tmp_path / "profiles"
     profiles.mkdir()
