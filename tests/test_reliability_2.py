@@ -125,7 +125,7 @@ def test_eval_prints_the_result_before_saying_the_manifest_is_read_only(
     corpus = tmp_path / "c.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 400)
     real_access = os.access
-    monkeypatch.setattr("edge_run.runtime.fsutil.os.access",
+    monkeypatch.setattr("edge_run.core.fsutil.os.access",
                         lambda p, mode, **kw: False if Path(p) == art.parent else real_access(p, mode, **kw))
     manifest_before = art.with_name(art.name + ".manifest.json").read_bytes()
     res = cli("eval", art, "--corpus", corpus, "--ctx", "64", "--chunks", "2", "--json")

@@ -32,11 +32,11 @@ from edge_run.converters.gguf.convert import ConvertOptions, artifact_path, conv
 from edge_run.converters.gguf.imatrix import imatrix_for_checkpoint
 from edge_run.converters.gguf.quant_types import QUANT_TYPES
 from edge_run.core import __version__
+from edge_run.core.fsutil import atomic_write_text, cache_dir
+from edge_run.core.manifest import read_manifest
 from edge_run.core.quants import PLANNED_QUANTS
 from edge_run.runtime.bench import BenchConfig, bench, machine_info
 from edge_run.runtime.evaluate import evaluate, load_corpus
-from edge_run.runtime.fsutil import atomic_write_text, cache_dir
-from edge_run.runtime.manifest import read_manifest
 from tools.zoo import zoo_checkpoint
 
 MODELS = ("smollm2-135m", "gemma3-270m")

@@ -44,8 +44,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from edge_run.runtime.errors import EdgeRunError, InputError, IntegrityError, ResourceError, UsageError
-from edge_run.runtime.fsutil import cache_dir, sha256_file
+from edge_run.core.errors import EdgeRunError, InputError, IntegrityError, ResourceError, UsageError
+from edge_run.core.fsutil import cache_dir, sha256_file
 
 log = logging.getLogger(__name__)
 

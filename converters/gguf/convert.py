@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_run.core.errors import UsageError
-from edge_run.runtime.fsutil import (
+from edge_run.core.fsutil import (
     atomic_path,
     check_destination,
     check_plain_name,
@@ -26,7 +26,7 @@ from edge_run.runtime.fsutil import (
     os_error_to_resource,
     sha256_file,
 )
-from edge_run.runtime.manifest import Manifest, manifest_path_for, write_manifest
+from edge_run.core.manifest import Manifest, manifest_path_for, write_manifest
 
 from ..architectures import ArchSpec, lookup
 from ..checkpoint import Checkpoint, open_checkpoint

@@ -131,7 +131,7 @@ def _child(argv: list[str]) -> int:
     if rc != 0:
         return 1
     del keep
-    from edge_run.runtime.gguf_header import read_gguf_header
+    from edge_run.core.gguf_header import read_gguf_header
 
     header = read_gguf_header(Path(dest), max_items=0)  # the tensor table only: the vocabulary is skipped
     stats = {"bytes": sum(t.n_bytes for t in header.tensors), "elements": sum(t.n_elements for t in header.tensors)}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_run.core.errors import OutputExistsError, ResourceError
-from edge_run.runtime.fsutil import (
+from edge_run.core.fsutil import (
     TEMP_PREFIX,
     check_destination,
     check_plain_name,
@@ -31,7 +31,7 @@ from edge_run.runtime.fsutil import (
     os_error_to_resource,
     sha256_file,
 )
-from edge_run.runtime.manifest import Manifest, write_manifest
+from edge_run.core.manifest import Manifest, write_manifest
 
 from ..architectures import lookup
 from ..checkpoint import Checkpoint, open_checkpoint

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper
 
@@ -70,7 +71,7 @@ class Graph:
         """Store ``array`` (C order, little endian) under ``name``."""
         return self.initializer_chunks(name, array.dtype, array.shape, [array], weight)
 
-    def initializer_chunks(self, name: str, dtype: np.dtype, shape: Sequence[int], chunks: Iterable[np.ndarray],
+    def initializer_chunks(self, name: str, dtype: npt.DTypeLike, shape: Sequence[int], chunks: Iterable[np.ndarray],
                            weight: bool = True) -> str:
         """Store a tensor produced as consecutive C-order chunks of its bytes (e.g. row blocks)."""
         dtype = np.dtype(dtype)
