@@ -28,7 +28,7 @@ def onnx_summary(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{model_file.name} is not a readable ONNX model ({e})", "re-convert it") from e
     graph = model.graph
     ops = Counter(f"{n.domain}:{n.op_type}" if n.domain else n.op_type for n in graph.node)
-    quantized = Counter()
+    quantized: Counter[str] = Counter()
     for n in graph.node:
         if n.op_type in ("MatMulNBits", "GatherBlockQuantized"):
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}

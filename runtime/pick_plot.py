@@ -28,15 +28,16 @@ def plot_pick(result: PickResult, dest: Path) -> None:
     except ImportError as e:
         raise UsageError("--plot needs matplotlib", "pip install 'edge-run[plot]'") from e
     fig, ax = plt.subplots(figsize=(8, 5))
+    total = {id(r): r.estimate.total_mib for r in result.rows if r.estimate is not None}
     for row in result.rows:
-        x, y = row.estimate.total_mib, row.quality.bpb
+        x, y = total[id(row)], row.quality.bpb
         ax.scatter(x, y, marker="o" if row.quality.measured else "x", color="tab:blue" if row.fits else "tab:gray")
         ax.annotate(row.candidate.label.replace(" (planned)", "*"), (x, y), fontsize=6)
-    front = pareto([(r.estimate.total_mib, r.quality.bpb) for r in result.rows])
+    front = pareto([(total[id(r)], r.quality.bpb) for r in result.rows])
     ax.plot([p[0] for p in front], [p[1] for p in front], color="tab:green", label="Pareto frontier")
     ax.axvline(result.budget_mib, color="tab:red", linestyle="--", label=f"budget {result.budget_mib:.0f} MiB")
     p = result.pick
-    ax.scatter([p.estimate.total_mib], [p.quality.bpb], s=150, facecolors="none", edgecolors="tab:red", label="pick")
+    ax.scatter([total[id(p)]], [p.quality.bpb], s=150, facecolors="none", edgecolors="tab:red", label="pick")
     ax.set_xlabel("estimated peak memory (MiB)")
     ax.set_ylabel("bits per byte on WikiText-2 (lower is better; x = predicted)")
     ax.set_title(f"{result.profile.description}, ctx {result.ctx}")

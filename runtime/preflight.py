@@ -94,7 +94,8 @@ def _failure(path: Path, returncode: int, stderr: str) -> EdgeRunError:
 
 def trained_context(artifact: Path) -> int | None:
     """The context length the model was trained for: the manifest's, else the GGUF header's (None if unknown)."""
-    from .backends import artifact_format
+    from edge_run.core.formats import artifact_format
+
     from .manifest import read_manifest
 
     artifact = Path(artifact)

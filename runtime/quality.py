@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeGuard
 
 from edge_run.core.quants import PUBLISHED_PPL_DELTA
 
@@ -60,7 +61,7 @@ class Quality:
         return f"{self.bpb:.3f}" + ("" if self.measured else "*")
 
 
-def usable(entry: object) -> bool:
+def usable(entry: object) -> TypeGuard[dict[str, Any]]:
     """A quality entry whose BPB is a finite, non-negative number (anything else is never used)."""
     if not isinstance(entry, dict):
         return False

@@ -11,11 +11,13 @@ this prediction in tests/test_estimate.py.
 
 from __future__ import annotations
 
+from typing import Any
+
 import gguf
 
 from edge_run.core.quants import LAYER_RULES, QUANT_MIX, Mix, use_more_bits
 
-Q = gguf.GGMLQuantizationType
+Q: Any = gguf.GGMLQuantizationType  # gguf ships no type information
 
 # k-quant -> the type llama.cpp uses when a row length is not a multiple of 256
 K_FALLBACK: dict[str, str] = {"Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,13 +219,15 @@ def build_vocab(ckpt: Checkpoint, n_vocab: int) -> VocabInfo:
                           "supported: byte-level BPE (gpt2), SentencePiece (Unigram / BPE with byte fallback)")
 
 
-def _check_chat_templates(templates: str | list[dict[str, str]] | None) -> None:
+def _check_chat_templates(templates: str | Sequence[Mapping[str, str]] | None) -> None:
     """A chat template that is not valid jinja would make every load of the GGUF fail (llama-cpp-python
     compiles it): refuse it here. Compiling runs nothing."""
     from jinja2 import TemplateSyntaxError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    listed = templates if isinstance(templates, list) else [{"template": templates}] if templates else []
+    listed: Sequence[Mapping[str, str]] = (
+        [{"template": templates}] if isinstance(templates, str) and templates else
+        templates if isinstance(templates, list) else [])
     for t in listed:
         try:
             ImmutableSandboxedEnvironment().parse(t.get("template") or "")

@@ -71,6 +71,7 @@ def _print(r: PickResult, models: str) -> None:
                   title=f"{r.profile.description}: budget {r.budget_mib:.0f} MiB at ctx {r.ctx}")
     for row in r.rows:
         e = row.estimate
+        assert e is not None  # pick() estimates every row it returns
         mark = "->" if row is r.pick else ""
         table.add_row(f"{mark}{row.candidate.label}", f"{e.weights_file_mib:.0f}", f"{e.kv_mib:.0f}",
                       f"{e.compute_mib:.0f}", f"{e.total_mib:.0f}", "yes" if row.fits else "no",
