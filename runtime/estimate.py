@@ -123,7 +123,7 @@ def shape_from_gguf(path: Path) -> ModelShape:
 
 
 def _shape_from_header(header: GGUFHeader, name: str) -> ModelShape:
-    f = header.fields
+    f: Any = header.fields  # values of any GGUF type; wrong ones raise and are reported by the caller
     arch = f.get("general.architecture")
     if not arch or not isinstance(arch, str):
         raise ArtifactError(f"{name} has no general.architecture", "re-convert it")
@@ -181,11 +181,12 @@ def shape_from_checkpoint(checkpoint: Path, quant: str) -> ModelShape:
     cfg, plan = _checkpoint_plan(str(folder), _folder_stamp(folder))
     n_layer = int(cfg["num_hidden_layers"])
     has_output = any(p.gguf_name == "output.weight" for p in plan)
+    n_gqa = int(cfg["num_attention_heads"]) // int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
     infos = []
     for p in plan:
         ne0 = p.shape[-1]
         n = p.n_elements
-        t = "F32" if len(p.shape) < 2 else tensor_type(quant, p.gguf_name, ne0, n_layer, has_output)
+        t = "F32" if len(p.shape) < 2 else tensor_type(quant, p.gguf_name, ne0, n_layer, has_output, n_gqa)
         infos.append(TensorInfo(p.gguf_name, t, ne0, n // ne0, tensor_bytes(t, n)))
     layer_types = cfg.get("layer_types") or []
     n_swa_layers = sum(t == "sliding_attention" for t in layer_types) if cfg.get("sliding_window") else 0
