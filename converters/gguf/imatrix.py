@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_run.core.errors import ArtifactError, CorpusError, EdgeRunError, UsageError
-from edge_run.runtime.fsutil import (
+from edge_run.core.fsutil import (
     atomic_open,
     atomic_write_text,
     check_destination,
@@ -132,7 +132,7 @@ class Collector:
             raise ImatrixError(f"activations of {name} are not contiguous rows of float32")
         extent = sum((n - 1) * s for n, s in zip(shape, strides, strict=True)) + 4
         buf = (ctypes.c_char * extent).from_address(x.data)
-        acts = np.ndarray(shape, dtype=np.float32, buffer=buf, strides=strides).reshape(-1, shape[-1])
+        acts = np.ndarray(shape, dtype=np.float32, buffer=memoryview(buf), strides=strides).reshape(-1, shape[-1])
         sq = np.einsum("ij,ij->j", acts, acts, dtype=np.float64)
         if name in self.sums:
             if self.sums[name].shape != sq.shape:
@@ -260,7 +260,7 @@ def compute_imatrix(gguf_path: Path, text: str, *, ctx: int = DEFAULT_CTX,
 def save_imatrix(path: Path, imatrix: dict[str, np.ndarray], info: dict[str, object], force: bool = True) -> Path:
     """Write ``path`` (.npz, one float32 array per tensor name) and ``path.json`` (provenance), atomically."""
     with atomic_open(path, force=force) as f:
-        np.savez(f, **imatrix)
+        np.savez(f, **imatrix)  # type: ignore[arg-type]  # numpy stubs: ** may bind allow_pickle
     atomic_write_text(path.with_name(path.name + ".json"), json.dumps(info, indent=2, sort_keys=True) + "\n",
                       force=True)
     return path
