@@ -22,10 +22,11 @@ from .conftest import CliResult
 from .test_bad_inputs import tiny_artifact  # noqa: F401 - fixture
 
 
-def _child(*args: str | Path, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen[bytes]:
+def _child(*args: str | bytes | Path, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen[bytes]:
     full = {k: v for k, v in os.environ.items() if k != "EDGE_RUN_DEBUG"}
     full.update(env or {})
-    return subprocess.Popen([sys.executable, "-m", "edge_run.runtime.cli.main", *map(str, args)], env=full,
+    argv = [a if isinstance(a, bytes) else str(a) for a in args]
+    return subprocess.Popen([sys.executable, "-m", "edge_run.runtime.cli.main", *argv], env=full,
                             **kwargs)  # type: ignore[call-overload]
 
 
@@ -77,6 +78,15 @@ def test_output_the_encoding_cannot_spell_is_escaped(env: dict[str, str], art: P
     assert missing.returncode == 3, err
     text = err.decode("ascii")  # the folder name, escaped: \\xfc as text (ascii) or \\udcc3 as raw bytes (C locale)
     assert text.startswith("error: ") and ("\\xfc" in text or "\\udcc3\\udcbc" in text), text
+
+
+def test_non_utf8_bytes_on_the_command_line(art: Path) -> None:
+    """-p with Latin-1 bytes, as a shell passes them: a usage error, not an encoding crash."""
+    proc = _child("run", art, b"-p", b"caf\xe9 au lait", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err
+    assert err.decode() == "error: the prompt is not UTF-8 text (character 3). pass UTF-8 text with -p or use " \
+                           "--prompt-file\n"
 
 
 def test_ctrl_c_in_a_command_that_writes_nothing(art: Path) -> None:
