@@ -1,25 +1,38 @@
-"""edge-run's GGUF runtime vs plain llama-cpp-python ``Llama`` on the same file, threads and prompts.
+"""Issue 13's speed table: every edge-run command next to llama.cpp's own tool on the same files and threads.
 
-Both sides go through the same measurement (runtime/bench.py: load, warm-up, pp512 prefill, tg128 greedy
-decode), with the same sampling settings, in interleaved order (A B, B A, A B ...) so drifting machine
-load hits both alike. The ratio is edge-run / plain for tokens/s (>= 0.97 is the goal: the wrapper may
-cost at most 3 %).
+    python -m tools.bench_vs_llama [--rounds 3] [--threads N] [--out results/speed.json]    # the whole table
+    python -m tools.bench_vs_llama --table results/speed.json                                # print it again
+    python -m tools.bench_vs_llama --plain [FILE.gguf ...]     # edge-run's runtime vs plain llama_cpp.Llama only
+                                                               # (files given: --plain implied)
 
-    python -m tools.bench_vs_llama [FILE.gguf ...] [--repeats 5] [--threads N] [--out results/bench_vs_llama.json]
+Rows (tools/speed_rows.py; each side a separate process, alternating A B / B A per round):
+  bench pp512 / tg128      `edge-run bench`              vs llama-bench          (SmolLM2 F16/Q8_0/Q4_K_M/Q4_0,
+                                                                                  0.5B Q4_K_M)
+  run, whole process       `edge-run run -n 8`           vs a 6-line llama-cpp-python script
+  eval, wall + peak RSS    `edge-run eval --chunks N`    vs llama-perplexity     (SmolLM2 Q4_K_M x20, 0.5B Q4_K_M x8)
+  convert, wall + peak RSS `edge-run convert -q q4_k_m`  vs convert_hf_to_gguf.py + llama-quantize
+  pick, cold / warm        `edge-run pick` over 3 model folders (3 GGUFs + 2 checkpoints)
 
-Without files it converts the zoo models to Q4_K_M and Q8_0 (cached under <edge-run cache>/bench-vs-llama).
+llama.cpp's tools are built from the source llama-cpp-python vendors (tools/llama_tools.py); models come from the
+zoo (tools/zoo.py; the 0.5B model is BENCH_ZOO's qwen2.5-coder-0.5b). The load average before and after is
+recorded: numbers from a machine shared with other jobs are ratios of interleaved runs, not absolutes.
+
+``--plain``: edge-run's runtime vs plain llama-cpp-python ``Llama`` in one process (runtime/bench.py's
+measurement for both), ratio edge-run / plain (>= 0.97 is the goal).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from edge_run.core.fsutil import atomic_write_text, cache_dir
 from edge_run.runtime.backends import GenerationParams
 from edge_run.runtime.backends.gguf import _quiet_stderr
 from edge_run.runtime.bench import (
@@ -32,11 +45,11 @@ from edge_run.runtime.bench import (
     prompt_text,
     summarize,
 )
-from edge_run.runtime.fsutil import atomic_write_text, cache_dir
 
 GOAL = 0.97
 DEFAULT_MODELS = ("smollm2-135m", "gemma3-270m")
 DEFAULT_QUANTS = "q4_k_m,q8_0"
+BIG_MODEL = "qwen2.5-coder-0.5b"  # the 150k-vocabulary model of the table (tools/zoo.py BENCH_ZOO)
 
 
 class PlainRunner:
@@ -111,14 +124,8 @@ def default_files() -> list[Path]:
     return files
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("files", nargs="*", type=Path)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", type=Path, default=Path("results/bench_vs_llama.json"))
-    args = ap.parse_args(argv)
-    config = BenchConfig(repeats=args.repeats, threads=args.threads)
+def plain_main(args: argparse.Namespace) -> int:
+    config = BenchConfig(repeats=args.rounds, threads=args.threads)
     files = args.files or default_files()
     text = prompt_text()
     results = []
@@ -135,10 +142,105 @@ def main(argv: list[str] | None = None) -> int:
            "repeats": config.repeats, "n_prompt": config.n_prompt, "n_gen": config.n_gen,
            "machine": machine_info(), "results": results,
            "all_meet_goal": all(r["meets_goal"] for r in results)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(doc, indent=2) + "\n", force=True)
+    out = args.out or Path("results/bench_vs_llama.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(doc, indent=2) + "\n", force=True)
     print(json.dumps({r["file"]: r["ratio_edge_run_over_plain"] for r in results}, indent=2))
     return 0
+
+
+def _zoo_files(model: str, quants: str) -> dict[str, Path]:
+    """{QUANT: file} converted by edge-run from the zoo checkpoint (cached under <cache>/bench-vs-llama)."""
+    from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
+    from edge_run.converters.gguf.quant_types import parse_quant_list
+    from tools.zoo import zoo_checkpoint
+
+    out = cache_dir() / "bench-vs-llama"
+    want = {q.name: out / f"{model}.{q.name}.gguf" for q in parse_quant_list(quants)}
+    missing = [q for q, p in want.items() if not p.exists()]
+    if missing:
+        convert_to_gguf(zoo_checkpoint(model), out, ConvertOptions(quants=",".join(missing), name=model, force=True))
+    return want
+
+
+def table_main(args: argparse.Namespace) -> int:
+    from edge_run.runtime.backends.base import physical_cores
+    from edge_run.runtime.datasets import builtin_corpus_path
+    from tools import speed_rows as rows
+    from tools.llama_tools import llama_tools
+    from tools.zoo import zoo_checkpoint
+
+    threads = args.threads or physical_cores()
+    tools = llama_tools()
+    small = _zoo_files("smollm2-135m", "f16,q8_0,q4_k_m,q4_0")
+    big = _zoo_files(BIG_MODEL, "q4_k_m")
+    corpus = builtin_corpus_path("wikitext-2-raw-test")
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    n = args.rounds
+    todo: list[tuple[str, Any]] = []
+    for quant, f in small.items():
+        todo.append((f"bench {quant}", lambda f=f, q=quant: rows.bench_row(tools, f, threads, n, f"SmolLM2-135M {q}")))
+    todo.append(("bench big", lambda: rows.bench_row(tools, big["Q4_K_M"], threads, n, "Qwen2.5-0.5B Q4_K_M")))
+    todo.append(("run", lambda: rows.run_row(small["Q4_K_M"], threads, n, "SmolLM2-135M Q4_K_M")))
+    todo.append(("eval small", lambda: rows.eval_row(tools, small["Q4_K_M"], corpus, 20, threads, n,
+                                                     "SmolLM2-135M Q4_K_M")))
+    todo.append(("eval big", lambda: rows.eval_row(tools, big["Q4_K_M"], corpus, 8, threads, n,
+                                                   "Qwen2.5-0.5B Q4_K_M (151k vocabulary)")))
+    todo.append(("convert small", lambda: rows.convert_row(tools, zoo_checkpoint("smollm2-135m"), threads, n,
+                                                           "SmolLM2-135M")))
+    todo.append(("convert big", lambda: rows.convert_row(tools, zoo_checkpoint(BIG_MODEL), threads, n,
+                                                         "Qwen2.5-0.5B (fp32)")))
+    models = rows.models_folder(cache_dir() / "bench-models",
+                                {"smollm2-135m": zoo_checkpoint("smollm2-135m"),
+                                 "gemma3-270m": zoo_checkpoint("gemma3-270m")},
+                                [small["Q8_0"], small["Q4_K_M"], big["Q4_K_M"]])
+    todo.append(("pick", lambda: rows.pick_row(models, n)))
+    results = []
+    for name, make in todo:
+        if args.only and not any(name.startswith(o) for o in args.only):
+            continue
+        print(f"[{time.perf_counter() - t0:6.0f} s] {name} ...", file=sys.stderr, flush=True)
+        results.append(make().to_dict())
+    doc = {"schema": "edge-run-speed/1", "threads": threads, "rounds": n, "llama_cpp_python": tools.version,
+           "machine": machine_info(), "load_average_before": [round(x, 2) for x in load_before],
+           "load_average_after": [round(x, 2) for x in os.getloadavg()],
+           "seconds": round(time.perf_counter() - t0, 1), "rows": results}
+    out = args.out or Path("results/speed.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(doc, indent=2) + "\n", force=True)
+    print(markdown(doc))
+    return 0
+
+
+def _fmt(d: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in d.items())
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = [f"threads {doc['threads']}, {doc['rounds']} interleaved rounds, load average "
+             f"{doc['load_average_before'][0]} -> {doc['load_average_after'][0]}", "",
+             "| row | edge-run (median) | reference (median) | ratio | goal |", "|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        ref = f"{r['reference']}: {_fmt(r['reference_median'])}" if r["reference_median"] else r["reference"]
+        lines.append(f"| {r['row']} | {_fmt(r['edge_run'])} | {ref} | {_fmt(r['ratio'])} | {r['goal']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="*", type=Path, help="GGUF files: compare them with --plain's method only")
+    ap.add_argument("--plain", action="store_true", help="only edge-run's runtime vs plain llama_cpp.Llama")
+    ap.add_argument("--rounds", "--repeats", type=int, default=3, help="interleaved rounds per row")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--only", nargs="*", help="row name prefixes to run (bench, run, eval, convert, pick)")
+    ap.add_argument("--table", type=Path, help="print the markdown table of a results JSON and exit")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(args.table.read_text())))
+        return 0
+    return plain_main(args) if args.plain or args.files else table_main(args)
 
 
 if __name__ == "__main__":
