@@ -3,7 +3,7 @@ PY ?= python
 MODELS ?= models
 PROFILE ?= pi4-4gb
 
-.PHONY: demo test lint zoo
+.PHONY: demo test lint zoo arm-check
 
 zoo:
 	$(PY) -m tools.zoo build
@@ -20,6 +20,11 @@ demo:
 
 test:
 	$(PY) -m pytest
+
+# The emulated Raspberry Pi leg (README: "Raspberry Pi under emulation"); needs root, mmdebstrap and
+# qemu-user-static >= 8.1. Writes results/arm_check.json and results/arm_rss.json.
+arm-check:
+	$(PY) -m tools.arm_check
 
 lint:
 	$(PY) -m ruff check runtime converters tests tools
