@@ -203,7 +203,8 @@ class Checkpoint:
 
     def text_config(self) -> dict[str, Any]:
         """Multimodal configs nest the language model's hyper-parameters under text_config."""
-        return {**self.config, **self.config.get("text_config", {})}
+        nested = self.config.get("text_config")
+        return {**self.config, **nested} if isinstance(nested, dict) else dict(self.config)
 
     def __iter__(self) -> Iterator[LazyTensor]:
         return iter(self.tensors.values())

@@ -40,6 +40,10 @@ FLOAT_FIELDS: tuple[tuple[str, float, float], ...] = (
     ("rope_local_base_freq", 0.0, 1e12),
     ("query_pre_attn_scalar", 0.0, 1e9),
 )
+# read with a default when absent, so an explicit null is a mistake (other keys, e.g. sliding_window, may be null)
+NOT_NULL: tuple[str, ...] = ("max_position_embeddings", "rms_norm_eps", "rope_theta", "tie_word_embeddings")
+# special token ids: absent/null, an id inside the vocabulary, or (eos) a list of them
+TOKEN_ID_FIELDS: tuple[str, ...] = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
 HINT = "fix config.json or re-download the checkpoint"
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -96,7 +100,13 @@ def _rope_params(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 def check_config(ckpt: Checkpoint) -> None:
     """Raise CheckpointError for the first size or hyper-parameter in config.json that is invalid or does not
     match the tensors."""
+    nested = ckpt.config.get("text_config")
+    if "text_config" in ckpt.config and not isinstance(nested, dict):  # gguf-py reads it too, null included
+        raise _bad("text_config", nested, "it must be a JSON object")
     cfg = ckpt.text_config()
+    for key in NOT_NULL:
+        if key in cfg and cfg[key] is None:
+            raise _bad(key, None, "give a value or leave the key out")
     sizes: dict[str, int] = {}
     for key, required, bound in INT_FIELDS:
         value = cfg.get(key)
@@ -120,6 +130,11 @@ def check_config(ckpt: Checkpoint) -> None:
         if not isinstance(kind, str):
             raise _bad("rope_type", kind, "it must be a string")
         ROPE_SCALING_CHECKS.get(kind, _no_check)(params)
+    for key in TOKEN_ID_FIELDS:
+        ids = cfg.get(key)
+        for i in ids if isinstance(ids, list) else [] if ids is None else [ids]:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < sizes["vocab_size"]:
+                raise _bad(key, ids, f"token ids must be integers from 0 to {sizes['vocab_size'] - 1}")
     heads, kv_heads = sizes["num_attention_heads"], sizes.get("num_key_value_heads", sizes["num_attention_heads"])
     if "head_dim" not in sizes and sizes["hidden_size"] % heads:
         raise _bad("num_attention_heads", heads, f"it does not divide hidden_size {sizes['hidden_size']}")

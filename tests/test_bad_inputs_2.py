@@ -103,6 +103,12 @@ CASES: list[Case] = [
          _c(_cfg(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 2.0, "high_freq_factor": 2.0,
                                "original_max_position_embeddings": 256})), 3,
          "invalid 'rope_scaling.high_freq_factor': 2.0 (it must be larger than low_freq_factor 2)", "fix config.json"),
+    Case("text_config not an object", "convert", _c(_cfg(text_config="abc")), 3, "invalid 'text_config': 'abc'",
+         "fix config.json"),
+    Case("rms_norm_eps null", "convert", _c(_cfg(rms_norm_eps=None)), 3, "invalid 'rms_norm_eps': None",
+         "give a value or leave the key out"),
+    Case("bos_token_id negative", "convert", _c(_cfg(bos_token_id=-1)), 3, "invalid 'bos_token_id': -1",
+         "token ids must be integers from 0 to 383"),
     # -- convert: tokenizer.json oddities
     Case("tokenizer vocab is a list", "convert", _c(_tok(lambda t: t["model"].update(vocab=[["a", 0]]))), 3,
          "BPE vocab is not a map", "re-download"),
