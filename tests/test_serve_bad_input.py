@@ -6,6 +6,7 @@ row /health must still be green and a valid request must still work at the end."
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -125,3 +126,37 @@ def test_valid_requests_still_work(tiny_server: Server) -> None:
 def test_health_needs_no_key_and_reports_memory(tiny_server: Server) -> None:
     health = tiny_server.health()
     assert health["rss_mib"] > 10 and health["n_ctx"] == 256 and health["queue_depth"] == 0
+
+
+def test_busy_port_is_one_line_and_exit_4(tiny_server: Server, tmp_path: Path) -> None:
+    """A port already in use fails before the model is loaded: one line, resource error."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "edge_run.runtime.cli.main", "serve", "nope.gguf", "--port",
+                          str(tiny_server.port)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "EDGE_RUN_CACHE": str(tmp_path)})
+    assert res.returncode == 4, res.stderr
+    assert res.stderr == f"error: cannot listen on 127.0.0.1:{tiny_server.port} (the port is in use). choose another " \
+        "--port or --host, or stop the program using it\n", res.stderr
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("::1", True), ("localhost", True),
+                                                ("127.5.0.1", True), ("0.0.0.0", False), ("192.168.1.4", False)])
+def test_loopback_detection(host: str, loopback: bool) -> None:
+    from edge_run.runtime.serve.server import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
+def test_missing_serve_extra_is_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['sse_starlette'] = None\n"
+            "from edge_run.runtime.cli.main import main\nsys.exit(main(['serve', 'x.gguf']))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "EDGE_RUN_CACHE": str(tmp_path)})
+    assert res.returncode == 2
+    assert res.stderr == "error: edge-run serve needs the serve extra (sse_starlette is not installed). " \
+        "pip install 'edge-run[serve]'\n"
