@@ -140,3 +140,20 @@ def zoo_gguf_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str
         return made[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def zoo_onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
+    """``get(model, quant)`` -> an ONNX artifact converted by edge-run from the zoo checkpoint (cached per session)."""
+    from edge_run.converters.onnx.convert import OnnxOptions, convert_to_onnx
+    from tools.zoo import zoo_checkpoint
+
+    out = tmp_path_factory.mktemp("zoo-onnx-shared")
+    made: dict[tuple[str, str], Path] = {}
+
+    def get(model: str, quant: str) -> Path:
+        if (model, quant) not in made:
+            (made[model, quant],) = convert_to_onnx(zoo_checkpoint(model), out, OnnxOptions(quant=quant, name=model))
+        return Path(made[model, quant])
+
+    return get

@@ -39,13 +39,9 @@ def gguf_server(gguf_path: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.fixture(scope="module")
-def onnx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    from edge_run.converters.onnx.convert import OnnxOptions, convert_to_onnx
-    from tools.zoo import zoo_checkpoint
-
-    out = tmp_path_factory.mktemp("serve-onnx")
-    (path,) = convert_to_onnx(zoo_checkpoint("smollm2-135m"), out, OnnxOptions(quant="int4", name="smollm2-135m"))
-    server = start_server(path, "--ctx", "512", "--threads", "1", cache=out / "cache")
+def onnx_server(zoo_onnx_dir: Callable[[str, str], Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(zoo_onnx_dir("smollm2-135m", "int4"), "--ctx", "512", "--threads", "1",
+                          cache=tmp_path_factory.mktemp("cache"))
     yield server
     code, _, err = server.stop()
     assert code == 0 and "Traceback" not in err, err
