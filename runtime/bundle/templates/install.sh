@@ -114,7 +114,8 @@ trap 'rm -rf "$VENV"' EXIT
 "$PY" -m venv --without-pip "$VENV" || fail 4 "$PY -m venv failed for $VENV"
 set -f  # REQUIREMENTS holds brackets (edge-run[serve]): no globbing
 # shellcheck disable=SC2086
-"$VENV/bin/python" "$HERE/$PIP_WHEEL/pip" install --quiet --no-index --no-cache-dir --disable-pip-version-check \
+"$VENV/bin/python" "$HERE/$PIP_WHEEL/pip" install --isolated --quiet --no-index --no-cache-dir \
+    --disable-pip-version-check \
     --find-links "$HERE/wheels" pip $REQUIREMENTS || fail 4 "pip could not install the wheelhouse into $VENV"
 trap - EXIT
 set +f
