@@ -130,6 +130,11 @@ def check_config(ckpt: Checkpoint) -> None:
         if not isinstance(kind, str):
             raise _bad("rope_type", kind, "it must be a string")
         ROPE_SCALING_CHECKS.get(kind, _no_check)(params)
+    layer_types = cfg.get("layer_types")
+    if layer_types is not None and (not isinstance(layer_types, list) or len(layer_types) != sizes["num_hidden_layers"]
+                                    or not all(isinstance(t, str) for t in layer_types)):
+        raise _bad("layer_types", layer_types if not isinstance(layer_types, list) else f"{len(layer_types)} entries",
+                   f"it must list one attention type (a string) for each of the {sizes['num_hidden_layers']} layers")
     for key in TOKEN_ID_FIELDS:
         ids = cfg.get(key)
         for i in ids if isinstance(ids, list) else [] if ids is None else [ids]:
