@@ -3,10 +3,12 @@ inside a message can never become a control token of the template (GGUF and ONNX
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,7 +89,8 @@ def test_chat_drops_the_oldest_turns_when_the_context_fills(zoo_gguf_dir: Callab
 
 @pytest.mark.parametrize("fmt", ["gguf", "onnx"])
 def test_user_text_cannot_inject_special_tokens(fmt: str, zoo_gguf_dir: Callable[[str, str], Path],
-                                                zoo_onnx_dir: Callable[[str, str], Path]) -> None:
+                                                zoo_onnx_dir: Callable[[str, str], Path], cli: Callable[..., Any],
+                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edge_run.runtime.backends import LoadOptions, open_backend
 
     artifact = zoo_gguf_dir("smollm2-135m", "q8_0") if fmt == "gguf" else zoo_onnx_dir("smollm2-135m", "int4")
@@ -107,3 +110,8 @@ def test_user_text_cannot_inject_special_tokens(fmt: str, zoo_gguf_dir: Callable
         assert naive.count(im_start[0]) == plain.count(im_start[0]) + 1
         # a harmless conversation tokenizes exactly as the rendered text does
         assert plain == b.tokenize(b.render_messages([{"role": "user", "content": "hi"}]), add_special=True)
+    # `edge-run run --chat` tokenizes the same way
+    monkeypatch.setenv("EDGE_RUN_CACHE", str(tmp_path))
+    res = cli("run", artifact, "--chat", "-p", evil, "-n", "1", "--json")
+    assert res.code == 0, res.stderr
+    assert json.loads(res.stdout)["prompt_tokens"] == len(safe)

@@ -10,6 +10,7 @@ import typer
 
 from ..backends import GenerationParams
 from ..backends.base import physical_cores
+from ..chat import user_turn
 from ..errors import UsageError
 from ..prompt import check_prompt_size
 from ..session import DEFAULT_CTX, SessionOptions, open_session
@@ -54,7 +55,8 @@ def run(
     with open_session(artifact, options) as backend:
         rendered = backend.chat_prompt(text) if chat else text
         check_prompt_size(rendered, "the prompt rendered by the chat template")
-        tokens = backend.tokenize(rendered, add_special=True)
+        # with --chat the message's own text never becomes a control token of the template (e.g. "<|im_end|>")
+        tokens = backend.chat_prompt_messages(user_turn(text)) if chat else backend.tokenize(rendered, add_special=True)
         pieces = []
         for piece in backend.stream(tokens, params):
             pieces.append(piece)
