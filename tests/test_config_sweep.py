@@ -1,6 +1,7 @@
-"""Every key of a real config.json set to every kind of odd value: `convert` either succeeds or fails with one
-`error:` line and an input/usage code, never exit 1 (an internal error). A sweep like this found config values
-that reached gguf-py or numpy unchecked (text_config null, bos_token_id -1, layer_types 2.5, ...).
+"""Every key of a real config.json, and every section of its tokenizer.json, set to every kind of odd value:
+`convert` either succeeds or fails with one `error:` line and an input/usage code, never exit 1 (an internal
+error). Sweeps like these found values that reached gguf-py or numpy unchecked (text_config null, bos_token_id -1,
+layer_types 2.5, a pre_tokenizer that is a string, ...).
 """
 
 from __future__ import annotations
@@ -50,4 +51,33 @@ def test_no_config_value_is_an_internal_error(fmt: str, tiny_checkpoint: Callabl
             lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
             if code == 1 or (code != 0 and (len(lines) != 1 or not lines[0].startswith("error: "))):
                 internal.append(f"{key}={value!r}: exit {code}: {err.getvalue().strip()[-160:]}")
+    assert internal == [], "\n".join(internal)
+
+
+def test_no_tokenizer_json_value_is_an_internal_error(tiny_checkpoint: Callable[[str], Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for tokenizer.json: every top-level section and every key of its model set to odd values."""
+    from edge_run.runtime.cli.main import main
+
+    monkeypatch.setenv("EDGE_RUN_CACHE", str(tmp_path / "cache"))
+    src = tiny_checkpoint("llama")
+    tok0 = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    paths = [(k,) for k in tok0] + [("model", k) for k in tok0["model"]]
+    internal: list[str] = []
+    for n, path in enumerate(paths):
+        for i, value in enumerate(ODD_VALUES):
+            ckpt = tmp_path / f"t{n}-{i}"
+            ckpt.mkdir()
+            for f in src.iterdir():
+                if f.name != "tokenizer.json":
+                    (ckpt / f.name).symlink_to(f)
+            tok = json.loads(json.dumps(tok0))
+            (tok if len(path) == 1 else tok["model"])[path[-1]] = value
+            (ckpt / "tokenizer.json").write_text(json.dumps(tok), encoding="utf-8")
+            err = io.StringIO()
+            with redirect_stdout(io.StringIO()), redirect_stderr(err):
+                code = main(["convert", str(ckpt), "--quant", "f16", "--out", str(ckpt / "out"), "--json"])
+            lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+            if code == 1 or (code != 0 and (len(lines) != 1 or not lines[0].startswith("error: "))):
+                internal.append(f"{'.'.join(path)}={value!r}: exit {code}: {err.getvalue().strip()[-160:]}")
     assert internal == [], "\n".join(internal)
