@@ -34,6 +34,7 @@ from .schema import MAX_BODY_BYTES, ApiError, ChatRequest, SamplingRequest, pars
 from .worker import Job, QueueFull, ShuttingDown, Worker
 
 SHUTDOWN_GRACE_S = 5.0  # how long a stream may take to end after shutdown began (it ends within one token)
+INLINE_TOKENIZE_CHARS = 8192
 FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "length"}  # cut short = truncated
 
 
@@ -105,9 +106,11 @@ class ServerState:
             raise _shutting_down() from e
         return job
 
-    async def tokens_for(self, fn: Callable[..., list[int]], *args: Any) -> list[int]:
+    async def tokens_for(self, size: int, fn: Callable[..., list[int]], *args: Any) -> list[int]:
+        """Tokenize on the event loop when the text is small (a thread hop costs more than the work), else in a
+        worker thread so a long prompt does not stall other connections."""
         try:
-            return await run_in_threadpool(fn, *args)
+            return fn(*args) if size <= INLINE_TOKENIZE_CHARS else await run_in_threadpool(fn, *args)
         except EdgeRunError as e:  # e.g. a chat template refusing the conversation (roles must alternate)
             raise ApiError(400, e.one_line(), "invalid_prompt", "messages") from e
 
@@ -218,7 +221,8 @@ def build_app(state: ServerState) -> Starlette:
         state.check_auth(request)
         req: ChatRequest = parse_chat(await state.read_json(request))
         state.check_model(req.model)
-        tokens = await state.tokens_for(state.backend.chat_prompt_messages, req.messages)
+        size = sum(len(m["content"]) for m in req.messages)
+        tokens = await state.tokens_for(size, state.backend.chat_prompt_messages, req.messages)
         job = state.enqueue(tokens, state.params(req, len(tokens)))
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = {"id": rid, "created": created, "model": req.model}
@@ -240,7 +244,7 @@ def build_app(state: ServerState) -> Starlette:
         state.check_auth(request)
         req = parse_completion(await state.read_json(request))
         state.check_model(req.model)
-        tokens = await state.tokens_for(state.backend.tokenize, req.prompt, True)
+        tokens = await state.tokens_for(len(req.prompt), state.backend.tokenize, req.prompt, True)
         job = state.enqueue(tokens, state.params(req, len(tokens)))
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": req.model,
                 "object": "text_completion"}
