@@ -60,6 +60,8 @@ def _measure(result: PickResult, store: QualityStore, chunks: int, slice_chunks:
     if report.over_budget:
         out.print(f"measure: {len(report.over_budget)} steps left out by --budget-seconds: "
                   + ", ".join(s.label for s in report.over_budget), markup=False)
+    if not report.planned:
+        return
     with progress_bars(enabled=not quiet) as progress:
         run(report, store, progress=progress)
     for step, seconds, bpb in report.done:
