@@ -205,7 +205,7 @@ def compute_imatrix(gguf_path: Path, text: str, *, ctx: int = DEFAULT_CTX,
                     progress: Progress | None = None) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     """(importance per GGUF weight name, provenance) measured on ``text`` with the (F16) GGUF at ``gguf_path``."""
     from edge_run.runtime.backends.base import physical_cores
-    from edge_run.runtime.gguf_header import read_gguf_header
+    from edge_run.core.gguf_header import read_gguf_header
 
     # row lengths from the tensor table (the vocabulary arrays are skipped, not parsed)
     shapes = {t.name: int(t.shape[0]) for t in read_gguf_header(gguf_path, max_items=0).tensors}
