@@ -14,7 +14,8 @@ def bench_command(
     repeats: int = typer.Option(3, "--repeats", "-r", help="measured runs (median and spread are reported)"),
     n_prompt: int = typer.Option(512, "--n-prompt", "-p", help="prefill prompt length in tokens"),
     n_gen: int = typer.Option(128, "--n-gen", "-n", help="tokens to decode"),
-    threads: int = typer.Option(None, "--threads", "-t", help="default: physical cores"),
+    threads: int = typer.Option(None, "--threads", "-t", min=1, max=512,  # llama.cpp: GGML_MAX_N_THREADS
+                                 help="default: physical cores"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Benchmark an artifact on this machine (pp<N> prefill and tg<N> decode tokens/s, like llama-bench)."""

@@ -21,7 +21,8 @@ def eval_command(
     ctx: int = typer.Option(512, "--ctx", "-c", help="chunk length in tokens (the second half of each is scored)"),
     chunks: int = typer.Option(None, "--chunks", help="score only the first N chunks (default: all)"),
     against: Path = typer.Option(None, "--against", help="parent artifact (e.g. the F16) for KL divergence"),
-    threads: int = typer.Option(None, "--threads", "-t", help="default: physical cores"),
+    threads: int = typer.Option(None, "--threads", "-t", min=1, max=512,  # llama.cpp: GGML_MAX_N_THREADS
+                                 help="default: physical cores"),
     save: bool = typer.Option(True, "--save/--no-save", help="store the result in the artifact's manifest"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:

@@ -33,7 +33,8 @@ def run(
     top_k: int = typer.Option(40, "--top-k", min=0, help="0 = no top-k cut"),
     top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0),
     seed: int = typer.Option(0, "--seed"),
-    threads: int = typer.Option(None, "--threads", "-t", min=1, help="default: physical cores"),
+    threads: int = typer.Option(None, "--threads", "-t", min=1, max=512,  # llama.cpp: GGML_MAX_N_THREADS
+                                 help="default: physical cores"),
     profile: str = typer.Option(None, "--profile",
                                 help="pick the best artifact for this device profile ('auto' = this machine)"),
     models: Path = typer.Option(None, "--models", help="with --profile: folder of artifacts/checkpoints to pick from"),
