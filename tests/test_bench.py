@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from edge_run.runtime.bench import BenchConfig
 
 STATS_KEYS = {"median", "min", "max", "spread_pct", "runs"}
@@ -51,6 +53,7 @@ def test_bench_bad_input(tiny_gguf: Path, tmp_path: Path, cli: Callable) -> None
     assert r.code == 2 and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # the first run on a machine compiles llama.cpp's own tools (minutes on 2 cores)
 def test_bench_vs_llama_reports_ratios(tiny_gguf: Path, tmp_path: Path) -> None:
     from tools.bench_vs_llama import main
 
