@@ -135,6 +135,8 @@ CASES: list[Case] = [
     Case("--name absolute", "convert", lambda w: ["convert", w.ckpt(), "--quant", "q8_0", "--out", w.root / "out",
                                                   "--name", str(w.root / "elsewhere")], 2, "not a plain file name", ""),
     Case("--name hidden", "convert", _c(lambda c: None, "--name", ".hidden"), 2, "not a plain file name", "e.g."),
+    Case("convert --threads 1000000 (the quantizer aborted)", "convert", _c(lambda c: None, "--threads", "1000000"),
+         2, "Invalid value for '--threads'", "edge-run --help"),
     # -- run: options and prompts
     Case("--top-p above 1", "run", _run(lambda w: w.artifact(), "-p", "hi", "--top-p", "2"), 2,
          "Invalid value for '--top-p'", "edge-run --help"),

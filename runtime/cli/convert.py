@@ -24,7 +24,7 @@ def convert(
     symmetric: bool = typer.Option(False, "--symmetric/--asymmetric",
                                    help="onnx: symmetric (no zero point) or asymmetric blocks"),
     accuracy_level: int = typer.Option(4, help="onnx: MatMulNBits accuracy level (0-4)"),
-    threads: int = typer.Option(0, help="quantizer threads (0 = all)"),
+    threads: int = typer.Option(0, min=0, max=512, help="quantizer threads (0 = all; llama.cpp allows 512)"),
     force: bool = typer.Option(False, "--force", help="overwrite existing artifacts"),
     as_json: bool = typer.Option(False, "--json", help="print the artifacts as JSON"),
 ) -> None:
