@@ -45,6 +45,7 @@ MODEL = "smollm2-135m"
 GGUF_QUANTS = ("Q8_0", "Q4_K_M", "Q4_0")
 MUST_SAY_PARIS = frozenset({"Q8_0", "Q4_K_M", "ONNX-INT4"})  # Q4_0 does not on x86 either
 RSS_CTX = (512, 2048)
+SETTINGS: dict[str, Any] = {"tokens": N_TOKENS, "rss_ctx": RSS_CTX}  # --tokens / --rss-ctx
 THREADS = 2
 
 
@@ -84,6 +85,13 @@ class Row:
 
 def log(msg: str) -> None:
     print(f"[arm-check {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def logged(row: Row) -> Row:
+    """Every row is printed as it is made, so a leg that is stopped half-way still shows what it found."""
+    log(f"{'pass' if row.ok else 'FAIL'} {row.cpu} {row.what} {row.artifact} rc={row.rc} {row.answer!r} "
+        f"= x86: {row.equal_x86} {row.detail}")
+    return row
 
 
 def edge_run_cmd() -> list[str]:
@@ -144,7 +152,7 @@ def run_json(cmd: list[str], **kw: Any) -> tuple[int, dict[str, Any], str]:
 def x86_reference(arts: dict[str, Path]) -> dict[str, str]:
     ref = {}
     for name, path in arts.items():
-        rc, data, err = run_json([*edge_run_cmd(), "run", str(path), "-p", PROMPT, "-n", str(N_TOKENS),
+        rc, data, err = run_json([*edge_run_cmd(), "run", str(path), "-p", PROMPT, "-n", str(SETTINGS["tokens"]),
                                   "--ctx", "512", "--threads", str(THREADS), "--json"])
         if rc != 0:
             raise ResourceError(f"the x86 reference run of {path.name} failed (exit {rc}): {err[-300:]}")
@@ -174,7 +182,7 @@ def bundle(arts: dict[str, Path], work: Path, profile: str) -> Path:
 def emulated_run(root: Path, board: Board, prefix: str, key: str, ctx: int, ref: dict[str, str],
                  arts: dict[str, Path]) -> Row:
     name = arts[key].name
-    n = N_TOKENS if ctx == RSS_CTX[0] else RSS_ONLY_TOKENS
+    n = SETTINGS["tokens"] if ctx == SETTINGS["rss_ctx"][0] else min(RSS_ONLY_TOKENS, SETTINGS["tokens"])
     cmd = arm_rootfs.chroot_cmd(root, [f"{prefix}/bin/edge-run", "run", f"/opt/models/{name}", "-p", PROMPT,
                                        "-n", str(n), "--ctx", str(ctx), "--threads", str(THREADS), "--json"])
     m = arm_rss.run_sampled(cmd, arm_rootfs.emulated_env(board.cpu), timeout=900)
@@ -184,7 +192,7 @@ def emulated_run(root: Path, board: Board, prefix: str, key: str, ctx: int, ref:
         row.detail = (m.stderr.strip().splitlines() or ["no output"])[-1][:200]
         return row
     row.answer = data["text"]
-    row.equal_x86 = row.answer == ref[key] if n == N_TOKENS else ref[key].startswith(row.answer)
+    row.equal_x86 = row.answer == ref[key] if n == SETTINGS["tokens"] else ref[key].startswith(row.answer)
     paris = "Paris" in row.answer
     row.ok = m.returncode == 0 and (paris or key not in MUST_SAY_PARIS) and (row.equal_x86 or key == "ONNX-INT4")
     if key == "ONNX-INT4" and not row.equal_x86:
@@ -254,13 +262,13 @@ def group_rows(pristine: Path, profile: str, boards: list[Board], arts: dict[str
         prefix = f"/opt/{profile}"
         for board in boards:
             log(f"{board.cpu}: detect + runs ({profile} build)")
-            rows.append(detect_row(root, board, prefix))
+            rows.append(logged(detect_row(root, board, prefix)))
             for key in board.artifacts:
-                for ctx in (RSS_CTX if board.rss and key in GGUF_QUANTS else RSS_CTX[:1]):
-                    rows.append(emulated_run(root, board, prefix, key, ctx, ref, arts))
+                for ctx in (SETTINGS["rss_ctx"] if board.rss and key in GGUF_QUANTS else SETTINGS["rss_ctx"][:1]):
+                    rows.append(logged(emulated_run(root, board, prefix, key, ctx, ref, arts)))
         if profile == NEGATIVE[0]:
             log(f"negative: {profile} bundle on {NEGATIVE[1]}")
-            rows += negative_rows(root, arts)
+            rows += [logged(r) for r in negative_rows(root, arts)]
         if profile == "pi4-4gb":
             idle = arm_rss.run_sampled(arm_rss.idle_python_cmd(root, f"{prefix}/venv/bin/python"),
                                        arm_rootfs.emulated_env("cortex-a72"), timeout=600)
@@ -329,8 +337,8 @@ def leg(cpus: list[str], out: Path, rss_out: Path, negative: bool = True) -> int
     print_table(rows)
     failed = [r for r in rows if not r.ok]
     summary = {"leg_seconds": round(leg_s), "rootfs_build_seconds": round(rootfs_s), "cold_rootfs": rootfs_s > 0,
-               "prompt": PROMPT, "n_tokens": N_TOKENS, "x86_reference": ref, "rows": [asdict(r) for r in rows],
-               "failed": len(failed)}
+               "prompt": PROMPT, "n_tokens": SETTINGS["tokens"], "x86_reference": ref,
+               "rows": [asdict(r) for r in rows], "failed": len(failed)}
     qemu_idle = {"qemu_idle_python_mib": round(idle.qemu_mib, 1),
                  "idle_python_guest_mib": round(idle.guest_peak_mib, 1)} if idle else {}
     for path, data in ((out, summary), (rss_out, {**qemu_idle, "rows": table})):
@@ -347,10 +355,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpus", default=",".join(BOARDS), help=f"emulated CPUs (default {','.join(BOARDS)})")
     ap.add_argument("--out", type=Path, default=Path("results/arm_check.json"))
     ap.add_argument("--rss-out", type=Path, default=Path("results/arm_rss.json"))
+    ap.add_argument("--tokens", type=int, default=N_TOKENS, help="tokens generated per answer run")
+    ap.add_argument("--rss-ctx", default=",".join(map(str, RSS_CTX)),
+                    help="contexts of the memory runs; the first is also the answer runs' context")
     ap.add_argument("--no-negative", action="store_true",
                     help="skip the Pi 5 build on cortex-a72 check (it needs the Pi 5 bundle too)")
     args = ap.parse_args(argv)
     cpus = [c.strip() for c in args.cpus.split(",") if c.strip()]
+    try:
+        SETTINGS["rss_ctx"] = tuple(int(c) for c in args.rss_ctx.split(","))
+    except ValueError:
+        print(f"error: --rss-ctx {args.rss_ctx!r} is not a comma-separated list of integers. e.g. 512,2048",
+              file=sys.stderr)
+        return 2
+    SETTINGS["tokens"] = args.tokens
     unknown = [c for c in cpus if c not in BOARDS]
     if unknown:
         print(f"error: unknown cpu {', '.join(unknown)}. choose from {', '.join(BOARDS)}", file=sys.stderr)
