@@ -9,13 +9,18 @@ Split out of runtime/picker.py (which calls it); library only, nothing printed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import NothingFitsError
+from .estimate import MemoryEstimate
 from .profiles import DeviceProfile
 
 if TYPE_CHECKING:
-    from .picker import Row
+    from .picker import Candidate, Row
+
+Estimate = Callable[["Candidate", int, DeviceProfile, str], "MemoryEstimate | None"]
+Fits = Callable[["Candidate", int, DeviceProfile, str, float], bool]
 
 def nothing_fits(profile: DeviceProfile, rows: list[Row], budget: float, ctx: int,
                   min_tps: float) -> NothingFitsError:
@@ -50,19 +55,19 @@ _MEMORY = frozenset({"memory", "page-cache"})
 
 
 def explain(profile: DeviceProfile, rows: list[Row], choice: Row, budget: float, ctx: int, min_tps: float,
-             cache_type: str) -> tuple[str, list[str]]:
+             cache_type: str, estimate: Estimate, fits: Fits) -> tuple[str, list[str]]:
+    """``estimate(candidate, ctx, profile, cache_type)`` and ``fits(candidate, ctx, profile, cache_type, budget)``
+    are the picker's (passed in: this module sits below runtime/picker.py)."""
     better = [r for r in rows if r.rank_key() < choice.rank_key() and not r.fits]
     counter: list[str] = []
-    from .picker import _estimate, _fits
-
     est = choice.estimate
     assert est is not None
     if cache_type == "f16":
-        q8 = _estimate(choice.candidate, ctx, profile, "q8_0")
+        q8 = estimate(choice.candidate, ctx, profile, "q8_0")
         if q8 is not None:
             line = f"a q8_0 KV cache would free {est.total_mib - q8.total_mib:.0f} MiB"
             unlocked = next((r for r in better if set(r.constraints) <= _MEMORY
-                             and _fits(r.candidate, ctx, profile, "q8_0", budget)), None)
+                             and fits(r.candidate, ctx, profile, "q8_0", budget)), None)
             if unlocked is not None:
                 line += f" and let {unlocked.candidate.label} fit"
             counter.append(line + " (llama.cpp needs flash attention for a quantized V cache)")

@@ -388,7 +388,7 @@ def pick(profile: DeviceProfile, candidates: list[Candidate], ctx: int = 2048, m
     if not fitting:
         raise nothing_fits(profile, rows, budget, ctx, min_tps)
     choice = fitting[0]
-    binding, counter = explain(profile, rows, choice, budget, ctx, min_tps, cache_type)
+    binding, counter = explain(profile, rows, choice, budget, ctx, min_tps, cache_type, _estimate, _fits)
     return PickResult(profile, budget, ctx, min_tps, cache_type, tuple(rows), choice, binding, tuple(counter))
 
 
