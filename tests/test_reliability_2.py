@@ -202,6 +202,22 @@ def test_out_of_memory_is_a_resource_error(art: Path) -> None:
     assert text.startswith("error: tiny.Q8_0.gguf at ctx 512 needs about") and "MiB is available" in text, text
 
 
+def test_a_context_that_does_not_fit_is_a_memory_error(art: Path, cli: Callable[..., CliResult],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --force past the guard, llama.cpp loads the weights and then fails to allocate the context (what
+    `ulimit -v` just above the weights' size gives): exit 4 about memory, not 3 about a corrupt file. llama.cpp's
+    own failure is stood in for here; the ulimit window where it happens is a few MiB wide and machine-dependent."""
+    import llama_cpp
+
+    def no_room(*args: object, **kwargs: object) -> None:
+        raise ValueError("Failed to create llama_context")
+
+    monkeypatch.setattr(llama_cpp, "Llama", no_room)
+    res = cli("run", art, "-p", "hello", "-n", "2", "--force")
+    assert res.code == 4, res.stderr
+    assert res.stderr.startswith("error: not enough memory for a 512-token context of tiny.Q8_0.gguf"), res.stderr
+
+
 # ---------------------------------------------------------------------------------------------- integrity
 
 

@@ -13,7 +13,7 @@ from jinja2 import TemplateError
 
 from edge_run.core.quants import KV_CACHE_TYPES
 
-from ..errors import ArtifactError, UsageError
+from ..errors import ArtifactError, InsufficientMemoryError, UsageError
 from ..preflight import check_gguf
 from .base import Backend, GenerationParams, LoadOptions
 
@@ -62,6 +62,10 @@ class GGUFBackend(Backend):
             raise ArtifactError(f"the chat template in {path.name} is not valid jinja ({e})",
                                 "fix chat_template in the checkpoint's tokenizer_config.json and re-convert") from e
         except (ValueError, RuntimeError) as e:
+            if "llama_context" in str(e):  # the weights loaded (the header check passed): the KV cache did not fit
+                raise InsufficientMemoryError(
+                    f"not enough memory for a {options.n_ctx}-token context of {path.name} ({e})",
+                    "lower --ctx, free memory or raise the memory limit (ulimit -v, the container's memory.max)") from e
             raise ArtifactError(f"llama.cpp could not load {path.name} ({e})",
                                 "the file is corrupt, truncated or of an unsupported architecture; "
                                 "re-convert it (EDGE_RUN_DEBUG=1 shows llama.cpp's log)") from e
