@@ -167,11 +167,12 @@ def table_main(args: argparse.Namespace) -> int:
     from edge_run.runtime.backends.base import physical_cores
     from edge_run.runtime.datasets import builtin_corpus_path
     from tools import speed_rows as rows
-    from tools.llama_tools import llama_tools
+    from tools.llama_tools import installed_version, llama_tools
     from tools.zoo import zoo_checkpoint
 
     threads = args.threads or physical_cores()
-    tools = llama_tools()
+    needs_tools = not args.only or any(not o.startswith(("run", "pick")) for o in args.only)
+    tools = llama_tools() if needs_tools else None
     small = _zoo_files("smollm2-135m", "f16,q8_0,q4_k_m,q4_0")
     big = _zoo_files(BIG_MODEL, "q4_k_m")
     corpus = builtin_corpus_path("wikitext-2-raw-test")
@@ -196,17 +197,21 @@ def table_main(args: argparse.Namespace) -> int:
                                  "gemma3-270m": zoo_checkpoint("gemma3-270m")},
                                 [small["Q8_0"], small["Q4_K_M"], big["Q4_K_M"]])
     todo.append(("pick", lambda: rows.pick_row(models, n)))
-    results = []
+    out = args.out or Path("results/speed.json")
+    # --only updates those rows of an existing table (each row records the load average it ran under)
+    results = json.loads(out.read_text())["rows"] if args.only and out.exists() else []
     for name, make in todo:
         if args.only and not any(name.startswith(o) for o in args.only):
             continue
         print(f"[{time.perf_counter() - t0:6.0f} s] {name} ...", file=sys.stderr, flush=True)
-        results.append(make().to_dict())
-    doc = {"schema": "edge-run-speed/1", "threads": threads, "rounds": n, "llama_cpp_python": tools.version,
+        load = os.getloadavg()[0]
+        row = make().to_dict()
+        row["load_average"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+        results = [r for r in results if r["row"] != row["row"]] + [row]
+    doc = {"schema": "edge-run-speed/1", "threads": threads, "rounds": n, "llama_cpp_python": installed_version(),
            "machine": machine_info(), "load_average_before": [round(x, 2) for x in load_before],
            "load_average_after": [round(x, 2) for x in os.getloadavg()],
            "seconds": round(time.perf_counter() - t0, 1), "rows": results}
-    out = args.out or Path("results/speed.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(doc, indent=2) + "\n", force=True)
     print(markdown(doc))
@@ -220,10 +225,12 @@ def _fmt(d: dict[str, float]) -> str:
 def markdown(doc: dict[str, Any]) -> str:
     lines = [f"threads {doc['threads']}, {doc['rounds']} interleaved rounds, load average "
              f"{doc['load_average_before'][0]} -> {doc['load_average_after'][0]}", "",
-             "| row | edge-run (median) | reference (median) | ratio | goal |", "|---|---|---|---|---|"]
+             "| row | edge-run (median) | reference (median) | ratio | goal | load avg |",
+             "|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         ref = f"{r['reference']}: {_fmt(r['reference_median'])}" if r["reference_median"] else r["reference"]
-        lines.append(f"| {r['row']} | {_fmt(r['edge_run'])} | {ref} | {_fmt(r['ratio'])} | {r['goal']} |")
+        load = "-".join(str(x) for x in r.get("load_average", []))
+        lines.append(f"| {r['row']} | {_fmt(r['edge_run'])} | {ref} | {_fmt(r['ratio'])} | {r['goal']} | {load} |")
     return "\n".join(lines)
 
 

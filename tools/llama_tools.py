@@ -1,14 +1,16 @@
-"""llama.cpp's own tools, built from the very source llama-cpp-python vendors, for side-by-side benchmarks.
+"""llama.cpp's own tools, built from the very source llama-cpp-python vendors and linked against the very
+libllama / libggml that llama-cpp-python installed, for side-by-side benchmarks.
 
     <edge-run cache>/llama-tools/<llama-cpp-python version>/
         llama_cpp_python-<v>.tar.gz     pip download --no-deps --no-binary :all: llama-cpp-python==<v>
         src/                            the sdist, unpacked (vendor/llama.cpp, its gguf-py, convert_hf_to_gguf.py)
-        build/                          cmake build tree (llama.cpp's defaults, as llama-cpp-python's wheel build)
-        bin/llama-bench, llama-perplexity, llama-quantize
-        done.json                       written last: {version, targets}
+        obj/                            llama.cpp's `common` library and the tools' sources, compiled (-O3)
+        wbin/llama-bench, llama-perplexity, llama-quantize
+        wheel-done.json                 written last: {version, targets, lib}
 
-Nothing of llama.cpp is committed to edge-run; it is fetched from PyPI and built on first use (minutes on
-2 cores), then reused. ``python -m tools.llama_tools`` builds it and prints the paths.
+Only `common` (~60 files) and the three tools are compiled; the model code, ggml and its CPU kernels are the
+shared libraries of the installed wheel (rpath), so both sides of a comparison run the same machine code.
+Nothing of llama.cpp is committed to edge-run. ``python -m tools.llama_tools`` builds and prints the paths.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from pathlib import Path
 from edge_run.core.fsutil import cache_dir
 
 TARGETS = ("llama-bench", "llama-perplexity", "llama-quantize")
-CMAKE_FLAGS = ("-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-               "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DBUILD_SHARED_LIBS=OFF")
+TOOL_SOURCES = {"llama-bench": "tools/llama-bench", "llama-perplexity": "tools/perplexity",
+                "llama-quantize": "tools/quantize"}
+CXX_FLAGS = ("-O3", "-DNDEBUG", "-std=gnu++17", "-pthread", "-w", "-fPIC", "-DLLAMA_SUBPROCESS")
+WHEEL_LIBS = ("llama", "ggml", "ggml-base", "ggml-cpu")
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class LlamaTools:
         return self.root / "src" / "vendor" / "llama.cpp"
 
     def binary(self, name: str) -> Path:
-        return self.root / "bin" / name
+        return self.root / "wbin" / name
 
     @property
     def convert_script(self) -> Path:
@@ -69,8 +73,14 @@ def _lock(path: Path) -> Iterator[None]:
         yield
 
 
+def wheel_lib_dir() -> Path:
+    import llama_cpp
+
+    return Path(llama_cpp.__file__).parent / "lib"
+
+
 def _run(cmd: list[str], cwd: Path | None = None) -> None:
-    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+    print("+ " + " ".join(cmd)[:300], file=sys.stderr, flush=True)
     subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -85,12 +95,57 @@ def _unpack(archive: Path, dest: Path) -> None:
     tmp.rmdir()
 
 
+def _build_info(src: Path, dest: Path, version: str) -> Path:
+    text = (src / "common" / "build-info.cpp.in").read_text()
+    for key, value in {"LLAMA_BUILD_NUMBER": "0", "LLAMA_BUILD_COMMIT": f"llama-cpp-python-{version}",
+                       "BUILD_COMPILER": "c++", "BUILD_TARGET": os.uname().machine}.items():
+        text = text.replace(f"@{key}@", value)
+    dest.write_text(text)
+    return dest
+
+
+def _compile_all(jobs: list[tuple[Path, Path]], includes: list[str], n_jobs: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(job: tuple[Path, Path]) -> None:
+        cpp, obj = job
+        if not obj.exists():
+            tmp = obj.with_suffix(".tmp.o")
+            _run(["c++", *CXX_FLAGS, *includes, "-c", str(cpp), "-o", str(tmp)])
+            tmp.rename(obj)
+
+    with ThreadPoolExecutor(n_jobs) as pool:
+        list(pool.map(one, jobs))
+
+
+def _build(tools: LlamaTools, n_jobs: int) -> None:
+    src, obj = tools.source, tools.root / "obj"
+    obj.mkdir(parents=True, exist_ok=True)
+    includes = [f"-I{src / d}" for d in ("common", "include", "ggml/include", "vendor")]
+    common = sorted([*src.glob("common/*.cpp"), *src.glob("common/jinja/*.cpp"), *src.glob("common/parsers/*.cpp"),
+                     src / "vendor" / "cpp-httplib" / "httplib.cpp", _build_info(src, obj / "build-info.cpp",
+                                                                                 tools.version)])
+    tool_cpp = [cpp for t in TARGETS for cpp in sorted((src / TOOL_SOURCES[t]).glob("*.cpp"))]
+
+    def obj_of(cpp: Path) -> Path:
+        return obj / (str(cpp.relative_to(src) if cpp.is_relative_to(src) else cpp.name).replace("/", "__") + ".o")
+
+    _compile_all([(c, obj_of(c)) for c in [*common, *tool_cpp]], includes, n_jobs)
+    lib = wheel_lib_dir()
+    (tools.root / "wbin").mkdir(exist_ok=True)
+    for t in TARGETS:
+        own = sorted((src / TOOL_SOURCES[t]).glob("*.cpp"))
+        objs = [str(obj_of(c)) for c in [*own, *common]]
+        _run(["c++", "-pthread", "-o", str(tools.binary(t)), *objs, f"-L{lib}", f"-Wl,-rpath,{lib}",
+              *[f"-l{name}" for name in WHEEL_LIBS]])
+
+
 def llama_tools(version: str | None = None, jobs: int | None = None) -> LlamaTools:
     """The built tools for ``version`` (default: the installed llama-cpp-python's), building them if needed."""
     version = version or installed_version()
     tools = LlamaTools(version, cache_dir() / "llama-tools" / version)
-    done = tools.root / "done.json"
-    with _lock(tools.root.parent / f"{version}.lock"):
+    done = tools.root / "wheel-done.json"
+    with _lock(tools.root.parent / f"{version}-wheel.lock"):
         if done.exists() and all(tools.binary(t).exists() for t in TARGETS):
             return tools
         archive = tools.root / f"llama_cpp_python-{version}.tar.gz"
@@ -100,14 +155,8 @@ def llama_tools(version: str | None = None, jobs: int | None = None) -> LlamaToo
         if not tools.source.exists():
             shutil.rmtree(tools.root / "src", ignore_errors=True)
             _unpack(archive, tools.root / "src")
-        build = tools.root / "build"
-        _run(["cmake", "-S", str(tools.source), "-B", str(build), *CMAKE_FLAGS])
-        _run(["cmake", "--build", str(build), "--config", "Release", "-j", str(jobs or os.cpu_count() or 2),
-              "--target", *TARGETS])
-        (tools.root / "bin").mkdir(exist_ok=True)
-        for t in TARGETS:
-            shutil.copy2(build / "bin" / t, tools.binary(t))
-        done.write_text(json.dumps({"version": version, "targets": list(TARGETS)}) + "\n")
+        _build(tools, jobs or os.cpu_count() or 2)
+        done.write_text(json.dumps({"version": version, "targets": list(TARGETS), "lib": str(wheel_lib_dir())}) + "\n")
     return tools
 
 
