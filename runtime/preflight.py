@@ -29,8 +29,9 @@ from .fsutil import cache_dir, write_cache_text
 PROBE_TIMEOUT_S = 300
 _ASSERT = re.compile(r"(GGML_ASSERT\(.*?\) failed|terminate called.*|what\(\):.*)")
 # llama.cpp log lines that say why a load failed, most specific first
-_OUT_OF_MEMORY = re.compile(r"(MemoryError|std::bad_alloc|Cannot allocate memory|failed to mmap|out of memory)",
-                            re.IGNORECASE)
+# a memory limit in the child: Python's MemoryError, C++'s bad_alloc, mmap/ld.so failing to map (ulimit -v)
+_OUT_OF_MEMORY = re.compile(r"(MemoryError|std::bad_alloc|Cannot allocate memory|failed to mmap|failed to map segment"
+                            r"|out of memory)", re.IGNORECASE)
 _LOAD_ERRORS = (re.compile(r"gguf_init_from_\w+: (.*)"), re.compile(r"error loading model: (.*)"))
 
 

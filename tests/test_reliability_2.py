@@ -218,6 +218,21 @@ def test_a_context_that_does_not_fit_is_a_memory_error(art: Path, cli: Callable[
     assert res.stderr.startswith("error: not enough memory for a 512-token context of tiny.Q8_0.gguf"), res.stderr
 
 
+@pytest.mark.parametrize(("returncode", "stderr", "code"), [
+    (1, "Traceback ...\nMemoryError", 4),
+    (1, "OSError: libllama.so: failed to map segment from shared object", 4),
+    (-6, "terminate called after throwing an instance of 'std::bad_alloc'", 4),
+    (-9, "", 4),  # the OOM killer
+    (-6, "GGML_ASSERT(id_to_token.size() == token_to_id.size()) failed", 3),
+    (1, "gguf_init_from_file_impl: failed to read key-value pairs", 3),
+], ids=["MemoryError", "mmap-of-a-library", "bad_alloc", "SIGKILL", "assert", "corrupt-header"])
+def test_header_check_tells_memory_from_corruption(returncode: int, stderr: str, code: int) -> None:
+    """The header-check child inherits the memory limit: running out of it is not a corrupt file."""
+    from edge_run.runtime.preflight import _failure
+
+    assert _failure(Path("x.gguf"), returncode, stderr).exit_code == code
+
+
 # ---------------------------------------------------------------------------------------------- integrity
 
 
