@@ -31,6 +31,7 @@ def test_measure_fills_the_store_and_never_measures_twice(models: Path, cli: Cal
     args = ("pick", "--profile", "pi-3b", "--models", models, "--ctx", "256")
     before = json.loads(cli(*args, "--json").stdout)
     assert all(c["quality"]["unmeasured"] for c in before["candidates"])
+    assert before["measure_commands"] == [f"edge-run pick --profile pi-3b --models {models} --measure"]
     table = cli(*args).stdout
     assert f"measure the unmeasured: edge-run pick --profile pi-3b --models {models} --measure" in table
     assert "unmeasured (~" in table
@@ -38,6 +39,7 @@ def test_measure_fills_the_store_and_never_measures_twice(models: Path, cli: Cal
     assert res.code == 0, res.stderr
     assert "measure: 9 steps, about" in res.stdout  # anchor Q8_0 x2, then Q8_0 and the 7 other types x1
     after = json.loads(cli(*args, "--json").stdout)
+    assert after["measure_commands"] == [] and after["quality_store_notes"] == []
     assert not any(c["quality"]["unmeasured"] for c in after["candidates"])
     assert all(c["quality"]["measured"] for c in after["candidates"] if c["fits"])
     assert after["pick"]["quality"]["measured"]

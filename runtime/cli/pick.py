@@ -41,7 +41,10 @@ def pick_cmd(
 
         plot_pick(result, plot)
     if as_json:
-        print_json(result.to_dict())
+        commands = list(dict.fromkeys(measure_command(r.candidate, dev.name, str(models))
+                                      for r in result.rows if r.quality.unmeasured))
+        print_json({**result.to_dict(), "measure_commands": commands,
+                    "quality_store_notes": list(dict.fromkeys(store.problems))})
         return
     _print(result, str(models))
 
