@@ -116,7 +116,13 @@ class QualityStore:
         if not digest or not folder.is_dir():
             return []
         out = []
-        for path in sorted(folder.glob("*.json")):
+        try:
+            paths = sorted(folder.glob("*.json"))
+        except OSError as e:  # an unreadable cache folder: nothing measured, said once
+            self.problems.append(f"cannot read the quality store at {folder} ({e.strerror or e}): "
+                                 "fix its permissions or set EDGE_RUN_CACHE")
+            return []
+        for path in paths:
             if path.name.startswith("."):
                 continue
             got = self._read(path)
