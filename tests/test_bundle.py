@@ -433,13 +433,15 @@ def test_interrupted_bundle_leaves_nothing(armv8a_wheel: Path, tiny_gguf: Path, 
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err
     assert not out.exists() and not out.with_name("b.tar.gz").exists() and not _leftovers(out.parent)
-    # SIGKILL leaves the temp folder; the next bundle into the same place removes it
+    # SIGKILL (of the whole process group: pip children too) leaves the temp folder; the next bundle removes it
     proc = subprocess.Popen([sys.executable, "-m", "edge_run.runtime.cli.main", "bundle", str(tiny_gguf),
-                             "--profile", "pi4-4gb", "--out", str(out)], stderr=subprocess.DEVNULL)
+                             "--profile", "pi4-4gb", "--out", str(out)], stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     while not _leftovers(out.parent) and time.monotonic() < deadline + 60:
         time.sleep(0.1)
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    time.sleep(0.5)  # the killed group's processes are gone
     assert _leftovers(out.parent)
     r = subprocess.run([sys.executable, "-m", "edge_run.runtime.cli.main", "bundle", str(tiny_gguf),
                         "--profile", "laptop-x86-8gb", "--out", str(out)], capture_output=True, text=True)

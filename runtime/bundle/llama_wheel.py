@@ -32,6 +32,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError, ResourceError
 from ..fsutil import cache_dir
@@ -95,19 +96,25 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
+def run_group(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """subprocess.run in its own process group: an interrupted bundle stops the compilers / pip's children too,
+    before the temp folder they write into is removed."""
+    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    try:
+        out, err = proc.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _run(cmd: list[str], log: Path, cwd: Path | None = None) -> None:
     with open(log, "ab") as f:
         f.write(("$ " + " ".join(cmd) + "\n").encode())
         f.flush()
-        # its own process group, so an interrupted bundle stops the compilers too (not only cmake)
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
-        try:
-            proc.wait()
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
+        proc = run_group(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd)
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
         raise BuildError(f"{Path(cmd[0]).name} failed while cross-building llama.cpp ({tail[0].strip()[:200]})")
@@ -125,9 +132,9 @@ def fetch_sdist(version: str, work_dir: Path) -> Path:
     if cached.is_file():
         return cached
     dl = Path(tempfile.mkdtemp(prefix=f".edge-run-sdist-{os.getpid()}-", dir=work_dir))
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                           "--disable-pip-version-check", "-q", "-d", str(dl), f"{DIST}=={version}"],
-                          capture_output=True, text=True, check=False)
+    proc = run_group([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                      "--disable-pip-version-check", "-q", "-d", str(dl), f"{DIST}=={version}"],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     got = dl / name
     if proc.returncode != 0 or not got.is_file():
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]

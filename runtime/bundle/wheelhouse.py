@@ -26,6 +26,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from ..errors import InputError, ResourceError, UsageError
+from .llama_wheel import run_group
 
 MIN_PYTHON = (3, 11)  # pyproject.toml requires-python
 # Raspberry Pi OS bookworm (glibc 2.36) is the oldest Pi OS with Python >= 3.11. pip does not widen an explicit
@@ -62,8 +63,8 @@ def source_root() -> Path:
 
 
 def _pip(args: list[str], what: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "pip", *args, "--disable-pip-version-check"],
-                          capture_output=True, text=True, check=False)
+    proc = run_group([sys.executable, "-m", "pip", *args, "--disable-pip-version-check"],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         lines = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("ERROR")]
         raise ResourceError(f"pip failed while {what} ({(lines or ['no output'])[-1][:300]})")
@@ -120,8 +121,8 @@ def download_dependencies(requirements: list[Requirement], python: tuple[int, in
     args = ["download", "-q", "--only-binary", ":all:", *platforms, "--python-version", f"{python[0]}.{python[1]}",
             "--implementation", "cp", "--abi", f"cp{ver}", "--abi", "abi3", "--abi", "none", "-d", str(dest),
             "pip", *wanted]
-    proc = subprocess.run([sys.executable, "-m", "pip", *args, "--disable-pip-version-check"],
-                          capture_output=True, text=True, check=False)
+    proc = run_group([sys.executable, "-m", "pip", *args, "--disable-pip-version-check"],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         err = proc.stderr
         m = re.search(r"No matching distribution found for (\S+)", err)
