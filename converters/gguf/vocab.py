@@ -110,6 +110,9 @@ def _load_tokenizer_json(ckpt: Checkpoint) -> dict[str, Any]:
         raise CheckpointError(f"tokenizer.json is not valid JSON ({e})", "re-download it") from e
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise CheckpointError("tokenizer.json has no 'model' section", "re-download it")
+    for section in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):  # null or an object
+        if data.get(section) is not None and not isinstance(data[section], dict):
+            raise CheckpointError(f"tokenizer.json's {section} is not an object ({data[section]!r})", TOKENIZER_HINT)
     return data
 
 
