@@ -446,3 +446,15 @@ def test_interrupted_bundle_leaves_nothing(armv8a_wheel: Path, tiny_gguf: Path, 
     r = subprocess.run([sys.executable, "-m", "edge_run.runtime.cli.main", "bundle", str(tiny_gguf),
                         "--profile", "laptop-x86-8gb", "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 3 and not _leftovers(out.parent) and not out.exists()
+
+
+@pytest.mark.slow
+def test_python_without_wheels_on_pypi_is_an_input_error(tmp_path: Path) -> None:
+    """Past the >= 3.11 check, pip finds no aarch64 numpy for a Python that does not exist: one line, exit 3."""
+    from packaging.requirements import Requirement
+
+    from edge_run.runtime.bundle.wheelhouse import download_dependencies
+
+    with pytest.raises(InputError, match=r"PyPI has no linux-aarch64 wheel of numpy.* for Python 3\.99") as e:
+        download_dependencies([Requirement("numpy>=1.26")], (3, 99), tmp_path)
+    assert e.value.exit_code == 3 and "--python 3.13" in e.value.one_line()
