@@ -162,7 +162,6 @@ def build_bundle(artifact: Path | None, profile: str, out: Path, python: str = D
     except OSError as e:
         raise ResourceError(f"cannot create {out.parent}: {e.strerror}", "choose a writable --out") from e
     work = Path(tempfile.mkdtemp(prefix=f".edge-run-bundle-{os.getpid()}-", dir=out.parent))
-    old = None
     try:
         stage = work / out.name
         stage.mkdir()
@@ -193,9 +192,8 @@ def build_bundle(artifact: Path | None, profile: str, out: Path, python: str = D
                                                       sorted(p.name for p in wheels.iterdir())), encoding="utf-8")
         (stage / "SHA256SUMS").write_text(_sha256sums(stage), encoding="utf-8")
         _tarball(stage, tarball, out.name, force)
-        if out.exists():  # --force: move the old bundle aside, then swap
-            old = work / ".old"
-            os.rename(out, old)
+        if out.exists():  # --force: move the old bundle aside (removed with the temp folder), then swap
+            os.rename(out, work / ".old")
         os.rename(stage, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
