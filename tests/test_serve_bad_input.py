@@ -160,3 +160,13 @@ def test_missing_serve_extra_is_one_line(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr == "error: edge-run serve needs the serve extra (sse_starlette is not installed). " \
         "pip install 'edge-run[serve]'\n"
+
+
+def test_startup_warns_once_when_reachable_without_a_key() -> None:
+    from edge_run.runtime.serve.server import startup_lines
+
+    open_ = startup_lines("0.0.0.0", "http://0.0.0.0:8080", "m.gguf", 2048, 16, None)
+    assert len(open_) == 2 and open_[0].startswith("warning: listening on 0.0.0.0 without --api-key")
+    assert not startup_lines("0.0.0.0", "http://0.0.0.0:8080", "m.gguf", 2048, 16, "k")[0].startswith("warning")
+    assert startup_lines("127.0.0.1", "http://127.0.0.1:8080", "m.gguf", 2048, 16, None) == [
+        "edge-run serve: m.gguf on http://127.0.0.1:8080/v1 (ctx 2048, queue 16); Ctrl-C stops"]

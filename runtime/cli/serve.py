@@ -26,7 +26,7 @@ def serve_command(
     """Serve one model over an OpenAI-compatible HTTP API (needs `pip install 'edge-run[serve]'`)."""
     try:
         from ..serve.app import ServerConfig, ServerState
-        from ..serve.server import bind, is_loopback, run_server
+        from ..serve.server import bind, run_server, startup_lines
     except ImportError as e:
         raise UsageError(f"edge-run serve needs the serve extra ({e.name} is not installed)",
                          "pip install 'edge-run[serve]'") from e
@@ -44,11 +44,8 @@ def serve_command(
             url = f"http://{'[' + bound_host + ']' if ':' in bound_host else bound_host}:{bound_port}"
 
             def ready() -> None:
-                if not is_loopback(host) and api_key is None:
-                    print(f"warning: listening on {host} without --api-key: anyone on the network can use the "
-                          "model", file=sys.stderr, flush=True)
-                print(f"edge-run serve: {model_id} on {url}/v1 (ctx {backend.n_ctx}, queue {queue}"
-                      f"{', API key required' if api_key else ''}); Ctrl-C stops", flush=True)
+                for line in startup_lines(host, url, model_id, backend.n_ctx, queue, api_key):
+                    print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout, flush=True)
 
             run_server(state, sock, ready)
     finally:

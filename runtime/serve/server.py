@@ -32,6 +32,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def startup_lines(host: str, url: str, model_id: str, n_ctx: int, queue: int, api_key: str | None) -> list[str]:
+    """What `edge-run serve` says once it listens: one warning line when it is reachable from the network
+    without a key, then where it serves."""
+    lines = []
+    if not is_loopback(host) and api_key is None:
+        lines.append(f"warning: listening on {host} without --api-key: anyone on the network can use the model")
+    lines.append(f"edge-run serve: {model_id} on {url}/v1 (ctx {n_ctx}, queue {queue}"
+                 f"{', API key required' if api_key else ''}); Ctrl-C stops")
+    return lines
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port (numeric addresses or localhost only: no name lookups)."""
     address = "127.0.0.1" if host == "localhost" else host
