@@ -204,8 +204,8 @@ def compute_imatrix(gguf_path: Path, text: str, *, ctx: int = DEFAULT_CTX,
                     max_chunks: int | None = DEFAULT_MAX_CHUNKS, threads: int | None = None,
                     progress: Progress | None = None) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     """(importance per GGUF weight name, provenance) measured on ``text`` with the (F16) GGUF at ``gguf_path``."""
-    from edge_run.runtime.backends.base import physical_cores
     from edge_run.core.gguf_header import read_gguf_header
+    from edge_run.runtime.backends.base import physical_cores
 
     # row lengths from the tensor table (the vocabulary arrays are skipped, not parsed)
     shapes = {t.name: int(t.shape[0]) for t in read_gguf_header(gguf_path, max_items=0).tensors}
