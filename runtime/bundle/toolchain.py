@@ -72,7 +72,8 @@ def _zig_cmake(build_dir: Path, baseline: Baseline) -> list[str]:
     tc.write_text(_CMAKE_COMMON + f"set(CMAKE_C_COMPILER {wrappers['cc']})\nset(CMAKE_CXX_COMPILER {wrappers['c++']})\n"
                   f"set(CMAKE_AR {wrappers['ar']})\nset(CMAKE_RANLIB {wrappers['ranlib']})\n", encoding="utf-8")
     # No GGML_CPU_ARM_ARCH: it would add -march=, which zig reads as a CPU name. The level is in -mcpu above.
-    return [f"-DCMAKE_TOOLCHAIN_FILE={tc}"]
+    # -s: zig keeps debug sections by default (a 40 MiB libllama.so instead of 4 MiB).
+    return [f"-DCMAKE_TOOLCHAIN_FILE={tc}", "-DCMAKE_SHARED_LINKER_FLAGS=-s"]
 
 
 TOOLCHAINS: tuple[Toolchain, ...] = (
