@@ -40,12 +40,15 @@ LIBRARY_FILE_MIB = 22.0
 # llama.cpp's vocabulary tables (token strings, scores, attributes, text->id map, piece cache) per token
 VOCAB_BYTES_PER_TOKEN = 120
 CACHE_BYTES: dict[str, float] = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
-# GGML types llama.cpp repacks into interleaved layouts for a CPU feature (ggml-cpu/repack.cpp);
-# rows must come in groups of 8. Token embeddings are never repacked (they are gathered, not multiplied).
+# GGML types llama.cpp repacks into interleaved layouts for a CPU feature (ggml-cpu/repack.cpp,
+# ggml_repack_get_optimal_repack_type, llama.cpp as vendored by llama-cpp-python 0.3.36); rows must come in
+# groups of 8. Token embeddings are never repacked (they are gathered, not multiplied). On ARM the feature is
+# the build's (-march: ggml_cpu_has_dotprod() is compile-time), so a plain NEON (armv8-a) build repacks nothing.
 REPACK_TYPES: dict[str, frozenset[str]] = {
-    "avx2": frozenset({"Q4_0", "IQ4_NL", "Q4_K"}),
-    "i8mm": frozenset({"Q4_0", "IQ4_NL", "Q4_K"}),
-    "dotprod": frozenset({"Q4_0", "IQ4_NL"}),
+    "avx2": frozenset({"Q4_0", "IQ4_NL", "Q4_K", "MXFP4"}),
+    "avx512": frozenset({"Q2_K"}),
+    "i8mm": frozenset({"Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0"}),
+    "dotprod": frozenset({"Q4_0", "IQ4_NL", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "MXFP4"}),
 }
 
 
@@ -206,6 +209,17 @@ def repacked(t: TensorInfo, simd: tuple[str, ...]) -> bool:
     return any(t.type in REPACK_TYPES.get(feature, ()) for feature in simd)
 
 
+def tied_output_repacked_bytes(shape: ModelShape, simd: tuple[str, ...]) -> int:
+    """A model without output.weight multiplies by its token embeddings; llama.cpp loads that duplicate into the
+    output layer's buffer, which repacks it like any weight (measured on the dotprod build: tools/arm_check.py)."""
+    if any(t.name == "output.weight" for t in shape.tensors):
+        return 0
+    emb = next((t for t in shape.tensors if t.name == "token_embd.weight"), None)
+    if emb is None or emb.ne1 % 8:
+        return 0
+    return emb.n_bytes if any(emb.type in REPACK_TYPES.get(feature, ()) for feature in simd) else 0
+
+
 def kv_bytes(shape: ModelShape, n_ctx: int, cache_type: str, swa_full: bool = True, n_ubatch: int = 512) -> float:
     per_cell = shape.n_head_kv * (shape.head_dim_k + shape.head_dim_v) * CACHE_BYTES[cache_type]
     cells = pad(n_ctx)
@@ -232,7 +246,7 @@ def estimate_memory(shape: ModelShape, n_ctx: int, simd: tuple[str, ...], cache_
                     n_prompt: int | None = None, swa_full: bool = True) -> MemoryEstimate:
     """Peak RSS for a context of ``n_ctx`` and a prompt of ``n_prompt`` tokens (default: a full batch)."""
     n_prompt = min(n_ctx, 512) if n_prompt is None else n_prompt
-    rep = sum(t.n_bytes for t in shape.tensors if repacked(t, simd))
+    rep = sum(t.n_bytes for t in shape.tensors if repacked(t, simd)) + tied_output_repacked_bytes(shape, simd)
     return MemoryEstimate(
         baseline_mib=RUNTIME_ANON_MIB + shape.n_vocab * VOCAB_BYTES_PER_TOKEN / MIB,
         libraries_mib=LIBRARY_FILE_MIB,
@@ -244,12 +258,9 @@ def estimate_memory(shape: ModelShape, n_ctx: int, simd: tuple[str, ...], cache_
 
 
 def host_simd() -> tuple[str, ...]:
-    from .profiles import cpu_features
+    from .profiles import host_features  # arm64: the kernel's hwcaps (right under qemu-user too)
 
-    try:
-        return cpu_features(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
-    except OSError:
-        return ()
+    return host_features()
 
 
 def _cgroup_headroom(root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")) -> float:

@@ -49,13 +49,13 @@ GOLDEN: dict[str, tuple[str, str]] = {
     "pi4-2gb": ("s1.7b", "Q2_K"),  # 1305 of 1646 MiB: the bigger model even at 2-3 bits
     "pi4-4gb": ("l3b", "Q4_K_M"),  # 2596 of 3591 MiB
     "pi4-8gb": ("l8b", "Q4_K_M"),  # 5259 of 7482 MiB
-    "pi5-4gb": ("l3b", "Q4_K_M"),  # 2596 of 3541 MiB
-    "pi5-8gb": ("l8b", "Q4_K_M"),  # 5259 of 7432 MiB
-    "pi5-16gb": ("l8b", "Q8_0"),  # 8712 of 15215 MiB
-    "jetson-orin-nano-8gb": ("l8b", "Q4_K_M"),  # 5259 of 6582 MiB
+    "pi5-4gb": ("s1.7b", "Q4_K_M"),  # 2689 of 3541 MiB (dotprod build: Q4_K/Q6_K/Q8_0 weights repacked)
+    "pi5-8gb": ("l3b", "F16"),  # 7346 of 7432 MiB (l8b Q4_K_M with its repacked copy is over budget)
+    "pi5-16gb": ("l8b", "Q4_K_M"),  # 9662 of 15215 MiB (l8b Q8_0 repacked is over budget)
+    "jetson-orin-nano-8gb": ("l3b", "Q4_K_M"),  # 4514 of 6582 MiB
     "laptop-x86-8gb": ("l3b", "Q8_0"),  # 4122 of 4782 MiB
     "laptop-x86-16gb": ("l8b", "Q8_0"),  # 8712 of 11565 MiB
-    "macbook-m1-8gb": ("l3b", "Q8_0"),  # 4122 of 4782 MiB
+    "macbook-m1-8gb": ("l3b", "Q4_K_M"),  # 4514 of 4782 MiB
 }
 
 
