@@ -309,7 +309,7 @@ def print_table(rows: list[Row]) -> None:
         print("  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)))
 
 
-def leg(cpus: list[str], out: Path, rss_out: Path, negative: bool = True) -> int:
+def leg(cpus: list[str], out: Path, rss_out: Path, negative: bool = True, rss_gate: bool = False) -> int:
     t0 = time.monotonic()
     arm_rootfs.check_host()
     work = cache_dir() / "arm-check" / f"work-{os.getpid()}"
@@ -335,7 +335,10 @@ def leg(cpus: list[str], out: Path, rss_out: Path, negative: bool = True) -> int
         shutil.rmtree(work, ignore_errors=True)
     leg_s = time.monotonic() - t0
     print_table(rows)
-    failed = [r for r in rows if not r.ok]
+    failed = [r for r in rows if not r.ok and (rss_gate or not r.what.startswith("rss"))]
+    over = [r for r in rows if not r.ok and r.what.startswith("rss")]
+    if over and not rss_gate:
+        log(f"{len(over)} memory rows are more than 5% off the estimate (reported, not gating: see --rss-gate)")
     summary = {"leg_seconds": round(leg_s), "rootfs_build_seconds": round(rootfs_s), "cold_rootfs": rootfs_s > 0,
                "prompt": PROMPT, "n_tokens": SETTINGS["tokens"], "x86_reference": ref,
                "rows": [asdict(r) for r in rows], "failed": len(failed)}
@@ -358,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=N_TOKENS, help="tokens generated per answer run")
     ap.add_argument("--rss-ctx", default=",".join(map(str, RSS_CTX)),
                     help="contexts of the memory runs; the first is also the answer runs' context")
+    ap.add_argument("--rss-gate", action="store_true",
+                    help="fail the leg when a memory row is more than 5%% off the estimate (default: report it)")
     ap.add_argument("--no-negative", action="store_true",
                     help="skip the Pi 5 build on cortex-a72 check (it needs the Pi 5 bundle too)")
     args = ap.parse_args(argv)
@@ -374,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown cpu {', '.join(unknown)}. choose from {', '.join(BOARDS)}", file=sys.stderr)
         return 2
     try:
-        return leg(cpus, args.out, args.rss_out, negative=not args.no_negative)
+        return leg(cpus, args.out, args.rss_out, negative=not args.no_negative, rss_gate=args.rss_gate)
     except EdgeRunError as e:
         print(f"error: {e.one_line()}", file=sys.stderr)
         return e.exit_code
