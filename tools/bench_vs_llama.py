@@ -205,7 +205,11 @@ def table_main(args: argparse.Namespace) -> int:
             continue
         print(f"[{time.perf_counter() - t0:6.0f} s] {name} ...", file=sys.stderr, flush=True)
         load = os.getloadavg()[0]
-        row = make().to_dict()
+        try:
+            row = make().to_dict()
+        except SystemExit as e:  # a failed command: the other rows are still worth having
+            print(f"{name} failed: {e}", file=sys.stderr, flush=True)
+            continue
         row["load_average"] = [round(load, 2), round(os.getloadavg()[0], 2)]
         results = [r for r in results if r["row"] != row["row"]] + [row]
     doc = {"schema": "edge-run-speed/1", "threads": threads, "rounds": n, "llama_cpp_python": installed_version(),
