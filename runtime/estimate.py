@@ -26,6 +26,8 @@ from typing import Any
 
 import psutil
 
+from edge_run.core.quants import KV_CACHE_TYPES
+
 from .errors import ArtifactError, InsufficientMemoryError
 from .gguf_header import GGUFHeader, read_gguf_header
 from .quant_mix import tensor_bytes, tensor_type
@@ -37,9 +39,14 @@ KV_PAD = 256
 # ~22 MiB of file-backed pages once a model runs.
 RUNTIME_ANON_MIB = 22.0
 LIBRARY_FILE_MIB = 22.0
+# arm64 (a profile or host whose SIMD lists neon): CPython 3.13 as on Raspberry Pi OS, with numpy, llama_cpp and
+# edge_run imported, holds ~35 MiB more anonymous memory than the x86 figure above. Measured by tools/arm_check
+# inside the emulated Pi runs (guest pages only): every row of results/arm_rss.json was 34-35 MiB over the
+# x86-baseline estimate, whatever the quant type, build (armv8-a / dotprod) or context.
+ARM64_RUNTIME_EXTRA_MIB = 35.0
 # llama.cpp's vocabulary tables (token strings, scores, attributes, text->id map, piece cache) per token
 VOCAB_BYTES_PER_TOKEN = 120
-CACHE_BYTES: dict[str, float] = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+CACHE_BYTES: dict[str, float] = {name: q.kv_bytes_per_element for name, q in KV_CACHE_TYPES.items()}
 # GGML types llama.cpp repacks into interleaved layouts for a CPU feature (ggml-cpu/repack.cpp,
 # ggml_repack_get_optimal_repack_type, llama.cpp as vendored by llama-cpp-python 0.3.36); rows must come in
 # groups of 8. Token embeddings are never repacked (they are gathered, not multiplied). On ARM the feature is
@@ -242,13 +249,18 @@ def compute_bytes(shape: ModelShape, n_ctx: int, n_prompt: int, n_ubatch: int = 
     return 4.0 * (n_ub * per_token + shape.n_vocab) + swa_mask
 
 
+def runtime_anon_mib(simd: tuple[str, ...]) -> float:
+    """Anonymous memory of the Python process before any model is loaded, per CPU family."""
+    return RUNTIME_ANON_MIB + (ARM64_RUNTIME_EXTRA_MIB if "neon" in simd else 0.0)
+
+
 def estimate_memory(shape: ModelShape, n_ctx: int, simd: tuple[str, ...], cache_type: str = "f16",
                     n_prompt: int | None = None, swa_full: bool = True) -> MemoryEstimate:
     """Peak RSS for a context of ``n_ctx`` and a prompt of ``n_prompt`` tokens (default: a full batch)."""
     n_prompt = min(n_ctx, 512) if n_prompt is None else n_prompt
     rep = sum(t.n_bytes for t in shape.tensors if repacked(t, simd)) + tied_output_repacked_bytes(shape, simd)
     return MemoryEstimate(
-        baseline_mib=RUNTIME_ANON_MIB + shape.n_vocab * VOCAB_BYTES_PER_TOKEN / MIB,
+        baseline_mib=runtime_anon_mib(simd) + shape.n_vocab * VOCAB_BYTES_PER_TOKEN / MIB,
         libraries_mib=LIBRARY_FILE_MIB,
         weights_file_mib=shape.weight_bytes / MIB,
         weights_repacked_mib=rep / MIB,
