@@ -81,7 +81,8 @@ def check_plain_name(name: str, what: str = "--name") -> str:
     return name
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -101,7 +102,7 @@ def remove_stale_temps(folder: Path) -> list[str]:
         return removed
     for entry in entries:
         m = STALE_TEMP.match(entry.name)
-        if not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+        if not m or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
             continue
         with contextlib.suppress(OSError):
             if entry.is_dir(follow_symlinks=False):

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from edge_run.core.errors import ResourceError
-from edge_run.core.fsutil import cache_dir
+from edge_run.core.fsutil import cache_dir, pid_alive
 
 SUITE = "trixie"  # Debian 13: Python 3.13, as the current Raspberry Pi OS
 MIRROR = "http://deb.debian.org/debian"
@@ -47,16 +47,6 @@ def rootfs_key(suite: str = SUITE, packages: Sequence[str] = PACKAGES, mirror: s
     text = json.dumps({"suite": suite, "packages": sorted(packages), "mirror": mirror, "variant": VARIANT,
                        "hooks": HOOKS})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_host() -> None:
@@ -88,7 +78,7 @@ def ensure_rootfs(log: Path) -> tuple[Path, float]:
     if (final / STAMP).is_file():
         return final, 0.0
     for stale in base.glob(".tmp-*"):  # a build killed half-way (its pid is the last dash-separated field)
-        if not _pid_alive(int(stale.name.rsplit("-", 1)[-1])):
+        if not pid_alive(int(stale.name.rsplit("-", 1)[-1])):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = base / f".tmp-{final.name}-{os.getpid()}"
     t0 = time.monotonic()
@@ -130,7 +120,7 @@ def work_rootfs(pristine: Path, tag: str = "") -> Iterator[Path]:
     parent.mkdir(parents=True, exist_ok=True)
     for old in parent.iterdir():  # <pid>-<tag> of a leg that was killed
         pid = old.name.split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             _remove_work(old)
     root = parent / f"{os.getpid()}-{tag}"
     _remove_work(root)
