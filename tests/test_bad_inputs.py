@@ -413,6 +413,11 @@ def test_the_table_is_big_enough() -> None:
 def test_bad_input(case: Case, world: World, cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(world.root)
     (world.root / "PROMPT").write_bytes(b"h\xe9llo in latin-1\n")
+    fails_cleanly(case, world, cli, monkeypatch)
+
+
+def fails_cleanly(case: Case, world: World, cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run one table row: the exit code and message it names, and not a byte changed under the world's root."""
     argv = case.make(world)
     for patch in world.patches:
         patch(monkeypatch)

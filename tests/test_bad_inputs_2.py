@@ -32,8 +32,7 @@ from .test_bad_inputs import (  # noqa: F401 - fixtures are used by name
     _flip_last_byte,
     _profile_toml,
     _run,
-    assert_clean_failure,
-    snapshot,
+    fails_cleanly,
     tiny_artifact,
     world,
 )
@@ -209,14 +208,7 @@ def test_the_second_table_covers_every_command() -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_2(case: Case, world: World, cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(world.root)
-    argv = case.make(world)
-    for patch in world.patches:
-        patch(monkeypatch)
-    before = snapshot(world.root)
-    res = cli(*argv)
-    assert_clean_failure(res, case.code, case.what, case.todo)
-    after = snapshot(world.root)
-    assert after == before, f"files changed on disk: {sorted(set(after.items()) ^ set(before.items()))}"
+    fails_cleanly(case, world, cli, monkeypatch)
 
 
 # ---------------------------------------------------------------------------------------------- in a child

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from edge_run.converters.onnx.convert import OnnxOptions, convert_to_onnx
 from edge_run.runtime.backends import GenerationParams, LoadOptions, open_backend
 from edge_run.runtime.evaluate import evaluate, load_corpus
 
@@ -22,31 +21,16 @@ from .conftest import CliResult
 pytestmark = pytest.mark.zoo
 
 
-@pytest.fixture(scope="module")
-def zoo_onnx(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
-    from tools.zoo import zoo_checkpoint
-
-    out = tmp_path_factory.mktemp("zoo-onnx")
-    made: dict[tuple[str, str], Path] = {}
-
-    def get(model: str, quant: str) -> Path:
-        if (model, quant) not in made:
-            (made[model, quant],) = convert_to_onnx(zoo_checkpoint(model), out, OnnxOptions(quant=quant, name=model))
-        return made[model, quant]
-
-    return get
-
-
-def test_smollm2_int4_knows_paris(zoo_onnx: Callable[[str, str], Path], cli: Callable[..., CliResult]) -> None:
-    res = cli("run", zoo_onnx("smollm2-135m", "int4"), "-p", "The capital of France is", "-n", "16", "--json")
+def test_smollm2_int4_knows_paris(zoo_onnx_dir: Callable[[str, str], Path], cli: Callable[..., CliResult]) -> None:
+    res = cli("run", zoo_onnx_dir("smollm2-135m", "int4"), "-p", "The capital of France is", "-n", "16", "--json")
     assert res.code == 0, res.stderr
     out = json.loads(res.stdout)
     assert "Paris" in out["text"], out["text"]
     assert out["decode_tokens_per_s"] > 0
 
 
-def test_gemma3_int4_generates_coherent_text(zoo_onnx: Callable[[str, str], Path]) -> None:
-    with open_backend(zoo_onnx("gemma3-270m", "int4"), LoadOptions(n_ctx=256)) as b:
+def test_gemma3_int4_generates_coherent_text(zoo_onnx_dir: Callable[[str, str], Path]) -> None:
+    with open_backend(zoo_onnx_dir("gemma3-270m", "int4"), LoadOptions(n_ctx=256)) as b:
         fact = b.generate("The Eiffel Tower is located in", GenerationParams(max_tokens=16)).text
         assert "Paris" in fact, fact
         text = b.generate("The history of the Roman Empire", GenerationParams(max_tokens=48)).text
@@ -56,23 +40,23 @@ def test_gemma3_int4_generates_coherent_text(zoo_onnx: Callable[[str, str], Path
     assert Counter(w.lower() for w in words).most_common(1)[0][1] <= len(words) // 3, text  # no "the the the"
 
 
-def test_smollm2_int4_tracks_the_fp32_graph(zoo_onnx: Callable[[str, str], Path]) -> None:
+def test_smollm2_int4_tracks_the_fp32_graph(zoo_onnx_dir: Callable[[str, str], Path]) -> None:
     """On real text the int4 model mostly predicts what the float model predicts."""
     corpus = load_corpus("wikitext-2-raw-test")
-    r = evaluate(zoo_onnx("smollm2-135m", "int4"), corpus, ctx=512, chunks=2,
-                 parent=zoo_onnx("smollm2-135m", "fp32"))
+    r = evaluate(zoo_onnx_dir("smollm2-135m", "int4"), corpus, ctx=512, chunks=2,
+                 parent=zoo_onnx_dir("smollm2-135m", "fp32"))
     q = r.quality_entry()
-    ref = evaluate(zoo_onnx("smollm2-135m", "fp32"), corpus, ctx=512, chunks=2).quality_entry()
+    ref = evaluate(zoo_onnx_dir("smollm2-135m", "fp32"), corpus, ctx=512, chunks=2).quality_entry()
     assert q["top1_agreement"] > 0.6 and q["kld_vs_parent"] < 0.6, q
     assert ref["ppl"] < q["ppl"] < 1.6 * ref["ppl"], (q, ref)
     assert 15 < ref["ppl"] < 30  # SmolLM2-135M on WikiText-2 at ctx 512
 
 
-def test_onnxruntime_genai_generates_from_our_artifact(zoo_onnx: Callable[[str, str], Path]) -> None:
+def test_onnxruntime_genai_generates_from_our_artifact(zoo_onnx_dir: Callable[[str, str], Path]) -> None:
     """onnxruntime-genai reads our genai_config.json, binds our I/O names and generates what we do."""
     import onnxruntime_genai as og
 
-    art = zoo_onnx("smollm2-135m", "int4")
+    art = zoo_onnx_dir("smollm2-135m", "int4")
     with open_backend(art, LoadOptions(n_ctx=128)) as b:
         prompt = b.tokenize("The capital of France is")
         ours = "".join(b.stream(prompt, GenerationParams(max_tokens=12)))
