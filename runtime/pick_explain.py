@@ -17,7 +17,7 @@ from .estimate import MemoryEstimate
 from .profiles import DeviceProfile
 
 if TYPE_CHECKING:
-    from .picker import Candidate, Row
+    from .pick_types import Candidate, Row
 
 Estimate = Callable[["Candidate", int, DeviceProfile, str], "MemoryEstimate | None"]
 Fits = Callable[["Candidate", int, DeviceProfile, str, float], bool]

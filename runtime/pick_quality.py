@@ -18,7 +18,7 @@ from .quality import Quality, predict, usable
 from .quality_store import QualityStore, Stored
 
 if TYPE_CHECKING:
-    from .picker import Candidate
+    from .pick_types import Candidate
 
 REFERENCE_CTX = 512
 REFERENCE_CORPUS = "wikitext-2-raw-test"

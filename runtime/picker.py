@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,13 @@ from edge_run.core.quants import BY_NAME as QUANT_NAMES
 from edge_run.core.quants import PLANNED_QUANTS
 
 from .errors import ArtifactError, CheckpointError, InputError, NothingFitsError, UsageError
-from .estimate import CACHE_BYTES, MemoryEstimate, ModelShape, estimate_memory, shape_from_checkpoint, shape_from_gguf
+from .estimate import CACHE_BYTES, MemoryEstimate, estimate_memory, shape_from_checkpoint, shape_from_gguf
 from .manifest import Manifest, read_manifest
 from .pick_explain import explain, nothing_fits
 from .pick_quality import candidate_quality, store_references
+from .pick_types import Candidate, Row
 from .profiles import DeviceProfile
-from .quality import CORPUS_KEY, Quality, usable
+from .quality import CORPUS_KEY, usable
 from .quality_store import QualityStore
 from .speed import decode_speed
 
@@ -43,45 +44,6 @@ HEADROOM_FRACTION = 0.05
 HEADROOM_MIN_MIB = 64.0
 CTX_STEP = 256  # llama.cpp pads the KV cache to 256 cells: fitted contexts are multiples of it
 MAX_CTX_SEARCH = 131072
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One pairing: an artifact on disk (``path``), or a checkpoint x quant type not converted yet."""
-
-    model: str
-    quant: str
-    shape: ModelShape | None = field(repr=False, compare=False)
-    n_params: int
-    format: str = "gguf"
-    path: Path | None = None
-    checkpoint: Path | None = None  # where a planned pairing is converted from
-    context_length: int = 0  # trained context (0 = take it from the shape)
-    # (quant, manifest.quality[CORPUS_KEY]) measured for the same source checkpoint
-    references: tuple[tuple[str, dict[str, Any]], ...] = field(default=(), repr=False, compare=False)
-    digest: str = field(default="", compare=False)  # the source checkpoint's digest (quality store key)
-    imatrix: bool = False  # quantized with an importance matrix
-    has_manifest: bool = True  # False: a GGUF made elsewhere, described by its own metadata only
-
-    @property
-    def planned(self) -> bool:
-        return self.path is None
-
-    @property
-    def label(self) -> str:
-        fmt = "" if self.format == "gguf" else f" [{self.format}]"
-        return (f"{self.model} {self.quant}{fmt}" + (" (planned)" if self.planned else "")
-                + ("" if self.has_manifest else " (no manifest)"))
-
-    @property
-    def trained_ctx(self) -> int:
-        return self.context_length or (self.shape.n_ctx_train if self.shape else 0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "quant": self.quant, "format": self.format, "planned": self.planned,
-                "path": str(self.path) if self.path else None,
-                "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-                "parameter_count": self.n_params, "context_length": self.trained_ctx, "manifest": self.has_manifest}
 
 
 # ------------------------------------------------------------------------------------- estimators
@@ -251,40 +213,6 @@ def candidate_for_artifact(path: Path) -> Candidate:
 
 
 # ------------------------------------------------------------------------------------------ picking
-
-@dataclass(frozen=True)
-class Row:
-    candidate: Candidate
-    estimate: MemoryEstimate | None
-    quality: Quality
-    tps: float
-    max_ctx: int  # the largest context that fits (0 = none, or not estimable)
-    reason: str  # "" = fits; else why it is rejected
-    constraints: tuple[str, ...] = ()  # each rejection's kind: memory | page-cache | context | speed | format
-
-    @property
-    def constraint(self) -> str:
-        return self.constraints[0] if self.constraints else ""
-
-    @property
-    def fits(self) -> bool:
-        return not self.reason
-
-    def rank_key(self) -> tuple[bool, float, bool, float, float]:
-        # a model with nothing measured never outranks a measured one on a guess from its parameter count;
-        # BPB differences under 0.001 (e.g. F16 vs Q8_0) are below what the prediction can resolve: a tie,
-        # won by a measured value over a predicted one, then by the faster pairing
-        return (self.quality.unmeasured, round(self.quality.bpb, 3), not self.quality.measured, -self.tps,
-                self.estimate.total_mib if self.estimate else float("inf"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.candidate.to_dict(), "fits": self.fits, "why_not": self.reason or None,
-                "constraints": list(self.constraints), "max_ctx": self.max_ctx or None,
-                "memory": self.estimate.to_dict() if self.estimate else None,
-                "quality": {"bpb": round(self.quality.bpb, 4), "measured": self.quality.measured,
-                            "unmeasured": self.quality.unmeasured, "basis": self.quality.basis},
-                "decode_tokens_per_s": round(self.tps, 2)}
-
 
 @dataclass(frozen=True)
 class PickResult:
