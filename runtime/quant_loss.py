@@ -8,7 +8,7 @@
     N_block  number of block weights (embeddings left out: a 270M model with a 168M embedding is a 100M model here)
 
 The mix is the one llama.cpp really makes for the model's shapes (runtime/quant_mix.py: k-quants fall
-back to Q5_0 / Q5_1 / Q8_0 / IQ4_NL on rows not divisible by 256), so a Q5_K_M that is mostly Q5_1 on a
+back to Q5_0 / Q5_1 / Q8_0 / Q4_0 on rows not divisible by 256), so a Q5_K_M that is mostly Q5_1 on a
 576-wide model is predicted as Q5_1, not as Q5_K. COST / GAMMA / OUTPUT_WEIGHT are fitted by
 tools/quant_loss_fit.py on measured zoo rows (results/tradeoff.json) and llama.cpp's published
 Llama-3-8B deltas; its leave-one-model-out error is in results/quant_loss_fit.json and the README.
@@ -28,11 +28,11 @@ from .quant_mix import QUANT_MIX, tensor_type
 # GGML type -> loss (nats/token) of a 1e8-block-weight model stored entirely in that type (fitted, see above)
 COST: dict[str, float] = {
     "F32": 0.0, "F16": 0.0, "BF16": 0.0,
-    "Q8_0": 0.002338, "Q6_K": 0.017495, "Q5_K": 0.041212, "Q5_1": 0.043331, "Q5_0": 0.057669, "Q4_K": 0.140569,
-    "IQ4_NL": 0.218126, "Q4_0": 0.286557, "Q4_1": 0.304406, "Q3_K": 0.740177, "Q2_K": 2.684527,
+    "Q8_0": 0.002916, "Q6_K": 0.017481, "Q5_K": 0.038273, "Q5_1": 0.044814, "Q5_0": 0.059942, "Q4_K": 0.114031,
+    "Q4_1": 0.249723, "Q4_0": 0.257034, "Q3_K": 0.600092, "Q2_K": 2.175808,
 }
-GAMMA = 0.35
-OUTPUT_WEIGHT = 0.25
+GAMMA = 0.3
+OUTPUT_WEIGHT = 0.0
 BLOCK_SCALE = 1e8
 
 

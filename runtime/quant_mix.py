@@ -19,14 +19,18 @@ from edge_run.core.quants import LAYER_RULES, QUANT_MIX, Mix, use_more_bits
 
 Q: Any = gguf.GGMLQuantizationType  # gguf ships no type information
 
-# k-quant -> the type llama.cpp uses when a row length is not a multiple of 256
-K_FALLBACK: dict[str, str] = {"Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
-                              "IQ4_XS": "IQ4_NL"}
+# k-quant -> the type llama.cpp uses when a row length is not a multiple of 256 (tensor_type_fallback in the
+# llama.cpp that llama-cpp-python 0.3.36 vendors: Q2_K and Q3_K fall back to Q4_0, the 256-block IQ types to
+# IQ4_NL; checked on SmolLM2's 576-wide rows: its Q2_K / Q3_K_M files hold Q4_0, tests/test_quant_mix_real.py)
+K_FALLBACK: dict[str, str] = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
+                              "IQ4_XS": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ3_XXS": "IQ4_NL", "IQ2_S": "IQ4_NL",
+                              "IQ2_XS": "IQ4_NL", "IQ2_XXS": "IQ4_NL", "IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL"}
 
 
-def tensor_type(ftype: str, name: str, ne0: int, n_layer: int, has_output: bool, n_gqa: int = 1) -> str:
+def tensor_type(ftype: str, name: str, ne0: int, n_layer: int, has_output: bool, n_gqa: int = 1,
+                fallback: dict[str, str] | None = None) -> str:
     """GGML type name of tensor ``name`` (GGUF naming) with row length ``ne0``; ``n_gqa`` query heads per KV
-    head (Q2_K's attn_v depends on it)."""
+    head (Q2_K's attn_v depends on it); ``fallback`` replaces K_FALLBACK (tools/quant_loss_fit.py's ablation)."""
     mix = QUANT_MIX[ftype]
     if name.endswith("norm.weight") or name.endswith(".bias") or name.startswith(("rope_freqs", "rope_factors")):
         return "F32"
@@ -45,7 +49,7 @@ def tensor_type(ftype: str, name: str, ne0: int, n_layer: int, has_output: bool,
         t = mix.base
     block, _ = gguf.GGML_QUANT_SIZES[Q[t]]
     if ne0 % block:
-        t = K_FALLBACK.get(t, t)
+        t = (K_FALLBACK if fallback is None else fallback).get(t, t)
         block, _ = gguf.GGML_QUANT_SIZES[Q[t]]
         if ne0 % block:
             t = "F16"

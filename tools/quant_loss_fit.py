@@ -32,7 +32,7 @@ import numpy as np
 from edge_run.runtime.estimate import TensorInfo
 from edge_run.runtime.quality import LLAMA3_8B_F16_PPL, PUBLISHED_PPL_DELTA, penalty_nats
 from edge_run.runtime.quant_loss import BLOCK_SCALE, TypeMix, loss_nats, mix_of
-from edge_run.runtime.quant_mix import QUANT_MIX, tensor_type
+from edge_run.runtime.quant_mix import K_FALLBACK, QUANT_MIX, tensor_type
 
 # name -> (layers, n_embd, n_ff, heads, kv heads, head dim, vocab, tied embeddings): public config.json values
 HPARAMS: dict[str, tuple[int, int, int, int, int, int, int, bool]] = {
@@ -49,6 +49,9 @@ PUBLISHED_FTYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M"
                     "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K")
 GAMMAS = tuple(round(0.05 * i, 2) for i in range(21))
 OUTPUT_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0)
+# the fallback table before it was checked against real files (Q2_K / Q3_K rows not divisible by 256 were
+# taken to become IQ4_NL; llama.cpp makes them Q4_0): the ablation in the output's "before_fallback_fix"
+OLD_FALLBACK = {**K_FALLBACK, "Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL"}
 REL_FLOOR = 0.003  # nats: below this, errors count as absolute (Q8_0's loss is noise-level)
 
 
@@ -61,7 +64,7 @@ class Obs:
     tokens_per_byte: float | None  # None: published PPL only
 
 
-def tensors(model: str, ftype: str) -> tuple[TensorInfo, ...]:
+def tensors(model: str, ftype: str, fallback: dict[str, str] | None = None) -> tuple[TensorInfo, ...]:
     n_layer, d, ff, h, kv, hd, vocab, tied = HPARAMS[model]
     shapes = [("token_embd.weight", d, vocab)] + ([] if tied else [("output.weight", d, vocab)])
     for i in range(n_layer):
@@ -69,10 +72,11 @@ def tensors(model: str, ftype: str) -> tuple[TensorInfo, ...]:
                    (f"blk.{i}.attn_v.weight", d, kv * hd), (f"blk.{i}.attn_output.weight", h * hd, d),
                    (f"blk.{i}.ffn_gate.weight", d, ff), (f"blk.{i}.ffn_up.weight", d, ff),
                    (f"blk.{i}.ffn_down.weight", ff, d)]
-    return tuple(TensorInfo(n, tensor_type(ftype, n, ne0, n_layer, not tied), ne0, ne1, 0) for n, ne0, ne1 in shapes)
+    return tuple(TensorInfo(n, tensor_type(ftype, n, ne0, n_layer, not tied, fallback=fallback), ne0, ne1, 0)
+                 for n, ne0, ne1 in shapes)
 
 
-def observations(tradeoff: dict[str, Any]) -> list[Obs]:
+def observations(tradeoff: dict[str, Any], fallback: dict[str, str] | None = None) -> list[Obs]:
     out: list[Obs] = []
     rows = [r for r in tradeoff["rows"] if not r["imatrix"]]
     for model in sorted({r["model"] for r in rows}):
@@ -84,11 +88,11 @@ def observations(tradeoff: dict[str, Any]) -> list[Obs]:
             continue
         for q, r in mine.items():
             if q != "F16" and q in QUANT_MIX and q != SOURCE_FTYPE.get(model):
-                out.append(Obs(model, q, math.log(r["ppl"] / f16["ppl"]), mix_of(tensors(model, q)),
+                out.append(Obs(model, q, math.log(r["ppl"] / f16["ppl"]), mix_of(tensors(model, q, fallback)),
                                r["tokens_scored"] / r["bytes_scored"]))
     for q in PUBLISHED_FTYPES:
         loss = math.log((LLAMA3_8B_F16_PPL + PUBLISHED_PPL_DELTA[q]) / LLAMA3_8B_F16_PPL)
-        out.append(Obs("llama3-8b", q, loss, mix_of(tensors("llama3-8b", q)), None))
+        out.append(Obs("llama3-8b", q, loss, mix_of(tensors("llama3-8b", q, fallback)), None))
     return out
 
 
@@ -215,11 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         "fit": {"gamma": f["gamma"], "output_weight": f["output_weight"],
                 "cost": {t: round(v, 6) for t, v in sorted(f["cost"].items())}},
         "leave_one_model_out": lomo(obs),
+        "before_fallback_fix": {m: rep["summary"] for m, rep in lomo(observations(tradeoff, OLD_FALLBACK)).items()},
     }
     args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(out["fit"], indent=1))
     for m, rep in out["leave_one_model_out"].items():
         print(m, json.dumps(rep["summary"]))
+        print("  before the fallback fix:", json.dumps(out["before_fallback_fix"][m]))
     return 0
 
 
