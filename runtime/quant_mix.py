@@ -21,7 +21,7 @@ Q: Any = gguf.GGMLQuantizationType  # gguf ships no type information
 
 # k-quant -> the type llama.cpp uses when a row length is not a multiple of 256 (tensor_type_fallback in the
 # llama.cpp that llama-cpp-python 0.3.36 vendors: Q2_K and Q3_K fall back to Q4_0, the 256-block IQ types to
-# IQ4_NL; checked on SmolLM2's 576-wide rows: its Q2_K / Q3_K_M files hold Q4_0, tests/test_quant_mix_real.py)
+# IQ4_NL; checked on SmolLM2's 576-wide rows: its Q2_K / Q3_K_M files hold Q4_0, tests/test_pick_mix_real.py)
 K_FALLBACK: dict[str, str] = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
                               "IQ4_XS": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ3_XXS": "IQ4_NL", "IQ2_S": "IQ4_NL",
                               "IQ2_XS": "IQ4_NL", "IQ2_XXS": "IQ4_NL", "IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL"}
