@@ -43,6 +43,7 @@ class BenchConfig:
     repeats: int = 3
     threads: int | None = None
     n_batch: int = 512
+    flash_attn: str = "auto"  # on | off | auto, as llama-bench's -fa (default auto)
 
     @property
     def n_ctx(self) -> int:
@@ -82,7 +83,7 @@ class BackendRunner:
 
     def __init__(self, path: Path, config: BenchConfig) -> None:
         self.backend: Backend = open_backend(path, LoadOptions(n_ctx=config.n_ctx, n_threads=config.n_threads,
-                                                               n_batch=config.n_batch))
+                                                               n_batch=config.n_batch, flash_attn=config.flash_attn))
         self.load_seconds = self.backend.load_seconds
 
     def tokenize(self, text: str) -> list[int]:
@@ -165,6 +166,8 @@ def validate_config(config: BenchConfig) -> None:
 def bench(artifact: Path, config: BenchConfig | None = None,
           progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Benchmark ``artifact``; a JSON-ready dict (schema ``edge-run-bench/1``, see the README)."""
+    from edge_run.core.formats import artifact_size
+
     from .manifest import read_manifest
 
     config = config or BenchConfig()
@@ -179,8 +182,7 @@ def bench(artifact: Path, config: BenchConfig | None = None,
         runs.append(measure_once(lambda: BackendRunner(artifact, config), config, text))
     if progress:
         progress("bench", config.repeats, config.repeats)
-    size = sum(p.stat().st_size for p in artifact.rglob("*") if p.is_file()) if artifact.is_dir() \
-        else artifact.stat().st_size
+    size = artifact_size(artifact)  # core/formats.py: what manifest.file_size counts
     return {
         "schema": SCHEMA, "tool_version": __version__, "artifact": artifact.name,
         "quant": manifest.quant if manifest else None, "format": manifest.format if manifest else None,

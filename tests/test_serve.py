@@ -20,7 +20,12 @@ from .serve_util import Server, start_server, wait_until
 
 pytestmark = pytest.mark.zoo
 
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+# "Name the capital of France." because greedy SmolLM2-135M answers it with every token's top-1 logit at least 0.97
+# ahead of the runner-up, with flash attention on (llama.cpp's default) and off alike. "What is the capital of
+# France?" starts its answer on a near-tie ("The" 0.04 ahead of "L" without flash attention, behind it with):
+# flash attention's F16 accumulation moves logits by ~0.2-0.3, so that answer depended on summation order.
+FRANCE = [{"role": "user", "content": "Name the capital of France."}]
+ONNX_FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 LONG = [{"role": "user", "content": "Count from 1 to 500, separated by commas."}]
 
 
@@ -193,9 +198,9 @@ def test_queue_full_disconnect_and_sigterm(busy_server: Server) -> None:
 
 # -------------------------------------------------------------------------------------------------- ONNX
 def test_onnx_chat_answers_paris(onnx_server: Server) -> None:
-    res = chat(onnx_server, FRANCE)
+    res = chat(onnx_server, ONNX_FRANCE)
     text = res.choices[0].message.content
     assert "Paris" in text, text
-    streamed, finish, usage = chat_stream(onnx_server, FRANCE)
+    streamed, finish, usage = chat_stream(onnx_server, ONNX_FRANCE)
     assert streamed == text and finish == res.choices[0].finish_reason
     assert usage.completion_tokens == res.usage.completion_tokens

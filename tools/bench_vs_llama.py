@@ -34,7 +34,7 @@ from typing import Any
 
 from edge_run.core.fsutil import atomic_write_text, cache_dir
 from edge_run.runtime.backends import GenerationParams
-from edge_run.runtime.backends.gguf import _quiet_stderr
+from edge_run.runtime.backends.gguf import FLASH_ATTN, _quiet_stderr
 from edge_run.runtime.bench import (
     BackendRunner,
     BenchConfig,
@@ -62,7 +62,8 @@ class PlainRunner:
         t0 = time.perf_counter()
         with _quiet_stderr():
             self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=config.n_ctx, n_threads=config.n_threads,
-                                       n_threads_batch=config.n_threads, n_batch=config.n_batch, verbose=False)
+                                       n_threads_batch=config.n_threads, n_batch=config.n_batch, verbose=False,
+                                       flash_attn=FLASH_ATTN[config.flash_attn])  # as edge-run loads it
         self.load_seconds = time.perf_counter() - t0
         self.params = GenerationParams()  # the same sampler settings edge-run uses
 

@@ -27,11 +27,12 @@ import psutil
 
 EDGE_RUN = [sys.executable, "-m", "edge_run.runtime.cli.main"]
 RUN_PROMPT = "The capital of France is"
-# the plain llama-cpp-python script `edge-run run` is compared with (6 lines, as a user would write it)
+# the plain llama-cpp-python script `edge-run run` is compared with (6 lines, as a user would write it), with flash
+# attention on as edge-run (and llama.cpp's own tools) load models by default
 PLAIN_SCRIPT = """\
 import sys
 from llama_cpp import Llama
-llm = Llama(model_path=sys.argv[1], n_ctx=int(sys.argv[3]), n_threads=int(sys.argv[2]), verbose=False)
+llm = Llama(model_path=sys.argv[1], n_ctx=int(sys.argv[3]), n_threads=int(sys.argv[2]), flash_attn=True, verbose=False)
 out = llm(sys.argv[4], max_tokens=int(sys.argv[5]), temperature=0.0)
 sys.stdout.write(out["choices"][0]["text"] + "\\n")
 """

@@ -36,7 +36,8 @@ def hwm():  # VmHWM is per address space, reset by exec (unlike ru_maxrss, which
 import numpy, llama_cpp, edge_run.runtime.backends
 base = rollup()
 path, ctx, n_prompt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-llm = llama_cpp.Llama(path, n_ctx=ctx, n_threads=2, n_batch=512, n_ubatch=512, verbose=False)
+llm = llama_cpp.Llama(path, n_ctx=ctx, n_threads=2, n_batch=512, n_ubatch=512, flash_attn=sys.argv[5] == "on",
+                      verbose=False)
 text = open(sys.argv[4], encoding='utf-8').read()[:20000]
 tokens = llm.tokenize(text.encode())[:n_prompt]
 llm.eval(tokens)
@@ -49,11 +50,12 @@ print(json.dumps({"baseline_anon_mib": base["Anonymous"], "baseline_file_mib": b
 GOAL_REL, GOAL_ABS_MIB = 0.05, 16.0
 
 
-def measure(path: Path, ctx: int, n_prompt: int) -> dict[str, float]:
+def measure(path: Path, ctx: int, n_prompt: int, flash_attn: bool = True) -> dict[str, float]:
+    """Peak RSS of a fresh process; flash attention on as edge-run loads GGUFs (llama.cpp's default)."""
     from edge_run.runtime.datasets import builtin_corpus_path
 
     out = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(ctx), str(n_prompt),
-                          str(builtin_corpus_path("wikitext-2-raw-test"))],
+                          str(builtin_corpus_path("wikitext-2-raw-test")), "on" if flash_attn else "off"],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

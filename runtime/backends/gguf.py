@@ -19,6 +19,11 @@ from .base import Backend, GenerationParams, LoadOptions
 
 # KV cache type name -> ggml_type id (ggml.h enum ggml_type)
 CACHE_TYPES: dict[str, int] = {name: int(q.ggml_type) for name, q in KV_CACHE_TYPES.items()}  # core/quants.py
+# --flash-attn -> llama-cpp-python's flash_attn flag. llama.cpp's "auto" enables flash attention when the device of
+# every layer supports it, which the CPU backend always does; llama-cpp-python 0.3.36 passes only on or off.
+FLASH_ATTN: dict[str, bool] = {"auto": True, "on": True, "off": False}
+# llama.cpp refuses a quantized V cache without flash attention
+NEEDS_FLASH_ATTN: frozenset[str] = frozenset({"q8_0", "q4_0"})
 
 
 @contextlib.contextmanager
@@ -46,6 +51,12 @@ class GGUFBackend(Backend):
         if options.cache_type not in CACHE_TYPES:
             raise UsageError(f"unknown KV cache type {options.cache_type!r}", f"choose from {', '.join(CACHE_TYPES)}")
         cache_type = CACHE_TYPES[options.cache_type]
+        if options.flash_attn not in FLASH_ATTN:
+            raise UsageError(f"unknown flash attention mode {options.flash_attn!r}",
+                             f"choose from {', '.join(FLASH_ATTN)}")
+        if not FLASH_ATTN[options.flash_attn] and options.cache_type in NEEDS_FLASH_ATTN:
+            raise UsageError(f"a {options.cache_type} KV cache needs flash attention",
+                             "drop --flash-attn off, or use an f16 KV cache")
         check_gguf(path)  # a few corrupt files make llama.cpp abort the process: read the header in a child first
         t0 = time.perf_counter()
         try:
@@ -55,8 +66,7 @@ class GGUFBackend(Backend):
                     n_threads_batch=options.n_threads, n_batch=options.n_batch, n_ubatch=options.n_batch,
                     logits_all=options.logits_all, use_mmap=True, seed=options.seed, verbose=False,
                     type_k=cache_type, type_v=cache_type,
-                    # quantized V caches need flash attention in llama.cpp
-                    flash_attn=options.cache_type in ("q8_0", "q4_0"),
+                    flash_attn=FLASH_ATTN[options.flash_attn],
                 )
         except TemplateError as e:  # llama-cpp-python compiles the chat template while loading
             raise ArtifactError(f"the chat template in {path.name} is not valid jinja ({e})",
