@@ -100,10 +100,14 @@ class Manifest:
         return m
 
 
+MANIFEST_NAME = "manifest.json"  # inside a folder artifact
+
+
 def manifest_path_for(artifact: Path) -> Path:
+    """Every format's layout: a folder artifact holds its manifest, a file artifact has one beside it."""
     artifact = Path(artifact)
     if artifact.is_dir():
-        return artifact / "manifest.json"
+        return artifact / MANIFEST_NAME
     return artifact.with_name(artifact.name + ".manifest.json")
 
 

@@ -308,16 +308,19 @@ def available_memory_bytes() -> float:
 
 
 def check_memory(artifact: Path, n_ctx: int, available_mib: float | None = None,
-                 shape_of: Callable[[Path], ModelShape] = shape_from_gguf) -> MemoryEstimate | None:
-    """Refuse (InsufficientMemoryError) to load an artifact whose estimate exceeds available memory."""
+                 shape_of: Callable[[Path], ModelShape] = shape_from_gguf) -> MemoryEstimate:
+    """Refuse (InsufficientMemoryError) to load a GGUF whose llama.cpp estimate exceeds available memory (any
+    format: runtime/format_rows.check_memory)."""
     artifact = Path(artifact)
-    if artifact.is_dir():  # ONNX: estimated by its own backend
-        return None
-    est = estimate_memory(shape_of(artifact), n_ctx, host_simd())
+    return refuse_if_short(estimate_memory(shape_of(artifact), n_ctx, host_simd()), artifact.name, available_mib)
+
+
+def refuse_if_short(est: MemoryEstimate, name: str, available_mib: float | None = None) -> MemoryEstimate:
+    """``est``, or InsufficientMemoryError when it exceeds the memory available now."""
     if available_mib is None:
         available_mib = available_memory_bytes() / MIB
     if est.total_mib > available_mib:
         raise InsufficientMemoryError(
-            f"{artifact.name} at ctx {n_ctx} needs about {est.total_mib:.0f} MiB but {available_mib:.0f} MiB "
+            f"{name} at ctx {est.n_ctx} needs about {est.total_mib:.0f} MiB but {available_mib:.0f} MiB "
             "is available", "lower --ctx, pick a smaller quant (edge-run pick), or pass --force to load anyway")
     return est

@@ -260,14 +260,13 @@ class _Loaded:
     scored positions are computed, runtime/eval_llama.py), every position's logits otherwise."""
 
     def __init__(self, path: Path, ctx: int, threads: int | None, batch: int) -> None:
-        from .backends import artifact_format
+        from .format_rows import row_for
 
         self.scorer: Any = None
-        if artifact_format(path) == "gguf":
-            from .eval_llama import LlamaChunkLogits
-
+        chunk_scorer = row_for(path).chunk_scorer  # the format's own scorer of a chunk's scored rows, if any
+        if chunk_scorer is not None:
             self.backend = open_backend(path, self._options(ctx, threads, batch, logits_all=False))
-            self.scorer = LlamaChunkLogits.for_backend(self.backend)
+            self.scorer = chunk_scorer(self.backend)
             if self.scorer is not None:
                 return
             self.backend.close()
@@ -299,7 +298,7 @@ class _Loaded:
 def _check_trained_context(artifact: Path, ctx: int) -> None:
     """As `run` does: a context beyond what the model was trained for is a usage error (it also made the KV cache
     and the run time grow without bound: --ctx 100000 on a 512-token model ran for over 10 minutes)."""
-    from .preflight import trained_context
+    from .format_rows import trained_context
 
     limit = trained_context(artifact)
     if limit and ctx > limit:

@@ -1,7 +1,8 @@
 """Artifact integrity: an artifact must match its manifest before it is loaded.
 
-What is hashed: a GGUF file whole; for an ONNX folder every file its manifest lists in ``extra.files``
-(model.onnx, model.onnx.data, genai_config.json, the tokenizer files; older manifests: model.onnx.data only).
+What is hashed is the format row's ``hashed`` (core/formats.py): a GGUF file whole; for an ONNX folder every file
+its manifest lists in ``extra.files`` (model.onnx, model.onnx.data, genai_config.json, the tokenizer files; older
+manifests: model.onnx.data only). The size checked is ``artifact_size``, the row's payload files.
 
 When: the size is checked on every load (free). The sha256 is checked on first use and remembered in
 ``cache_dir()/verified.json``, keyed by the file's path, size, mtime *and this boot's id*
@@ -17,6 +18,8 @@ from __future__ import annotations
 import json
 import stat as stat_module
 from pathlib import Path
+
+from edge_run.core.formats import artifact_size, hashed_files, what_to_pass
 
 from .errors import ArtifactError, IntegrityError
 from .fsutil import cache_dir, is_regular_or_folder, sha256_file, write_cache_text
@@ -39,33 +42,16 @@ def check_artifact_path(artifact: Path) -> None:
     try:
         odd = is_regular_or_folder(artifact)
     except FileNotFoundError as e:
-        raise ArtifactError(f"{artifact} does not exist",
-                            "pass the path of a .gguf file or an ONNX artifact folder") from e
+        raise ArtifactError(f"{artifact} does not exist", f"pass the path of {what_to_pass()}") from e
     except OSError as e:  # a symlink loop, a permission problem
         raise ArtifactError(f"cannot read {artifact}: {e.strerror or e}", "check the path") from e
     if odd:
-        raise ArtifactError(f"{artifact} is {odd}", "pass a .gguf file or an ONNX artifact folder")
+        raise ArtifactError(f"{artifact} is {odd}", f"pass {what_to_pass()}")
 
 
 def payload_files(artifact: Path, manifest: Manifest) -> dict[str, str]:
-    """{file path: expected sha256} of everything the manifest vouches for."""
-    if not artifact.is_dir():
-        return {str(artifact): manifest.sha256}
-    files = manifest.extra.get("files")
-    if isinstance(files, dict) and files:
-        for name in files:
-            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-                raise ArtifactError(f"manifest of {artifact.name} lists {name!r}, which is not a plain file name",
-                                    "manifests may only name files in their own folder")
-        return {str(artifact / name): str(digest) for name, digest in files.items()}
-    data = artifact / f"{manifest.artifact}.data"
-    return {str(data if data.exists() else artifact / manifest.artifact): manifest.sha256}
-
-
-def artifact_size(artifact: Path) -> int:
-    if artifact.is_dir():
-        return sum(p.stat().st_size for p in artifact.iterdir() if p.is_file() and p.name != "manifest.json")
-    return artifact.stat().st_size
+    """{file path: expected sha256} of everything the manifest vouches for (the format's row says what)."""
+    return {str(path): digest for path, digest in hashed_files(artifact, manifest).items()}
 
 
 def _verified_db() -> Path:
@@ -90,7 +76,7 @@ def verify_artifact(artifact: Path, full: bool | None = None) -> Manifest | None
     manifest = read_manifest(artifact)
     if manifest is None:
         return None
-    size = artifact_size(artifact)
+    size = artifact_size(artifact, manifest.format)
     if size != manifest.file_size:
         raise IntegrityError(f"{artifact.name} is {size} bytes but its manifest says {manifest.file_size}",
                              "the file is truncated or was replaced: re-convert it")

@@ -1,7 +1,7 @@
 """The picker: the best (model x quant type x context) pairing that fits a device profile.
 
     candidates (local artifacts with manifests + planned pairings: local checkpoints x quant types)
-        │  memory estimate per format (ESTIMATORS registry: gguf built in; onnx registers its own)
+        │  memory estimate per format (ESTIMATORS: each format row's estimator, runtime/format_rows.py)
         │  quality (runtime/quality.py: measured BPB, else predicted and marked *)
         │  decode speed (runtime/speed.py)
         ▼
@@ -19,7 +19,7 @@ Library only: nothing printed. runtime/cli/pick.py renders a PickResult.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,9 @@ from typing import Any
 from edge_run.core.quants import BY_NAME as QUANT_NAMES
 from edge_run.core.quants import PLANNED_QUANTS
 
+from . import format_rows
 from .errors import ArtifactError, CheckpointError, InputError, NothingFitsError, UsageError
-from .estimate import CACHE_BYTES, MemoryEstimate, estimate_memory, shape_from_checkpoint, shape_from_gguf
+from .estimate import CACHE_BYTES, MemoryEstimate, shape_from_checkpoint, shape_from_gguf
 from .manifest import Manifest, read_manifest
 from .pick_explain import explain, nothing_fits
 from .pick_quality import candidate_quality, store_references
@@ -48,23 +49,23 @@ MAX_CTX_SEARCH = 131072
 
 # ------------------------------------------------------------------------------------- estimators
 
-# format -> estimate(candidate, n_ctx, profile, cache_type); a new format registers one.
+# format -> estimate(candidate, n_ctx, profile, cache_type): a view of every format's row (runtime/format_rows.py)
 Estimator = Callable[[Candidate, int, DeviceProfile, str], MemoryEstimate]
-ESTIMATORS: dict[str, Estimator] = {}
 
 
-def register_estimator(fmt: str) -> Callable[[Estimator], Estimator]:
-    def deco(fn: Estimator) -> Estimator:
-        ESTIMATORS[fmt] = fn
-        return fn
-    return deco
+class _RowEstimators(Mapping[str, Estimator]):
+    def __getitem__(self, fmt: str) -> Estimator:
+        est = format_rows.ROWS[fmt].estimate
+        return lambda c, n_ctx, profile, cache: est(c.path, c.shape, n_ctx, tuple(profile.simd), cache)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(format_rows.ROWS)
+
+    def __len__(self) -> int:
+        return len(format_rows.ROWS)
 
 
-@register_estimator("gguf")
-def _estimate_gguf(c: Candidate, n_ctx: int, profile: DeviceProfile, cache_type: str) -> MemoryEstimate:
-    if c.shape is None:
-        raise ArtifactError(f"{c.label} has no tensor table to estimate from")
-    return estimate_memory(c.shape, n_ctx, tuple(profile.simd), cache_type=cache_type)
+ESTIMATORS: Mapping[str, Estimator] = _RowEstimators()
 
 
 # ------------------------------------------------------------------------------------- candidates

@@ -93,22 +93,6 @@ def _failure(path: Path, returncode: int, stderr: str) -> EdgeRunError:
     return ArtifactError(f"llama.cpp cannot read {path.name}" + (f" ({reason})" if reason else ""), hint)
 
 
-def trained_context(artifact: Path) -> int | None:
-    """The context length the model was trained for: the manifest's, else the GGUF header's (None if unknown)."""
-    from edge_run.core.formats import artifact_format
-
-    from .manifest import read_manifest
-
-    artifact = Path(artifact)
-    manifest = read_manifest(artifact)
-    if manifest is not None and isinstance(manifest.context_length, int) and manifest.context_length > 0:
-        return manifest.context_length
-    if artifact_format(artifact) == "gguf":
-        n = check_gguf(artifact).get("context_length")
-        return int(n) if isinstance(n, int) and n > 0 else None
-    return None
-
-
 def _child(path: str) -> int:
     import ctypes
 

@@ -45,7 +45,7 @@ def verify(artifact: Path) -> Manifest | None:
 
 def resolve_context(artifact: Path, ctx: int | None, default: int = DEFAULT_CTX) -> int:
     """``ctx``, or ``default`` capped at the model's trained context; more than the model supports is an error."""
-    from .preflight import trained_context
+    from .format_rows import trained_context
 
     limit = trained_context(Path(artifact))
     if ctx is None:
@@ -58,7 +58,7 @@ def resolve_context(artifact: Path, ctx: int | None, default: int = DEFAULT_CTX)
 
 def memory_guard(artifact: Path, ctx: int, force: bool = False) -> None:
     """InsufficientMemoryError when the estimate at ``ctx`` exceeds the memory available now (skipped if forced)."""
-    from .estimate import check_memory
+    from .format_rows import check_memory
 
     if not force:
         check_memory(Path(artifact), ctx)

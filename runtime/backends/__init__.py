@@ -12,8 +12,7 @@ __all__ = ["Backend", "GenerationParams", "GenerationResult", "LoadOptions", "ar
 
 
 def open_backend(path: Path, options: LoadOptions | None = None) -> Backend:
-    """Load the artifact with the backend for its format (registry lookup, no branching on callers' side)."""
-    from . import registry
+    """Load the artifact with the backend of its format's row (runtime/format_rows.py)."""
+    from ..format_rows import open_artifact
 
-    fmt = artifact_format(path)
-    return registry.BACKENDS[fmt](Path(path), options or LoadOptions())
+    return open_artifact(Path(path), options or LoadOptions())

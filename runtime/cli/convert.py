@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import typer
 
-from ..errors import UsageError
+from edge_run.core.errors import UsageError
+from edge_run.core.formats import FORMATS, ConvertRequest, get_format
+
 from ._common import console, print_json, progress_bars
 
 
 def convert(
     checkpoint: Path = typer.Argument(..., help="HF checkpoint folder (config.json, *.safetensors, tokenizer)"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
-    fmt: str = typer.Option("gguf", "--format", "-f", help="gguf | onnx"),
+    fmt: str = typer.Option("gguf", "--format", "-f", help="artifact format: " + " | ".join(FORMATS)),
     quant: str = typer.Option(None, "--quant", "-q",
                               help="comma list, e.g. q4_k_m,q8_0 (default q4_k_m; onnx: int4, int8, mixed, fp32; "
                                    "default int4)"),
@@ -29,26 +32,16 @@ def convert(
     as_json: bool = typer.Option(False, "--json", help="print the artifacts as JSON"),
 ) -> None:
     """Convert a checkpoint into one or more quantized artifacts, each with a manifest."""
+    row = get_format(fmt)  # UsageError naming the known formats
+    if not row.converter:
+        raise UsageError(f"edge-run has no converter to {fmt} artifacts", "convert to another --format")
+    module, _, function = row.converter.partition(":")
+    entry = getattr(importlib.import_module(module), function)
+    request = ConvertRequest(quant=quant, name=name, force=force, threads=threads, options={
+        "intermediate": intermediate, "imatrix_text": imatrix_text, "block_size": block_size, "symmetric": symmetric,
+        "accuracy_level": accuracy_level})
     with progress_bars(enabled=not as_json) as progress:
-        if fmt == "gguf":
-            from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
-
-            imatrix = None
-            if imatrix_text is not None:
-                from edge_run.converters.gguf.imatrix import imatrix_for_checkpoint
-
-                imatrix = imatrix_for_checkpoint(checkpoint, imatrix_text, out, progress=progress, name=name)
-            paths = convert_to_gguf(checkpoint, out, ConvertOptions(
-                quants=quant or "q4_k_m", intermediate=intermediate, name=name, force=force, n_threads=threads,
-                imatrix=imatrix), progress=progress)
-        elif fmt == "onnx":
-            from edge_run.converters.onnx.convert import OnnxOptions, convert_to_onnx
-
-            paths = convert_to_onnx(checkpoint, out, OnnxOptions(
-                quant=quant or "int4", block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level,
-                name=name, force=force), progress=progress)
-        else:
-            raise UsageError(f"unknown format {fmt!r}", "choose --format gguf or --format onnx")
+        paths = entry(checkpoint, out, request, progress)
     if as_json:
         print_json([str(p) for p in paths])
     else:
