@@ -188,15 +188,23 @@ def test_a_third_format_is_two_rows(ggbin: None, tiny_checkpoint: Callable[[str]
     assert bad.code == 5 and "does not match its manifest" in bad.stderr
 
 
-def test_onnx_rows_estimate_and_pick(tiny_checkpoint: Callable[[str], Path], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def onnx_art(tiny_checkpoint: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edge_run.converters.onnx.convert import OnnxOptions, convert_to_onnx
+
+    (art,) = convert_to_onnx(tiny_checkpoint("qwen2"), tmp_path_factory.mktemp("onnx"),
+                             OnnxOptions(quant="int4", name="q"))
+    return Path(art)
+
+
+def test_onnx_rows_estimate_and_pick(onnx_art: Path) -> None:
     """The ONNX estimator reads its dimensions from genai_config.json and its bytes from the payload; the picker
     ranks an ONNX artifact a user passes, and the memory guard applies to it."""
-    from edge_run.converters.onnx.convert import OnnxOptions, convert_to_onnx
     from edge_run.runtime import estimate_onnx
     from edge_run.runtime.picker import candidate_for_artifact, pick
     from edge_run.runtime.profiles import get_profile
 
-    (art,) = convert_to_onnx(tiny_checkpoint("qwen2"), tmp_path, OnnxOptions(quant="int4", name="q"))
+    art = onnx_art
     m = read_manifest(art)
     assert m is not None
     assert formats.artifact_format(art) == "onnx"
@@ -220,3 +228,17 @@ def test_onnx_rows_estimate_and_pick(tiny_checkpoint: Callable[[str], Path], tmp
     assert result.pick.fits and result.pick.estimate is not None
     assert result.pick.estimate.total_mib == pytest.approx(est.total_mib)
     assert format_rows.trained_context(art) == m.context_length
+
+
+def test_bundle_copies_each_format_by_its_payload(tiny_gguf: Path, onnx_art: Path, tmp_path: Path) -> None:
+    from edge_run.runtime.bundle.build import _copy_artifact
+
+    for art in (tiny_gguf, onnx_art):
+        models = tmp_path / art.name / "models"
+        models.parent.mkdir()
+        assert _copy_artifact(art, models) == art.name
+        copied = models / art.name
+        m = read_manifest(copied)
+        assert m is not None and "path" not in m.source
+        assert formats.artifact_size(copied) == m.file_size
+        assert {p.name for p in formats.payload_files(copied)} == {p.name for p in formats.payload_files(art)}

@@ -26,6 +26,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_run.core.formats import payload_files
+
 from ..errors import OutputExistsError, ResourceError, UsageError
 from ..fsutil import atomic_path, sha256_file
 from ..manifest import manifest_path_for
@@ -80,12 +82,11 @@ def _copy_artifact(src: Path, models_dir: Path) -> str:
     """Copy the artifact and its manifest; the manifest loses source.path (a path of the machine that made it)."""
     models_dir.mkdir()
     manifest_src = manifest_path_for(src)
-    if src.is_dir():
-        shutil.copytree(src, models_dir / src.name, ignore=shutil.ignore_patterns(".edge-run-*"))
-        manifest_dst = models_dir / src.name / "manifest.json"
-    else:
-        shutil.copy2(src, models_dir / src.name)
-        manifest_dst = models_dir / manifest_src.name
+    for path in payload_files(src):  # the format row's files, in the same layout (a file, or a folder's files)
+        dst = models_dir / path.relative_to(src.parent)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dst)
+    manifest_dst = models_dir / manifest_src.relative_to(src.parent)
     if manifest_src.is_file():
         data = json.loads(manifest_src.read_text(encoding="utf-8"))
         source = data.get("source")
