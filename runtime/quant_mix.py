@@ -11,13 +11,12 @@ this prediction in tests/test_estimate.py.
 
 from __future__ import annotations
 
-from typing import Any
-
-import gguf
-
+from edge_run.core.gguf_header import GGML_TYPES
 from edge_run.core.quants import LAYER_RULES, QUANT_MIX, Mix, use_more_bits
 
-Q: Any = gguf.GGMLQuantizationType  # gguf ships no type information
+# ggml type name -> (elements per block, bytes per block): core's table (equal to gguf-py's GGML_QUANT_SIZES,
+# tests/test_gguf_header.py), so the memory guard on `edge-run run` does not import gguf-py (~0.1-0.2 s)
+BLOCKS: dict[str, tuple[int, int]] = {name: (block, size) for name, block, size in GGML_TYPES.values()}
 
 # k-quant -> the type llama.cpp uses when a row length is not a multiple of 256 (tensor_type_fallback in the
 # llama.cpp that llama-cpp-python 0.3.36 vendors: Q2_K and Q3_K fall back to Q4_0, the 256-block IQ types to
@@ -47,17 +46,17 @@ def tensor_type(ftype: str, name: str, ne0: int, n_layer: int, has_output: bool,
         t = mix.attn_output
     else:
         t = mix.base
-    block, _ = gguf.GGML_QUANT_SIZES[Q[t]]
+    block, _ = BLOCKS[t]
     if ne0 % block:
         t = (K_FALLBACK if fallback is None else fallback).get(t, t)
-        block, _ = gguf.GGML_QUANT_SIZES[Q[t]]
+        block, _ = BLOCKS[t]
         if ne0 % block:
             t = "F16"
     return t
 
 
 def tensor_bytes(type_name: str, n_elements: int) -> int:
-    block, size = gguf.GGML_QUANT_SIZES[Q[type_name]]
+    block, size = BLOCKS[type_name]
     return n_elements // block * size
 
 

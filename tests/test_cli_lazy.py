@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,27 @@ def test_single_command_app_still_needs_the_command_name() -> None:
     with pytest.raises(SystemExit) as e:  # the command's name is required, as with every command registered
         app(args=["m.gguf", "-p", "hi"], standalone_mode=True)
     assert e.value.code == 2
+
+
+HEAVY = ("gguf", "yaml", "rich", "numpy", "pydantic", "llama_cpp", "onnxruntime")
+MODULES = f"""
+print(" ".join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)
+"""
+
+
+def test_building_the_run_command_imports_no_heavy_library() -> None:
+    """`edge-run run` parses its options before anything heavy is imported (rich only for tables and bars,
+    gguf-py only for conversion and inspection, numpy/llama_cpp when a model is opened)."""
+    probe = "import sys\nfrom edge_run.runtime.cli.main import build_app\nbuild_app('run')\n" + MODULES
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stderr.split() == []
+
+
+def test_a_whole_run_never_imports_gguf_py_or_rich(tiny_gguf: Path) -> None:
+    """The memory guard and context check read the header with core's reader; errors and text need no rich."""
+    probe = ("import sys\nfrom edge_run.runtime.cli.main import main\n"
+             f"assert main(['run', {str(tiny_gguf)!r}, '-p', 'hi', '-n', '2', '-t', '1']) == 0\n" + MODULES)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = set(out.stderr.split())
+    assert "llama_cpp" in loaded  # it did run the model
+    assert not loaded & {"gguf", "yaml", "rich"}, loaded

@@ -27,12 +27,13 @@ import psutil
 
 EDGE_RUN = [sys.executable, "-m", "edge_run.runtime.cli.main"]
 RUN_PROMPT = "The capital of France is"
-# the plain llama-cpp-python script `edge-run run` is compared with (6 lines, as a user would write it), with flash
-# attention on as edge-run (and llama.cpp's own tools) load models by default
+# the plain llama-cpp-python script `edge-run run` is compared with (7 lines, as a user would write it), with the same
+# threads for prompt and generation and flash attention on, as edge-run (and llama.cpp's own tools) load models
 PLAIN_SCRIPT = """\
 import sys
 from llama_cpp import Llama
-llm = Llama(model_path=sys.argv[1], n_ctx=int(sys.argv[3]), n_threads=int(sys.argv[2]), flash_attn=True, verbose=False)
+path, t, n_ctx = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=t, n_threads_batch=t, flash_attn=True, verbose=False)
 out = llm(sys.argv[4], max_tokens=int(sys.argv[5]), temperature=0.0)
 sys.stdout.write(out["choices"][0]["text"] + "\\n")
 """

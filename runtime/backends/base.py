@@ -7,15 +7,17 @@ import codecs
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
-import psutil
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 
+if TYPE_CHECKING:  # numpy and psutil are imported where used: `edge-run run` starts before either is needed
+    import numpy as np
+
 
 def physical_cores() -> int:
+    import psutil
+
     return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
 
 

@@ -1,4 +1,7 @@
-"""Small helpers shared by the command modules (console, progress bars, JSON output)."""
+"""Small helpers shared by the command modules (console, progress bars, JSON output).
+
+``console`` and ``err_console`` are made on first use (PEP 562 module ``__getattr__``): rich costs ~50 ms to import,
+which `edge-run run` (plain text or JSON on stdout) never needs."""
 
 from __future__ import annotations
 
@@ -6,15 +9,34 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+if TYPE_CHECKING:
+    from rich.console import Console
 
-console = Console(highlight=False)
-if not console.is_terminal:  # piped output: don't squeeze tables into 80 columns
-    console.width = 160
-err_console = Console(stderr=True, highlight=False)
+    console: Console
+    err_console: Console
+
+_consoles: dict[str, Any] = {}
+
+
+def _make_console(name: str) -> Any:
+    from rich.console import Console
+
+    if name == "console":
+        out = Console(highlight=False)
+        if not out.is_terminal:  # piped output: don't squeeze tables into 80 columns
+            out.width = 160
+        return out
+    return Console(stderr=True, highlight=False)
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("console", "err_console"):
+        if name not in _consoles:
+            _consoles[name] = _make_console(name)
+        return _consoles[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def print_json(data: Any) -> None:
@@ -28,8 +50,10 @@ def progress_bars(enabled: bool = True) -> Iterator[Callable[[str, int, int], No
     if not enabled:
         yield lambda stage, done, total: None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     bars = Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console, transient=False)
+                    console=__getattr__("err_console"), transient=False)
     tasks: dict[str, Any] = {}
 
     def update(stage: str, done: int, total: int) -> None:

@@ -12,7 +12,6 @@ import os
 import sys
 
 import typer
-from rich.console import Console
 
 from ..errors import EdgeRunError
 from ..fsutil import install_signal_handlers
@@ -31,7 +30,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "chat",
 )
 
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _say(line: str) -> None:
+    """One line on stderr (errors): plain text, so nothing heavier than the standard library is imported."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def invoked_command(argv: list[str] | None) -> str | None:
@@ -115,14 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeRunError as e:
         if debug_enabled():
             raise
-        err_console.print(f"error: {e.one_line()}", markup=False)
+        _say(f"error: {e.one_line()}")
         return e.exit_code
     except MemoryError:  # written without rich: formatting needs memory too
         os.write(2, b"error: out of memory. free memory, raise the memory limit (ulimit -v, the container's "
                     b"memory.max) or pick a smaller artifact\n")
         return 4
     except KeyboardInterrupt:
-        err_console.print("error: interrupted", markup=False)
+        _say("error: interrupted")
         return 130
     except Exception as e:  # click usage errors and genuine bugs
         import click
@@ -136,18 +140,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             message = " ".join(e.format_message().split())
             if message:  # empty after no_args_is_help has printed the help
-                err_console.print(f"error: {message.rstrip('.')}. See `edge-run --help`", markup=False)
+                _say(f"error: {message.rstrip('.')}. See `edge-run --help`")
             return 2
         if isinstance(e, (click.exceptions.Abort, typer.Abort)):
-            err_console.print("error: aborted", markup=False)
+            _say("error: aborted")
             return 130
         if debug_enabled():
             raise
-        err_console.print(
-            f"error: internal error ({type(e).__name__}: {' '.join(str(e).split())}); "
-            "rerun with EDGE_RUN_DEBUG=1 for a traceback and report it",
-            markup=False,
-        )
+        _say(f"error: internal error ({type(e).__name__}: {' '.join(str(e).split())}); "
+             "rerun with EDGE_RUN_DEBUG=1 for a traceback and report it")
         return 1
     return 0
 
