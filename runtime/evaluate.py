@@ -176,6 +176,8 @@ class EvalResult:
     acc: Accumulator
     parent: str | None = None
     seconds: float = 0.0
+    cache_type: str = "f16"  # KV cache element type the run used
+    flash_attn: bool | None = None  # whether llama.cpp ran flash attention (None: not a llama.cpp backend)
 
     @property
     def ppl(self) -> float:
@@ -192,6 +194,10 @@ class EvalResult:
             "ctx": self.ctx, "chunks": self.chunks, "corpus": self.corpus.name,
             "corpus_sha256": self.corpus.sha256, "tokens_scored": self.acc.count, "bytes_scored": self.acc.bytes,
         }
+        if self.cache_type != "f16":
+            entry["cache_type"] = self.cache_type
+        if self.flash_attn is not None:
+            entry["flash_attn"] = self.flash_attn
         if self.parent is not None:
             entry.update(kld_vs_parent=round(self.acc.mean_kld, 6), top1_agreement=round(self.acc.top1_agreement, 6),
                          parent=self.parent)
@@ -259,10 +265,11 @@ class _Loaded:
     """A backend and where its chunks' scored logits come from: llama.cpp's output rows for a GGUF (only the
     scored positions are computed, runtime/eval_llama.py), every position's logits otherwise."""
 
-    def __init__(self, path: Path, ctx: int, threads: int | None, batch: int) -> None:
+    def __init__(self, path: Path, ctx: int, threads: int | None, batch: int, cache_type: str = "f16") -> None:
         from .format_rows import row_for
 
         self.scorer: Any = None
+        self.cache_type = cache_type
         chunk_scorer = row_for(path).chunk_scorer  # the format's own scorer of a chunk's scored rows, if any
         if chunk_scorer is not None:
             self.backend = open_backend(path, self._options(ctx, threads, batch, logits_all=False))
@@ -272,10 +279,22 @@ class _Loaded:
             self.backend.close()
         self.backend = open_backend(path, self._options(ctx, threads, batch, logits_all=True))
 
-    @staticmethod
-    def _options(ctx: int, threads: int | None, batch: int, logits_all: bool) -> LoadOptions:
+    def _options(self, ctx: int, threads: int | None, batch: int, logits_all: bool) -> LoadOptions:
         extra: dict[str, Any] = {"n_threads": threads} if threads else {}
-        return LoadOptions(n_ctx=ctx, n_batch=min(batch, ctx), logits_all=logits_all, **extra)
+        return LoadOptions(n_ctx=ctx, n_batch=min(batch, ctx), logits_all=logits_all, cache_type=self.cache_type,
+                           **extra)
+
+    @property
+    def flash_attn(self) -> bool | None:
+        """Whether llama.cpp runs flash attention for this context (None: not llama.cpp)."""
+        llm = getattr(self.backend, "llm", None)
+        params = getattr(llm, "context_params", None)
+        if params is None:
+            return None
+        fa = getattr(params, "flash_attn_type", None)
+        if fa is None:
+            return bool(params.flash_attn)
+        return None if int(fa) < 0 else int(fa) > 0  # llama_flash_attn_type: -1 auto (llama.cpp decides), 0 off, 1 on
 
     def rows(self, plan: ChunkPlan) -> ScoredLogits:
         if self.scorer is None:
@@ -308,8 +327,9 @@ def _check_trained_context(artifact: Path, ctx: int) -> None:
 
 def evaluate(artifact: Path, corpus: Corpus, *, ctx: int = 512, chunks: int | None = None,
              parent: Path | None = None, parent_store: Path | None = None, record_to: Path | None = None,
-             threads: int | None = None, batch: int = 512, progress: Progress | None = None) -> EvalResult:
-    """Evaluate ``artifact`` on ``corpus``.
+             threads: int | None = None, batch: int = 512, progress: Progress | None = None,
+             cache_type: str = "f16") -> EvalResult:
+    """Evaluate ``artifact`` on ``corpus`` (``cache_type``: the KV cache element type, as `run --cache-type`).
 
     ``parent``: another artifact (e.g. the F16) to measure KL divergence against, loaded beside this one.
     ``parent_store``: instead, a parent run recorded earlier with ``record_to``.
@@ -321,7 +341,8 @@ def evaluate(artifact: Path, corpus: Corpus, *, ctx: int = 512, chunks: int | No
         raise UsageError("give either a parent artifact or a stored parent run, not both")
     _check_trained_context(Path(artifact), ctx)
     t0 = time.perf_counter()
-    with _Loaded(artifact, ctx, threads, batch) as loaded:
+    with _Loaded(artifact, ctx, threads, batch, cache_type) as loaded:
+        flash_attn = loaded.flash_attn
         backend = loaded.backend
         tokens = backend.tokenize(corpus.text, add_special=True)
         plan = plan_chunks(tokens, ctx, chunks, backend.bos_token_id(), corpus.name)
@@ -352,15 +373,20 @@ def evaluate(artifact: Path, corpus: Corpus, *, ctx: int = 512, chunks: int | No
             if parent_loaded is not None:
                 parent_loaded.close()
     return EvalResult(artifact=str(artifact), corpus=corpus, ctx=ctx, chunks=plan.chunks, acc=acc,
-                      parent=parent_name, seconds=time.perf_counter() - t0)
+                      parent=parent_name, seconds=time.perf_counter() - t0, cache_type=cache_type,
+                      flash_attn=flash_attn)
 
 
 def save_quality(artifact: Path, result: EvalResult) -> bool:
-    """Store the result in the artifact's manifest under ``quality[<corpus key>]``; False if it has none."""
+    """Store the result in the artifact's manifest under ``quality[<corpus key>]``; False if it has none.
+    A run with a quantized KV cache goes into the quality store only (the manifest's entry is the f16 cache's)."""
     from .manifest import read_manifest, update_manifest
+    from .quality_store import record_eval
 
     if read_manifest(artifact) is None:
         return False
+    if result.cache_type != "f16":
+        return record_eval(artifact, result)
     entry = result.quality_entry()
     bad = sorted(k for k, v in entry.items() if isinstance(v, float) and not math.isfinite(v))
     if bad:  # never stored: a NaN would sort anywhere in the picker

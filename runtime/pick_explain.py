@@ -62,7 +62,7 @@ def explain(profile: DeviceProfile, rows: list[Row], choice: Row, budget: float,
     counter: list[str] = []
     est = choice.estimate
     assert est is not None
-    if cache_type == "f16":
+    if cache_type == "f16" and not choice.candidate.cache_type:
         q8 = estimate(choice.candidate, ctx, profile, "q8_0")
         if q8 is not None:
             line = f"a q8_0 KV cache would free {est.total_mib - q8.total_mib:.0f} MiB"
@@ -70,7 +70,7 @@ def explain(profile: DeviceProfile, rows: list[Row], choice: Row, budget: float,
                              and fits(r.candidate, ctx, profile, "q8_0", budget)), None)
             if unlocked is not None:
                 line += f" and let {unlocked.candidate.label} fit"
-            counter.append(line + " (llama.cpp needs flash attention for a quantized V cache)")
+            counter.append(line + " (--cache-type auto; llama.cpp needs flash attention for a quantized V cache)")
     mem_up = [r for r in better if set(r.constraints) <= _MEMORY and r.estimate is not None]
     if mem_up:
         nxt = min(mem_up, key=lambda r: r.estimate.total_mib if r.estimate else 0.0)
@@ -81,6 +81,12 @@ def explain(profile: DeviceProfile, rows: list[Row], choice: Row, budget: float,
         if nxt.max_ctx:
             counter.append(f"{nxt.candidate.label} would fit at ctx {nxt.max_ctx}")
     slow = [r for r in better if r.constraints == ("speed",)]
+    lower = max(16, ctx // 2)
+    at_lower = next((r for r in mem_up if r.max_ctx >= lower and fits(r.candidate, lower, profile, cache_type, budget)
+                     and not choice.ctx), None)
+    if at_lower is not None:  # the next context step down (what `--ctx` halved, or `--min-ctx`, would allow)
+        counter.append(f"at ctx {lower}, {at_lower.candidate.label} (BPB {at_lower.quality.label}) would fit: "
+                       f"--ctx {lower}, or --min-ctx {lower} to let the picker trade context for quality")
     if slow:
         counter.append(f"without --min-tps, {slow[0].candidate.label} would be picked (~{slow[0].tps:.1f} tok/s)")
     if choice.max_ctx > ctx:

@@ -8,6 +8,10 @@
     2. pairings  each GGUF pairing that fits the profile, on the first k chunks (default 4), plus the
                  anchor's type on the same k chunks: the pairing's BPB is the anchor's plus the paired
                  difference (runtime/pick_quality.py). Pairings run cheapest first (size x chunks).
+                 An imatrix pairing is converted with an importance matrix measured on the calibration text
+                 (picker.IMATRIX_TEXT; the F16 over its chunks is in the estimate); a pairing with a quantized
+                 KV cache (--cache-type auto) is measured as the anchor's type with that cache on the same k
+                 chunks (its difference to the f16 cache is the model's KV cache effect).
 
 Every measurement goes into the quality store under (digest, quant, imatrix, corpus, ctx, chunks); a step
 whose key is already there is not planned, so nothing is measured twice. With a budget, steps are
@@ -46,14 +50,17 @@ class Step:
     candidate: Candidate  # an artifact to evaluate, or a planned pairing to convert first
     anchor: bool
     est_seconds: float
+    imatrix: bool = False
+    cache_type: str = "f16"
 
     @property
     def label(self) -> str:
-        return f"{self.model} {self.quant} x{self.chunks}"
+        return (f"{self.model} {self.quant}{'+imat' if self.imatrix else ''}"
+                + ("" if self.cache_type == "f16" else f" KV {self.cache_type}") + f" x{self.chunks}")
 
     def key(self, chunks: int | None = None) -> StoreKey:
-        return StoreKey(self.digest, self.quant, "", reference_corpus_sha256(), REFERENCE_CTX,
-                        self.chunks if chunks is None else chunks)
+        return StoreKey(self.digest, self.quant, "imatrix" if self.imatrix else "", reference_corpus_sha256(),
+                        REFERENCE_CTX, self.chunks if chunks is None else chunks, self.cache_type)
 
 
 @dataclass
@@ -73,13 +80,17 @@ def eval_seconds(n_params: int, quant: str, chunks: int) -> float:
 
 def _cost(c: Candidate, quant: str, chunks: int) -> float:
     convert = c.n_params / CONVERT_PARAMS_PER_S if c.planned else 0.0
+    if c.planned and c.imatrix:  # the F16 run over the calibration text (shared by the model's imatrix pairings)
+        from edge_run.converters.gguf.imatrix import DEFAULT_MAX_CHUNKS
+
+        convert += c.n_params / CONVERT_PARAMS_PER_S + eval_seconds(c.n_params, "F16", DEFAULT_MAX_CHUNKS)
     return eval_seconds(c.n_params, quant, chunks) + convert
 
 
 def _has(store: QualityStore, digest: str, chunks: int) -> bool:
     sha = reference_corpus_sha256()
     return any(s.key.chunks == chunks and s.key.ctx == REFERENCE_CTX and s.key.corpus_sha256 == sha
-               for s in store.entries(digest))
+               and s.key.cache_type == "f16" and not s.key.imatrix for s in store.entries(digest))
 
 
 def plan(result: PickResult, store: QualityStore, chunks: int = 20, slice_chunks: int = 4,
@@ -95,20 +106,24 @@ def plan(result: PickResult, store: QualityStore, chunks: int = 20, slice_chunks
     fitting = {id(r.candidate) for r in result.rows if r.fits}
     for digest, cands in by_model.items():
         order = {q: i for i, q in enumerate(ANCHOR_QUANTS)}
-        ranked = sorted(cands, key=lambda c: (order.get(c.quant.upper(), len(order)), c.planned))
+        plain = [c for c in cands if not c.imatrix and not c.cache_type] or cands
+        ranked = sorted(plain, key=lambda c: (order.get(c.quant.upper(), len(order)), c.planned))
         base = ranked[0]
         if base.quant.upper() not in order:  # no F16/Q8_0 to anchor on: the most precise artifact there is
-            base = min(cands, key=lambda c: -(c.shape.weight_bytes if c.shape else 0))
+            base = min(plain, key=lambda c: -(c.shape.weight_bytes if c.shape else 0))
         if not _has(store, digest, chunks):
             anchors.append(Step(base.model, digest, base.quant.upper(), chunks, base, True,
                                 _cost(base, base.quant, chunks)))
-        todo = [c for c in cands if id(c) in fitting and not c.imatrix and c.quant.upper() != base.quant.upper()]
-        if todo:
+        todo = [c for c in cands if id(c) in fitting and not c.cache_type
+                and (c.imatrix or c.quant.upper() != base.quant.upper())]
+        kv = sorted({c.cache_type for c in cands if id(c) in fitting and c.cache_type not in ("", "f16")})
+        if todo or kv:
             todo.append(base)
-        for c in todo:
-            step = Step(c.model, digest, c.quant.upper(), slice_chunks, c, False, _cost(c, c.quant, slice_chunks))
-            if store.get(step.key()) is None:
-                pairings.append(step)
+        steps = [Step(c.model, digest, c.quant.upper(), slice_chunks, c, False, _cost(c, c.quant, slice_chunks),
+                      c.imatrix) for c in todo]
+        steps += [Step(base.model, digest, base.quant.upper(), slice_chunks, base, False,
+                       _cost(base, base.quant, slice_chunks), cache_type=t) for t in kv]
+        pairings += [s for s in steps if store.get(s.key()) is None]
     # models with a pairing that fits decide the pick; the others only explain it (the "next model up" line)
     deciding = {d for d, cands in by_model.items() if any(id(c) in fitting for c in cands)}
     ordered = (sorted((a for a in anchors if a.digest in deciding), key=lambda s: s.est_seconds)
@@ -135,7 +150,7 @@ def run(report: MeasureReport, store: QualityStore, work_dir: Path | None = None
 
     corpus = load_corpus(REFERENCE_CORPUS)
     work = Path(work_dir) if work_dir is not None else cache_dir() / "measure"
-    converted: dict[tuple[str, str], Path] = {}
+    converted: dict[tuple[str, str, bool], Path] = {}
     steps = report.planned
     for i, step in enumerate(steps):
         if progress:
@@ -143,11 +158,11 @@ def run(report: MeasureReport, store: QualityStore, work_dir: Path | None = None
         t0 = time.perf_counter()
         path = step.candidate.path
         if path is None:
-            path = converted.get((step.digest, step.quant))
+            path = converted.get((step.digest, step.quant, step.imatrix))
             if path is None:
                 path = _convert(step, steps[i:], work / step.digest[:16], converted)
         res = evaluate(path, corpus, ctx=REFERENCE_CTX, chunks=step.chunks, threads=threads,
-                       progress=_relabel(progress, step.label))
+                       progress=_relabel(progress, step.label), cache_type=step.cache_type)
         store.put(step.key(res.chunks), {**res.quality_entry(), "artifact": path.name})
         seconds = time.perf_counter() - t0
         report.done.append((step, seconds, res.bpb))
@@ -162,26 +177,38 @@ def _relabel(progress: Progress | None, label: str) -> Progress | None:
     return lambda _stage, done, total: progress(label, done, total)
 
 
-def _convert(step: Step, rest: list[Step], folder: Path, converted: dict[tuple[str, str], Path]) -> Path:
-    """Convert every planned quant type of this model still to come in one go (one F16 intermediate);
-    types already converted in ``folder`` by an earlier run are reused."""
+def _convert(step: Step, rest: list[Step], folder: Path, converted: dict[tuple[str, str, bool], Path]) -> Path:
+    """Convert every planned quant type of this model (plain, or with the importance matrix) still to come in
+    one go (one F16 intermediate, one importance matrix); types already converted in ``folder`` are reused."""
     from edge_run.converters.gguf.convert import ConvertOptions, artifact_path, convert_to_gguf
     from edge_run.converters.gguf.quant_types import QUANT_TYPES
 
     from .manifest import read_manifest
+    from .picker import IMATRIX_SUFFIX
 
-    want = sorted({s.quant for s in rest if s.digest == step.digest and s.candidate.path is None})
+    name = step.model + (IMATRIX_SUFFIX if step.imatrix else "")
+    want = sorted({s.quant for s in rest if s.digest == step.digest and s.candidate.path is None
+                   and s.imatrix == step.imatrix})
     missing = []
     for q in want:
-        p = artifact_path(folder, step.model, QUANT_TYPES[q])
+        p = artifact_path(folder, name, QUANT_TYPES[q])
         if p.exists() and read_manifest(p) is not None:
-            converted[(step.digest, q)] = p
+            converted[(step.digest, q, step.imatrix)] = p
         else:
             missing.append(q)
     if missing:
         assert step.candidate.checkpoint is not None
+        imatrix = None
+        if step.imatrix:
+            from edge_run.converters.gguf.imatrix import imatrix_for_checkpoint
+
+            from .datasets import builtin_corpus_path
+            from .picker import IMATRIX_TEXT
+
+            imatrix = imatrix_for_checkpoint(step.candidate.checkpoint, builtin_corpus_path(IMATRIX_TEXT), folder,
+                                             name=name)
         paths = convert_to_gguf(step.candidate.checkpoint, folder,
-                                ConvertOptions(quants=",".join(q.lower() for q in missing), name=step.model,
-                                               force=True))
-        converted.update({(step.digest, q): p for q, p in zip(missing, paths, strict=True)})
-    return converted[(step.digest, step.quant)]
+                                ConvertOptions(quants=",".join(q.lower() for q in missing), name=name, force=True,
+                                               imatrix=imatrix))
+        converted.update({(step.digest, q, step.imatrix): p for q, p in zip(missing, paths, strict=True)})
+    return converted[(step.digest, step.quant, step.imatrix)]

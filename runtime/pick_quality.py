@@ -14,7 +14,7 @@ import functools
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-from .quality import Quality, predict, usable
+from .quality import KV_DELTA_BPB, Quality, predict, usable
 from .quality_store import QualityStore, Stored
 
 if TYPE_CHECKING:
@@ -34,7 +34,8 @@ def reference_corpus_sha256() -> str:
 def store_references(store: QualityStore, digest: str) -> tuple[tuple[str, dict[str, Any]], ...]:
     """(quant, entry) for each (quant type, imatrix) of one checkpoint measured on the reference corpus."""
     sha = reference_corpus_sha256()
-    found = [s for s in store.entries(digest) if s.key.corpus_sha256 == sha and s.key.ctx == REFERENCE_CTX]
+    found = [s for s in store.entries(digest) if s.key.corpus_sha256 == sha and s.key.ctx == REFERENCE_CTX
+             and s.key.cache_type == "f16"]
     if not found:
         return ()
     by_variant: dict[tuple[str, str], dict[int, Stored]] = {}
@@ -57,7 +58,24 @@ def store_references(store: QualityStore, digest: str) -> tuple[tuple[str, dict[
     return tuple(out)
 
 
+def store_kv_deltas(store: QualityStore, digest: str) -> tuple[tuple[str, float], ...]:
+    """(KV cache type, BPB with it minus BPB with f16) of one checkpoint: the paired difference of runs on the
+    same weights, text and chunks (the largest such pair per cache type)."""
+    sha = reference_corpus_sha256()
+    runs = {(s.key.quant, s.key.imatrix, s.key.chunks, s.key.cache_type): s.entry["bpb"] for s in store.entries(digest)
+            if s.key.corpus_sha256 == sha and s.key.ctx == REFERENCE_CTX}
+    best: dict[str, tuple[int, float]] = {}
+    for (quant, imatrix, chunks, cache), bpb in runs.items():
+        f16 = runs.get((quant, imatrix, chunks, "f16"))
+        if cache != "f16" and f16 is not None and chunks >= best.get(cache, (0, 0.0))[0]:
+            best[cache] = (chunks, bpb - f16)
+    return tuple(sorted((cache, delta) for cache, (_, delta) in best.items()))
+
+
 def candidate_quality(c: Candidate) -> Quality:
+    """The pairing's BPB with its weights (runtime/quality.py predict) plus, for a quantized KV cache, the
+    model's measured change with that cache (else the zoo's, predicted); never below the f16 cache's value:
+    the measured changes are within noise, and a cache that loses nothing cannot gain."""
     from .quant_loss import predicted_loss
 
     loss = None
@@ -66,7 +84,14 @@ def candidate_quality(c: Candidate) -> Quality:
 
         def loss(q: str) -> float:
             return predicted_loss(shape, None if q.upper() == c.quant.upper() else q)
-    return predict(c.quant, c.n_params, list(c.references), loss=loss, imatrix=c.imatrix)
+    q = predict(c.quant, c.n_params, list(c.references), loss=loss, imatrix=c.imatrix)
+    if not c.cache_type or c.cache_type == "f16":
+        return q
+    measured = dict(c.kv_deltas).get(c.cache_type)
+    delta = max(0.0, measured if measured is not None else KV_DELTA_BPB.get(c.cache_type, 0.0))
+    how = "measured" if measured is not None else "predicted"
+    return Quality(q.bpb + delta, q.measured and measured is not None,
+                   f"{q.basis}; KV {c.cache_type}: {how} {delta:+.4f}")
 
 
 def measure_command(c: Candidate, profile: str, models: str = "models") -> str:

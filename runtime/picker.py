@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from .errors import ArtifactError, CheckpointError, InputError, NothingFitsError
 from .estimate import CACHE_BYTES, MemoryEstimate, shape_from_checkpoint, shape_from_gguf
 from .manifest import Manifest, read_manifest
 from .pick_explain import explain, nothing_fits
-from .pick_quality import candidate_quality, store_references
+from .pick_quality import candidate_quality, store_kv_deltas, store_references
 from .pick_types import Candidate, Row
 from .profiles import DeviceProfile
 from .quality import CORPUS_KEY, usable
@@ -40,7 +40,13 @@ from .quality_store import QualityStore
 from .speed import decode_speed
 
 # Quant types a local checkpoint is offered at (planned pairings), most to least precise: PLANNED_QUANTS,
-# the `planned` column of edge_run/core/quants.py.
+# the `planned` column of edge_run/core/quants.py; and with an importance matrix (measured to help these most:
+# results/tradeoff.json, SmolLM2 Q2_K PPL 33.5 -> 28.9), computed on IMATRIX_TEXT when the pairing is converted.
+IMATRIX_QUANTS = ("Q4_K_M", "Q3_K_M", "Q2_K")
+IMATRIX_TEXT = "tinyshakespeare"  # a built-in calibration text that is not the evaluation text (WikiText-2)
+IMATRIX_SUFFIX = "-imat"  # <model>-imat.<QUANT>.gguf: beside the plain artifact of the same type
+# --cache-type auto: each pairing also with these KV cache types (a quantized V cache runs with flash attention)
+KV_DIMENSION = ("q8_0",)
 HEADROOM_FRACTION = 0.05
 HEADROOM_MIN_MIB = 64.0
 CTX_STEP = 256  # llama.cpp pads the KV cache to 256 cells: fitted contexts are multiples of it
@@ -135,7 +141,8 @@ def _orphan_candidate(path: Path) -> Candidate | None:
 
 
 def gather_candidates(models_dir: Path, quants: Iterable[str] = PLANNED_QUANTS,
-                      store: QualityStore | None = None) -> list[Candidate]:
+                      store: QualityStore | None = None,
+                      imatrix_quants: Iterable[str] = IMATRIX_QUANTS) -> list[Candidate]:
     """Every local artifact with a manifest under ``models_dir``, plus each local checkpoint at each of
     ``quants`` not converted yet. Measured qualities of one source checkpoint (manifests and the quality
     store) travel with all its pairings so unmeasured ones are predicted from them."""
@@ -159,24 +166,28 @@ def gather_candidates(models_dir: Path, quants: Iterable[str] = PLANNED_QUANTS,
         return merged[digest]
 
     out: list[Candidate] = []
-    have: set[tuple[str, str]] = set()
+    have: set[tuple[str, str, bool]] = set()
     for path, m in artifacts:
         digest = m.source.get("digest", str(path))
-        have.add((digest, m.quant.upper()))
+        imatrix = bool(m.extra.get("imatrix")) if isinstance(m.extra, dict) else False
+        have.add((digest, m.quant.upper(), imatrix))
+        name = _model_name(path, m)
         out.append(Candidate(
-            model=_model_name(path, m), quant=m.quant, shape=shape_from_gguf(path) if m.format == "gguf" else None,
+            model=name.removesuffix(IMATRIX_SUFFIX) if imatrix else name, quant=m.quant,
+            shape=shape_from_gguf(path) if m.format == "gguf" else None,
             n_params=m.parameter_count, format=m.format, path=path,
             checkpoint=Path(m.source["path"]) if m.source.get("path") else None,
-            context_length=m.context_length, references=refs_for(digest), digest=digest,
-            imatrix=bool(m.extra.get("imatrix")) if isinstance(m.extra, dict) else False))
+            context_length=m.context_length, references=refs_for(digest), digest=digest, imatrix=imatrix,
+            kv_deltas=store_kv_deltas(store, digest)))
+    plans = [(q.upper(), False) for q in quants] + [(q.upper(), True) for q in imatrix_quants]
     for ckpt_dir in checkpoints:
-        out.extend(_planned(ckpt_dir, quants, have, refs_for))
+        out.extend(_planned(ckpt_dir, plans, have, refs_for, store))
     out.extend(c for c in map(_orphan_candidate, orphans) if c is not None)
     return out
 
 
-def _planned(ckpt_dir: Path, quants: Iterable[str], have: set[tuple[str, str]],
-             refs_for: Callable[[str], tuple[tuple[str, dict[str, Any]], ...]]) -> list[Candidate]:
+def _planned(ckpt_dir: Path, plans: list[tuple[str, bool]], have: set[tuple[str, str, bool]],
+             refs_for: Callable[[str], tuple[tuple[str, dict[str, Any]], ...]], store: QualityStore) -> list[Candidate]:
     from edge_run.converters.checkpoint import open_checkpoint
 
     try:
@@ -187,10 +198,11 @@ def _planned(ckpt_dir: Path, quants: Iterable[str], have: set[tuple[str, str]],
     ctx = int(ckpt.text_config().get("max_position_embeddings") or 0)
     n_params = ckpt.parameter_count()
     references = refs_for(digest)
-    return [Candidate(model=ckpt.name, quant=q.upper(), shape=shape_from_checkpoint(ckpt_dir, q.upper()),
-                      n_params=n_params, checkpoint=ckpt_dir, context_length=ctx,
-                      references=references, digest=digest)
-            for q in quants if (digest, q.upper()) not in have]
+    kv_deltas = store_kv_deltas(store, digest)
+    shapes = {q: shape_from_checkpoint(ckpt_dir, q) for q in dict.fromkeys(q for q, _ in plans)}
+    return [Candidate(model=ckpt.name, quant=q, shape=shapes[q], n_params=n_params, checkpoint=ckpt_dir,
+                      context_length=ctx, references=references, digest=digest, imatrix=imatrix, kv_deltas=kv_deltas)
+            for q, imatrix in plans if (digest, q, imatrix) not in have]
 
 
 def candidate_for_artifact(path: Path) -> Candidate:
@@ -242,7 +254,7 @@ def budget_mib(profile: DeviceProfile, headroom_mib: float | None = None) -> flo
 
 def _estimate(c: Candidate, n_ctx: int, profile: DeviceProfile, cache_type: str) -> MemoryEstimate | None:
     fn = ESTIMATORS.get(c.format)
-    return fn(c, n_ctx, profile, cache_type) if fn is not None else None
+    return fn(c, n_ctx, profile, c.cache_type or cache_type) if fn is not None else None
 
 
 def _memory_reason(est: MemoryEstimate, budget: float) -> tuple[str, str] | None:
@@ -283,7 +295,7 @@ def evaluate(c: Candidate, profile: DeviceProfile, ctx: int, min_tps: float = 0.
         return Row(c, None, quality, 0.0, 0, f"no memory estimator for {c.format} artifacts yet", ("format",))
     est = _estimate(c, ctx, profile, cache_type)
     assert est is not None
-    tps = decode_speed(c.shape, profile, position=min(ctx, 512), cache_type=cache_type).tokens_per_s \
+    tps = decode_speed(c.shape, profile, position=min(ctx, 512), cache_type=c.cache_type or cache_type).tokens_per_s \
         if c.shape is not None else 0.0
     max_ctx = largest_ctx(c, profile, cache_type, budget, floor=min(ctx, CTX_STEP))
     reasons: list[tuple[str, str]] = []
@@ -298,12 +310,23 @@ def evaluate(c: Candidate, profile: DeviceProfile, ctx: int, min_tps: float = 0.
 
 
 def pick(profile: DeviceProfile, candidates: list[Candidate], ctx: int = 2048, min_tps: float = 0.0,
-         cache_type: str = "f16", headroom_mib: float | None = None) -> PickResult:
-    """The best-quality candidate that fits; NothingFitsError names the smallest pairing and its need."""
+         cache_type: str = "f16", headroom_mib: float | None = None, min_ctx: int | None = None) -> PickResult:
+    """The best-quality candidate that fits; NothingFitsError names the smallest pairing and its need.
+
+    ``cache_type`` "auto": every pairing with an f16 KV cache and with each of KV_DIMENSION (ranked below its
+    f16 twin at equal quality, so a quantized cache is only picked where it makes a better pairing fit).
+    ``min_ctx`` < ``ctx``: a pairing that fits only at a shorter context is ranked at the longest one that fits
+    down to ``min_ctx`` (the user allows trading context for quality; by default the context is a requirement)."""
     if ctx < 16:
         raise UsageError(f"--ctx {ctx} is too small", "pass a context of at least 16 tokens")
-    if cache_type not in CACHE_BYTES:
-        raise UsageError(f"unknown KV cache type {cache_type!r}", f"choose from: {', '.join(CACHE_BYTES)}")
+    if cache_type != "auto" and cache_type not in CACHE_BYTES:
+        raise UsageError(f"unknown KV cache type {cache_type!r}", f"choose from: auto, {', '.join(CACHE_BYTES)}")
+    if min_ctx is not None and not 16 <= min_ctx <= ctx:
+        raise UsageError(f"--min-ctx {min_ctx} is not between 16 and --ctx {ctx}", "pass a smaller --min-ctx")
+    if cache_type == "auto":
+        cache_type = "f16"
+        candidates = [*candidates, *(replace(c, cache_type=t) for c in candidates if c.format in ESTIMATORS
+                                     and not c.cache_type for t in KV_DIMENSION)]
     if not candidates:
         raise InputError("no candidates to pick from", "pass --models DIR holding converted artifacts (with "
                          "manifests) or Hugging Face checkpoints")
@@ -312,13 +335,23 @@ def pick(profile: DeviceProfile, candidates: list[Candidate], ctx: int = 2048, m
         raise NothingFitsError(f"profile {profile.name} leaves no memory for a model ({profile.ram_mb} MB RAM, "
                                f"{profile.os_reserved_mb} MB reserved for the OS)",
                                "lower os_reserved_mb in the profile")
-    rows = sorted((evaluate(c, profile, ctx, min_tps, cache_type, budget) for c in candidates), key=Row.rank_key)
+    rows = [evaluate(c, profile, ctx, min_tps, cache_type, budget) for c in candidates]
+    if min_ctx is not None and min_ctx < ctx:
+        rows = [_shorter(r, profile, min_ctx, min_tps, cache_type, budget) for r in rows]
+    rows.sort(key=Row.rank_key)
     fitting = [r for r in rows if r.fits]
     if not fitting:
         raise nothing_fits(profile, rows, budget, ctx, min_tps)
     choice = fitting[0]
     binding, counter = explain(profile, rows, choice, budget, ctx, min_tps, cache_type, _estimate, _fits)
     return PickResult(profile, budget, ctx, min_tps, cache_type, tuple(rows), choice, binding, tuple(counter))
+
+
+def _shorter(r: Row, profile: DeviceProfile, min_ctx: int, min_tps: float, cache_type: str, budget: float) -> Row:
+    """``r`` again at the longest context >= ``min_ctx`` that fits, when memory alone rejects it."""
+    if r.fits or not set(r.constraints) <= {"memory", "page-cache"} or r.max_ctx < min_ctx:
+        return r
+    return replace(evaluate(r.candidate, profile, r.max_ctx, min_tps, cache_type, budget), ctx=r.max_ctx)
 
 
 # ------------------------------------------------------------------------------------------ run --profile
@@ -347,10 +380,20 @@ def resolve_for_run(profile_name: str, models: Path | None, artifact: Path | Non
 
 
 def convert_planned(c: Candidate, out_dir: Path | None = None) -> Path:
-    """Convert a planned pairing beside its checkpoint: ``<models>/<model>.<QUANT>.gguf``."""
+    """Convert a planned pairing beside its checkpoint: ``<models>/<model>.<QUANT>.gguf`` (with an importance
+    matrix measured on IMATRIX_TEXT first: ``<model>-imat.<QUANT>.gguf``)."""
     from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
 
     if c.checkpoint is None:
         raise UsageError(f"{c.label} has no checkpoint to convert from")
     out = Path(out_dir) if out_dir is not None else c.checkpoint.parent
-    return Path(convert_to_gguf(c.checkpoint, out, ConvertOptions(quants=c.quant.lower(), name=c.model))[0])
+    if not c.imatrix:
+        return Path(convert_to_gguf(c.checkpoint, out, ConvertOptions(quants=c.quant.lower(), name=c.model))[0])
+    from edge_run.converters.gguf.imatrix import imatrix_for_checkpoint
+
+    from .datasets import builtin_corpus_path
+
+    name = c.model + IMATRIX_SUFFIX
+    imatrix = imatrix_for_checkpoint(c.checkpoint, builtin_corpus_path(IMATRIX_TEXT), out, name=name)
+    return Path(convert_to_gguf(c.checkpoint, out, ConvertOptions(quants=c.quant.lower(), name=name,
+                                                                  imatrix=imatrix))[0])

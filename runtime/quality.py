@@ -24,6 +24,11 @@ LLAMA3_8B_F16_PPL = 6.233
 # quant -> PPL increase over F16 for Llama-3-8B: the ppl_delta column of edge_run/core/quants.py
 DEFAULT_TOKENS_PER_BYTE = 0.25
 CORPUS_KEY = "wikitext2"
+# Quant loss (nats over F16) with an importance matrix / without, on the zoo's measured Q2_K..Q4_K_M rows
+# (tools/quant_loss_fit.py, results/quant_loss_fit.json "imatrix"; each model's ratio within 0.05 of it)
+IMATRIX_LOSS_RATIO = 0.55
+# KV cache type -> BPB change over an f16 cache, the zoo's mean (results/pick_dimensions.json, tools/pick_dimensions.py)
+KV_DELTA_BPB: dict[str, float] = {"q8_0": 0.0}
 
 
 def penalty_nats(quant: str) -> float:
@@ -78,14 +83,16 @@ def predict(quant: str, n_params: int, references: list[tuple[str, dict]],
     for ref_quant, entry in references:
         if ref_quant.upper() == quant.upper() and bool(entry.get("imatrix")) == imatrix:
             return Quality(float(entry["bpb"]), True, str(entry.get("basis", "measured")))
+    ratio = IMATRIX_LOSS_RATIO if imatrix else 1.0  # an importance matrix keeps about half the loss away
     plain = [r for r in references if not r[1].get("imatrix")] or references
     if plain:
         nats = loss or penalty_nats
         ref_quant, entry = min(plain, key=lambda r: (nats(r[0]), -int(r[1].get("chunks", 0))))
         tpb = entry.get("tokens_scored", 0) / max(entry.get("bytes_scored", 0), 1) or DEFAULT_TOKENS_PER_BYTE
-        shift = (nats(quant) - nats(ref_quant)) / math.log(2) * tpb
+        shift = (ratio * nats(quant) - nats(ref_quant)) / math.log(2) * tpb
         how = "tensor-type mix" if loss is not None else "Llama-3-8B penalties"
-        return Quality(float(entry["bpb"]) + shift, False, f"predicted from measured {ref_quant} ({how})")
+        return Quality(float(entry["bpb"]) + shift, False,
+                       f"predicted from measured {ref_quant} ({how}{', imatrix' if imatrix else ''})")
     tpb = DEFAULT_TOKENS_PER_BYTE
-    return Quality(prior_bpb(n_params) + penalty_nats(quant) / math.log(2) * tpb, False,
+    return Quality(prior_bpb(n_params) + ratio * penalty_nats(quant) / math.log(2) * tpb, False,
                    f"{UNMEASURED}: a guess from the parameter count")

@@ -5,7 +5,7 @@
         <sha256(key)[:32]>.json                  {"schema": 1, "key": {...}, "entry": {...}}
         .tmp-*                                   a write in progress (never read; stale ones are removed)
 
-key   = checkpoint digest, quant type, imatrix ("" = none), corpus sha256, ctx, chunks
+key   = checkpoint digest, quant type, imatrix ("" = none), corpus sha256, ctx, chunks, KV cache type
 entry = the manifest's quality record (runtime/evaluate.py EvalResult.quality_entry): bpb, ppl, tokens, bytes...
 
 Each entry is one file written to a temp file in the same folder and renamed into place (os.replace is
@@ -49,9 +49,13 @@ class StoreKey:
     corpus_sha256: str
     ctx: int
     chunks: int
+    cache_type: str = "f16"  # KV cache element type of the run
 
     def file_name(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:32] + ".json"
+        key = asdict(self)
+        if self.cache_type == "f16":  # the name entries had before the cache type was part of the key
+            del key["cache_type"]
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32] + ".json"
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,7 @@ def record_eval(artifact: Path, result: EvalResult, store: QualityStore | None =
     if m is None or not m.source.get("digest") or not valid_bpb(entry.get("bpb")):
         return False
     imatrix = "imatrix" if isinstance(m.extra, dict) and m.extra.get("imatrix") else ""
-    key = StoreKey(m.source["digest"], m.quant.upper(), imatrix, result.corpus.sha256, result.ctx, result.chunks)
+    key = StoreKey(m.source["digest"], m.quant.upper(), imatrix, result.corpus.sha256, result.ctx, result.chunks,
+                   result.cache_type)
     (store or QualityStore.default()).put(key, {**entry, "artifact": Path(artifact).name})
     return True

@@ -37,15 +37,17 @@ def test_measure_fills_the_store_and_never_measures_twice(models: Path, cli: Cal
     assert "unmeasured (~" in table
     res = cli(*args, "--measure", "--chunks", "2", "--slice-chunks", "1")
     assert res.code == 0, res.stderr
-    assert "measure: 9 steps, about" in res.stdout  # anchor Q8_0 x2, then Q8_0 and the 7 other types x1
+    # anchor Q8_0 x2, then Q8_0, the 7 other types and the 3 imatrix ones (Q2_K..Q4_K_M) x1
+    assert "measure: 12 steps, about" in res.stdout
     after = json.loads(cli(*args, "--json").stdout)
     assert after["measure_commands"] == [] and after["quality_store_notes"] == []
     assert not any(c["quality"]["unmeasured"] for c in after["candidates"])
     assert all(c["quality"]["measured"] for c in after["candidates"] if c["fits"])
     assert after["pick"]["quality"]["measured"]
     entries = QualityStore.default().entries(_digest(models / "tiny"))
-    assert sorted((s.key.quant, s.key.chunks) for s in entries) == sorted(
-        [("Q8_0", 2)] + [(q, 1) for q in ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")])
+    assert sorted((s.key.quant, s.key.imatrix, s.key.chunks) for s in entries) == sorted(
+        [("Q8_0", "", 2)] + [(q, "", 1) for q in ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")]
+        + [(q, "imatrix", 1) for q in ("Q4_K_M", "Q3_K_M", "Q2_K")])
     assert all(s.entry["ctx"] == 512 and s.entry["bpb"] > 0 for s in entries)
     again = cli(*args, "--measure", "--chunks", "2", "--slice-chunks", "1")
     assert again.code == 0 and "nothing to do" in again.stdout

@@ -97,7 +97,8 @@ def test_pick_cli_end_to_end(tiny_checkpoint: Callable[[str], Path], tmp_path: P
     assert res.code == 0, res.stderr
     data = json.loads(res.stdout)
     assert data["pick"]["planned"] and data["pick"]["fits"]
-    assert len(data["candidates"]) == 8 and (tmp_path / "p.png").stat().st_size > 1000
+    assert len(data["candidates"]) == 8 + 3 and (tmp_path / "p.png").stat().st_size > 1000  # + Q2_K..Q4_K_M imatrix
+    assert sorted(c["quant"] for c in data["candidates"] if c["imatrix"]) == ["Q2_K", "Q3_K_M", "Q4_K_M"]
     res = cli("run", "--profile", "pi-3b", "--models", tmp_path, "--ctx", "256", "-p", "The", "-n", "3", "--json")
     assert res.code == 0, res.stderr
     assert json.loads(res.stdout)["pick"]["quant"] == data["pick"]["quant"]

@@ -25,6 +25,8 @@ def eval_command(
                                  help="default: physical cores"),
     save: bool = typer.Option(True, "--save/--no-save", help="store the result in the artifact's manifest"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    cache_type: str = typer.Option("f16", "--cache-type",
+                                   help="KV cache type: f16 | q8_0 | q4_0 | f32 (a quantized one: quality store only)"),
 ) -> None:
     """Measure perplexity and bits per byte the way llama.cpp's perplexity tool does; store them in the manifest."""
     from ..evaluate import evaluate, load_corpus, save_quality
@@ -36,7 +38,7 @@ def eval_command(
     text = load_corpus(corpus)
     with progress_bars(enabled=not as_json) as progress:
         result = evaluate(artifact, text, ctx=ctx, chunks=chunks, parent=against, threads=threads,
-                          progress=progress)
+                          progress=progress, cache_type=cache_type)
     saved, not_saved = False, None
     if save:  # a finished measurement is printed even when the manifest cannot take it
         try:
@@ -62,6 +64,8 @@ def _print_result(artifact: Path, result: EvalResult, save: bool, saved: bool) -
                       f"top-1 agreement {100 * e['top1_agreement']:.2f}%")
     if save and not saved:
         err_console.print(f"note: {Path(artifact).name} has no manifest; the result was not stored", markup=False)
+    elif saved and result.cache_type != "f16":
+        console.print(f"  stored in the quality store (KV cache {result.cache_type})")
     elif saved:
         console.print(f"  stored in the manifest under quality[{text.quality_key!r}]")
 

@@ -19,7 +19,12 @@ def pick_cmd(
     ctx: int = typer.Option(2048, "--ctx", min=16, help="context the pairing must hold"),
     min_tps: float = typer.Option(0.0, "--min-tps", min=0.0, help="minimum predicted decode tokens/s"),
     models: Path = typer.Option(Path("models"), "--models", help="folder of .gguf artifacts and HF checkpoints"),
-    cache_type: str = typer.Option("f16", "--cache-type", help="KV cache type: f16 | q8_0 | q4_0 | f32"),
+    cache_type: str = typer.Option("f16", "--cache-type",
+                                   help="KV cache type: f16 | q8_0 | q4_0 | f32, or auto: f16 unless a q8_0 cache "
+                                        "(with flash attention) makes a better pairing fit"),
+    min_ctx: int = typer.Option(None, "--min-ctx", min=16,
+                                help="allow trading context for quality: rank pairings that fit only at a shorter "
+                                     "context, down to this one (default: --ctx is a requirement)"),
     as_json: bool = typer.Option(False, "--json"),
     plot: Path = typer.Option(None, "--plot", help="write quality vs memory (PNG) with budget and Pareto frontier"),
     measure: bool = typer.Option(False, "--measure", help="measure the quality the ranking needs first (stored)"),
@@ -30,10 +35,12 @@ def pick_cmd(
     """Show every candidate (memory, fit, quality, speed) and pick the best one that fits."""
     store = QualityStore.default()
     dev = get_profile(profile)
-    result = pick(dev, gather_candidates(models, store=store), ctx=ctx, min_tps=min_tps, cache_type=cache_type)
+    result = pick(dev, gather_candidates(models, store=store), ctx=ctx, min_tps=min_tps, cache_type=cache_type,
+                  min_ctx=min_ctx)
     if measure:
         _measure(result, store, chunks, min(slice_chunks, chunks), budget_seconds, quiet=as_json)
-        result = pick(dev, gather_candidates(models, store=store), ctx=ctx, min_tps=min_tps, cache_type=cache_type)
+        result = pick(dev, gather_candidates(models, store=store), ctx=ctx, min_tps=min_tps, cache_type=cache_type,
+                      min_ctx=min_ctx)
     for problem in dict.fromkeys(store.problems):
         err_console.print(f"note: {problem}", markup=False)
     if plot is not None:
@@ -78,7 +85,8 @@ def _print(r: PickResult, models: str) -> None:
         e = row.estimate
         assert e is not None  # pick() estimates every row it returns
         mark = "->" if row is r.pick else ""
-        table.add_row(f"{mark}{row.candidate.label}", f"{e.weights_file_mib:.0f}", f"{e.kv_mib:.0f}",
+        at = f" @ctx {row.ctx}" if row.ctx else ""
+        table.add_row(f"{mark}{row.candidate.label}{at}", f"{e.weights_file_mib:.0f}", f"{e.kv_mib:.0f}",
                       f"{e.compute_mib:.0f}", f"{e.total_mib:.0f}", "yes" if row.fits else "no",
                       row.quality.label, f"{row.tps:.1f}", str(row.max_ctx or ""), row.reason)
     console.print(table)
@@ -87,7 +95,8 @@ def _print(r: PickResult, models: str) -> None:
     for cmd in dict.fromkeys(measure_command(row.candidate, r.profile.name, models)
                              for row in r.rows if row.quality.unmeasured):
         console.print(f"measure the unmeasured: {cmd}", markup=False)
-    console.print(f"pick: {r.pick.candidate.label}, BPB {r.pick.quality.label} ({r.pick.quality.basis}), "
+    at = f" at ctx {r.pick.ctx} (--min-ctx)" if r.pick.ctx else ""
+    console.print(f"pick: {r.pick.candidate.label}{at}, BPB {r.pick.quality.label} ({r.pick.quality.basis}), "
                   f"binding constraint: {r.binding}", markup=False)
     for note in r.counterfactuals:
         console.print(f"  - {note}")
