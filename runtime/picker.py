@@ -24,8 +24,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edge_run.core.gguf_header import GGML_TYPES
 from edge_run.core.quants import BY_NAME as QUANT_NAMES
-from edge_run.core.quants import PLANNED_QUANTS
+from edge_run.core.quants import KV_CACHE_TYPES, PLANNED_QUANTS
 
 from . import format_rows
 from .errors import ArtifactError, CheckpointError, InputError, NothingFitsError, UsageError
@@ -325,8 +326,8 @@ def pick(profile: DeviceProfile, candidates: list[Candidate], ctx: int = 2048, m
         raise UsageError(f"--min-ctx {min_ctx} is not between 16 and --ctx {ctx}", "pass a smaller --min-ctx")
     if cache_type == "auto":
         cache_type = "f16"
-        candidates = [*candidates, *(replace(c, cache_type=t) for c in candidates if c.format in ESTIMATORS
-                                     and not c.cache_type for t in KV_DIMENSION)]
+        candidates = [*candidates, *(replace(c, cache_type=t) for c in candidates for t in KV_DIMENSION
+                                     if c.format in ESTIMATORS and not c.cache_type and _kv_ok(c, t))]
     if not candidates:
         raise InputError("no candidates to pick from", "pass --models DIR holding converted artifacts (with "
                          "manifests) or Hugging Face checkpoints")
@@ -345,6 +346,12 @@ def pick(profile: DeviceProfile, candidates: list[Candidate], ctx: int = 2048, m
     choice = fitting[0]
     binding, counter = explain(profile, rows, choice, budget, ctx, min_tps, cache_type, _estimate, _fits)
     return PickResult(profile, budget, ctx, min_tps, cache_type, tuple(rows), choice, binding, tuple(counter))
+
+
+def _kv_ok(c: Candidate, cache_type: str) -> bool:
+    """llama.cpp makes a quantized KV cache only when each head's K and V rows hold whole blocks of its type."""
+    _, block, _ = GGML_TYPES[KV_CACHE_TYPES[cache_type].ggml_type]
+    return c.shape is not None and c.shape.head_dim_k % block == 0 and c.shape.head_dim_v % block == 0
 
 
 def _shorter(r: Row, profile: DeviceProfile, min_ctx: int, min_tps: float, cache_type: str, budget: float) -> Row:

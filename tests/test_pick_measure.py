@@ -51,6 +51,8 @@ def test_measure_fills_the_store_and_never_measures_twice(models: Path, cli: Cal
     assert all(s.entry["ctx"] == 512 and s.entry["bpb"] > 0 for s in entries)
     again = cli(*args, "--measure", "--chunks", "2", "--slice-chunks", "1")
     assert again.code == 0 and "nothing to do" in again.stdout
+    auto = json.loads(cli(*args, "--cache-type", "auto", "--json").stdout)  # 16-wide heads: no q8_0 KV cache
+    assert len(auto["candidates"]) == len(after["candidates"]) and auto["pick"] == after["pick"]
     assert not list((models / "tiny").parent.glob("*.gguf"))  # converted into the cache, not into --models
 
 
@@ -58,6 +60,37 @@ def _digest(ckpt: Path) -> str:
     from edge_run.converters.checkpoint import open_checkpoint
 
     return open_checkpoint(ckpt).digest()
+
+
+def test_measure_kv_cache_auto(tiny_checkpoint: Callable[[str], Path], tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch, cli: Callable[..., CliResult]) -> None:
+    """--cache-type auto --measure measures the model's q8_0 KV cache on the slice beside its f16 cache."""
+    monkeypatch.setenv("EDGE_RUN_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(tiny_checkpoint("qwen3"), tmp_path / "models" / "tiny")  # 32-wide heads: q8_0 blocks fit
+    args = ("pick", "--profile", "pi-3b", "--models", tmp_path / "models", "--ctx", "256", "--cache-type", "auto")
+    res = cli(*args, "--measure", "--chunks", "1", "--slice-chunks", "1")
+    assert res.code == 0 and "tiny Q8_0 KV q8_0 x1" in res.stdout, res.stdout + res.stderr
+    (kv,) = [s for s in QualityStore.default().entries(_digest(tmp_path / "models" / "tiny"))
+             if s.key.cache_type == "q8_0"]
+    assert (kv.key.quant, kv.key.chunks, kv.entry["cache_type"], kv.entry["flash_attn"]) == ("Q8_0", 1, "q8_0", True)
+    data = json.loads(cli(*args, "--json").stdout)
+    kv_rows = [c for c in data["candidates"] if c["cache_type"] == "q8_0"]
+    assert len(kv_rows) == 11 and all("KV q8_0: measured" in c["quality"]["basis"] for c in kv_rows)
+    assert data["pick"]["cache_type"] is None  # everything fits with an f16 cache: the f16 twin wins the tie
+    # `edge-run eval --cache-type q8_0` feeds the store under its cache type, and leaves the manifest's f16 entry
+    from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
+    from edge_run.runtime.manifest import read_manifest
+
+    (gguf,) = convert_to_gguf(tmp_path / "models" / "tiny", tmp_path, ConvertOptions(quants="q4_0", name="tiny"))
+    f16 = json.loads(cli("eval", gguf, "--chunks", "1", "--json").stdout)
+    q8 = json.loads(cli("eval", gguf, "--chunks", "1", "--cache-type", "q8_0", "--json").stdout)
+    assert q8["cache_type"] == "q8_0" and q8["saved_to_manifest"] and "cache_type" not in f16
+    runs = {s.key.cache_type: s.entry["bpb"] for s in QualityStore.default().entries(_digest(tmp_path / "models" /
+                                                                                             "tiny"))
+            if s.key.quant == "Q4_0"}
+    assert runs == {"f16": f16["bpb"], "q8_0": q8["bpb"]}
+    manifest = read_manifest(gguf)
+    assert manifest is not None and manifest.quality["wikitext2"]["bpb"] == f16["bpb"]
 
 
 def test_eval_feeds_the_store_and_pick_reads_it(models: Path, cli: Callable[..., CliResult]) -> None:
@@ -68,7 +101,8 @@ def test_eval_feeds_the_store_and_pick_reads_it(models: Path, cli: Callable[...,
     assert res.code == 0, res.stderr
     bpb = json.loads(res.stdout)["bpb"]
     (stored,) = QualityStore.default().entries(_digest(models / "tiny"))
-    assert (stored.key.quant, stored.key.chunks, stored.key.ctx) == ("Q8_0", 1, 512) and stored.entry["bpb"] == bpb
+    assert stored.key.cache_type == "f16" and stored.entry["bpb"] == bpb
+    assert (stored.key.quant, stored.key.chunks, stored.key.ctx) == ("Q8_0", 1, 512)
     shutil.move(str(gguf.with_name(gguf.name + ".manifest.json")), str(models.parent / "m.json"))
     gguf.unlink()  # only the checkpoint is left: its planned pairings still read the store
     data = json.loads(cli("pick", "--profile", "pi-3b", "--models", models, "--ctx", "256", "--json").stdout)
