@@ -2,19 +2,20 @@
 
     peak RSS = runtime baseline (python, numpy, onnxruntime, tokenizers imported)      anonymous
              + tokenizer: the tokenizers library's tables and the backend's parsed       anonymous
-               tokenizer.json (~10x the file's size)
+               tokenizer.json (12x the file's size)
              + library code (interpreter, onnxruntime kernels touched by a run)          file-backed
-             + weights: onnxruntime maps model.onnx.data; MatMulNBits prepacks every      file-backed (part)
-               quantized matrix into its own layout (an anonymous copy) and the pages     + anonymous
-               of what it does not repack stay mapped: 1.45x the graph's bytes
+             + weights: onnxruntime maps model.onnx.data; MatMulNBits prepacks its       file-backed (part)
+               matrices into its own layout (1.40x their bytes, with the pages read),    + anonymous
+               the rest (quantized embedding table, norms) costs 0.76x its bytes
              + KV cache: 2 x layers x kv_heads x head_size x n_ctx x 4 bytes (f32)      anonymous
                (genai_config.json; preallocated at the full context, resident as it fills)
              + compute scratch a prompt of up to 512 tokens leaves in onnxruntime's      anonymous
-               arena (the backend runs a prompt in one call)
+               arena (the backend runs a prompt in one call: a longer one costs more)
 
-Every constant below was measured with tools/validate_estimator.py on the zoo's SmolLM2-135M and Gemma 3
-270M int4 artifacts (x86-64, CPython 3.11, onnxruntime 1.32), each context filled to the end; the result is
-in results/estimator_onnx.json and the README.
+The constants below were measured with tools/validate_onnx_estimator.py (x86-64, CPython 3.11, onnxruntime
+1.32) on the zoo's SmolLM2-135M, Gemma 3 270M and Qwen2.5-Coder-0.5B int4 artifacts, each context filled to the
+end: the weight factors are a least-squares fit over the three, the rest measured directly. Errors (in the fit
+and leaving each model out of it) are in results/estimator_onnx.json and the README.
 """
 
 from __future__ import annotations
@@ -24,16 +25,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_run.core.formats import payload_files
+from edge_run.core.formats import ONNX_GRAPH, payload_files
 
 from .errors import ArtifactError
 from .estimate import MIB, MemoryEstimate
 
 RUNTIME_ANON_MIB = 24.7  # python + numpy + onnxruntime + tokenizers + edge_run imported, nothing loaded
 LIBRARY_FILE_MIB = 55.7  # file-backed code pages once a prompt has run (26.7 of them before loading)
-TOKENIZER_EXPANSION = 10.4  # anonymous bytes per byte of tokenizer.json (Rust tables + the parsed JSON)
-WEIGHTS_FILE_FRACTION = 0.20  # mapped pages of model.onnx(.data) that stay resident, per graph byte
-WEIGHTS_ANON_FACTOR = 1.25  # prepacked MatMulNBits copies and initializers read into memory, per graph byte
+TOKENIZER_EXPANSION = 12.0  # anonymous bytes per byte of tokenizer.json (Rust tables + the parsed JSON)
+PREPACKED_FACTOR = 1.40  # resident bytes per byte of a MatMulNBits initializer (its prepacked copy + mapped pages)
+OTHER_WEIGHTS_FACTOR = 0.76  # resident bytes per byte of every other initializer (embedding table, norms)
+WEIGHTS_FILE_FRACTION = 0.20  # of the graph's bytes, mapped pages that stay resident (the file-backed share)
 SCRATCH_MIB_PER_512 = 32.0  # onnxruntime's arena after a 512-token prompt (scaled by the prompt length)
 KV_BYTES = 4  # the backend's cache buffers are float32
 TOKENIZER_FILE = "tokenizer.json"
@@ -47,6 +49,7 @@ class OnnxFacts:
     head_size: int
     context_length: int
     graph_bytes: int  # model.onnx and its external data
+    prepacked_bytes: int  # initializers MatMulNBits reads (onnxruntime prepacks them)
     tokenizer_bytes: int
 
 
@@ -69,7 +72,25 @@ def _facts(folder: str, stamp: tuple[tuple[str, int, int], ...]) -> OnnxFacts:
                             "re-convert the artifact") from e
     graph = sum(size for name, size, _ in stamp if name.endswith((".onnx", ".onnx.data")))
     tokenizer = sum(size for name, size, _ in stamp if name == TOKENIZER_FILE)
-    return OnnxFacts(*dims, graph_bytes=graph, tokenizer_bytes=tokenizer)
+    return OnnxFacts(*dims, graph_bytes=graph, prepacked_bytes=_prepacked_bytes(Path(folder)),
+                     tokenizer_bytes=tokenizer)
+
+
+def _prepacked_bytes(folder: Path) -> int:
+    """Bytes of the initializers a MatMulNBits node reads, from the graph alone (external data stays on disk)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(folder / ONNX_GRAPH), load_external_data=False).graph
+    except Exception as e:  # onnx raises DecodeError / OSError / ValueError for bad files
+        raise ArtifactError(f"{ONNX_GRAPH} is not a readable ONNX model ({e})", "re-convert it") from e
+    read = {name for node in graph.node if node.op_type == "MatMulNBits" for name in node.input}
+    total = 0
+    for t in graph.initializer:
+        if t.name in read:
+            ext = {e.key: e.value for e in t.external_data}
+            total += int(ext.get("length", 0)) if ext else len(t.raw_data)
+    return total
 
 
 def onnx_facts(artifact: Path) -> OnnxFacts:
@@ -91,11 +112,12 @@ def estimate_onnx(artifact: Path, n_ctx: int, n_prompt: int | None = None) -> Me
     ctx = min(n_ctx, f.context_length) if f.context_length else n_ctx  # the backend caps it so
     n_prompt = min(ctx, 512) if n_prompt is None else min(n_prompt, ctx)
     kv = 2 * f.n_layer * f.n_head_kv * f.head_size * ctx * KV_BYTES
+    weights = PREPACKED_FACTOR * f.prepacked_bytes + OTHER_WEIGHTS_FACTOR * (f.graph_bytes - f.prepacked_bytes)
     return MemoryEstimate(
         baseline_mib=RUNTIME_ANON_MIB + TOKENIZER_EXPANSION * f.tokenizer_bytes / MIB,
         libraries_mib=LIBRARY_FILE_MIB,
         weights_file_mib=WEIGHTS_FILE_FRACTION * f.graph_bytes / MIB,
-        weights_repacked_mib=WEIGHTS_ANON_FACTOR * f.graph_bytes / MIB,
+        weights_repacked_mib=weights / MIB - WEIGHTS_FILE_FRACTION * f.graph_bytes / MIB,
         kv_mib=kv / MIB,
         compute_mib=SCRATCH_MIB_PER_512 * n_prompt / 512,
         n_ctx=ctx, cache_type="f32")

@@ -200,6 +200,9 @@ def onnx_art(tiny_checkpoint: Callable[[str], Path], tmp_path_factory: pytest.Te
 def test_onnx_rows_estimate_and_pick(onnx_art: Path) -> None:
     """The ONNX estimator reads its dimensions from genai_config.json and its bytes from the payload; the picker
     ranks an ONNX artifact a user passes, and the memory guard applies to it."""
+    import onnx
+    from onnx import numpy_helper
+
     from edge_run.runtime import estimate_onnx
     from edge_run.runtime.picker import candidate_for_artifact, pick
     from edge_run.runtime.profiles import get_profile
@@ -215,8 +218,13 @@ def test_onnx_rows_estimate_and_pick(onnx_art: Path) -> None:
     kv = 2 * dec["num_hidden_layers"] * dec["num_key_value_heads"] * dec["head_size"] * 256 * 4
     assert est.kv_mib == pytest.approx(kv / MIB)
     graph = sum(p.stat().st_size for p in art.iterdir() if p.name.startswith("model.onnx"))
+    model = onnx.load(str(art / "model.onnx"))  # with its weights: every MatMulNBits input as an array
+    packed = {i for n in model.graph.node if n.op_type == "MatMulNBits" for i in n.input}
+    prepacked = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer if t.name in packed)
+    assert 0 < prepacked < graph
     assert est.weights_file_mib + est.weights_repacked_mib == pytest.approx(
-        (estimate_onnx.WEIGHTS_FILE_FRACTION + estimate_onnx.WEIGHTS_ANON_FACTOR) * graph / MIB)
+        (estimate_onnx.PREPACKED_FACTOR * prepacked + estimate_onnx.OTHER_WEIGHTS_FACTOR * (graph - prepacked)) / MIB,
+        rel=1e-3)  # model.onnx's own bytes (names, attributes) count as "other"
     tokenizer = (art / "tokenizer.json").stat().st_size
     assert est.baseline_mib == pytest.approx(estimate_onnx.RUNTIME_ANON_MIB
                                              + estimate_onnx.TOKENIZER_EXPANSION * tokenizer / MIB)

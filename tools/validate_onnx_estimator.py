@@ -1,0 +1,109 @@
+"""Check the ONNX memory estimator (runtime/estimate_onnx.py) against measured peak RSS.
+
+For every artifact x context, a fresh process opens the artifact with edge-run's ONNX backend, runs a prompt of
+min(512, ctx - 16) tokens in one call, then decodes until the context is full (the KV cache buffers are
+preallocated at the full context and become resident as they are written), and reports its peak RSS (VmHWM)
+and the anonymous / file-backed split (/proc/self/smaps_rollup). Goal, as for GGUF: |error| <= 5% or <= 16 MiB.
+
+    python -m tools.validate_onnx_estimator [ARTIFACT_DIR ...] [--ctx 512 1024 2048] [--out results/estimator_onnx.json]
+
+Without artifacts, the zoo's SmolLM2-135M and Gemma 3 270M are converted to int4 into a temp folder first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edge_run.runtime.format_rows import estimate_artifact
+
+_PROBE = r"""
+import itertools, json, sys
+def rollup():
+    d = {}
+    for line in open('/proc/self/smaps_rollup'):
+        p = line.split()
+        if p[0] in ('Anonymous:', 'Rss:'):
+            d[p[0][:-1]] = int(p[1]) / 1024
+    return d
+def hwm():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'):
+            return int(line.split()[1]) / 1024
+import numpy, onnxruntime, tokenizers
+from edge_run.runtime.backends import GenerationParams, LoadOptions, open_backend
+path, ctx, n_prompt, corpus = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+base = rollup()
+b = open_backend(path, LoadOptions(n_ctx=ctx, n_threads=2))
+tokens = b.tokenize(open(corpus, encoding='utf-8').read()[:200000])[:n_prompt]
+stream = b.token_stream(tokens, GenerationParams(max_tokens=ctx))  # greedy, never stops at EOS
+for _ in itertools.islice(stream, b.n_ctx - n_prompt - 1):
+    pass
+r = rollup()
+print(json.dumps({"baseline_anon_mib": base["Anonymous"], "baseline_file_mib": base["Rss"] - base["Anonymous"],
+                  "peak_mib": hwm(), "anon_mib": r["Anonymous"], "file_mib": r["Rss"] - r["Anonymous"]}))
+"""
+
+GOAL_REL, GOAL_ABS_MIB = 0.05, 16.0
+
+
+def measure(path: Path, ctx: int, n_prompt: int) -> dict[str, float]:
+    from edge_run.runtime.datasets import builtin_corpus_path
+
+    out = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(ctx), str(n_prompt),
+                          str(builtin_corpus_path("wikitext-2-raw-test"))],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def validate(artifacts: list[Path], contexts: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    for path in artifacts:
+        for ctx in contexts:
+            n_prompt = min(512, ctx - 16)
+            est = estimate_artifact(path, ctx)
+            got = measure(path, ctx, n_prompt)
+            err = est.total_mib - got["peak_mib"]
+            rows.append({
+                "artifact": path.name, "ctx": ctx, "prompt_tokens": n_prompt, "estimate_mib": round(est.total_mib, 1),
+                "measured_peak_mib": round(got["peak_mib"], 1), "error_mib": round(err, 1),
+                "error_pct": round(100 * err / got["peak_mib"], 2),
+                "estimate_anon_mib": round(est.anon_mib, 1), "measured_anon_mib": round(got["anon_mib"], 1),
+                "estimate_file_mib": round(est.file_mib, 1), "measured_file_mib": round(got["file_mib"], 1),
+                "within_goal": abs(err) <= max(GOAL_REL * got["peak_mib"], GOAL_ABS_MIB),
+            })
+            print(f"{path.name:34} {ctx:>5} est {est.total_mib:7.1f} meas {got['peak_mib']:7.1f} "
+                  f"err {100 * err / got['peak_mib']:+6.2f}%", file=sys.stderr)
+    return rows
+
+
+def zoo_artifacts(out: Path) -> list[Path]:
+    from edge_run.converters.onnx.convert import OnnxOptions, convert_to_onnx
+    from tools.zoo import zoo_checkpoint
+
+    paths: list[Path] = []
+    for model in ("smollm2-135m", "gemma3-270m"):
+        paths += convert_to_onnx(zoo_checkpoint(model), out, OnnxOptions(quant="int4", name=model))
+    return paths
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("artifacts", nargs="*", type=Path)
+    ap.add_argument("--ctx", nargs="+", type=int, default=[512, 1024, 2048])
+    ap.add_argument("--out", type=Path, default=Path("results/estimator_onnx.json"))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = args.artifacts or zoo_artifacts(Path(tmp))
+        rows = validate(artifacts, args.ctx)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
