@@ -1,19 +1,24 @@
 """The picker checked against an oracle: for every shipped profile x ctx {512, 2048, 8192}, the pick vs the
 measured-best pairing that fits.
 
-Pairings: every zoo model x every plain quant type measured in results/tradeoff.json (WikiText-2, 40 chunks
-x 512). Memory: the estimator (runtime/estimate.py) on each model's shapes (public config values, types
-from runtime/quant_mix.py). The oracle knows every measured BPB; the picker is run twice:
+Pairings: every zoo model x every quant type measured in results/tradeoff.json (WikiText-2, 40 chunks x 512),
+the imatrix variants of Q4_K_M / Q3_K_M / Q2_K included, each with an f16 KV cache and (``--cache-type auto``)
+with a q8_0 one, whose BPB is the f16 one's plus the model's measured KV effect (results/pick_dimensions.json,
+tools/pick_dimensions.py: the paired difference on the same chunks at ctx 512). Memory: the estimator
+(runtime/estimate.py) on each model's shapes (public config values, types from runtime/quant_mix.py). The
+oracle knows every measured BPB; the picker is run twice per cache mode:
 
     anchor    it knows each model's Q8_0 measurement only (what `pick --measure` gives it first); every other
-              type is predicted from the pairing's tensor-type mix (runtime/quant_loss.py)
-    measured  it knows every measurement (after `pick --measure` measured every pairing)
+              type is predicted from the pairing's tensor-type mix (runtime/quant_loss.py), an imatrix variant
+              with the fitted imatrix ratio, a q8_0 KV cache with the zoo's mean effect
+    measured  it knows every measurement (after `pick --measure` measured every pairing and the KV effect)
 
 The same on a sweep of RAM sizes (a Pi Zero 2 W with 384..1152 MiB at ctx 2048), where the quant type decides.
 A case agrees when the pick is the oracle's pairing or within 0.001 BPB of it (the picker's tie); the regret
 is the pick's measured BPB over the oracle's, in percent.
 
-    python -m tools.pick_oracle [--tradeoff results/tradeoff.json] [--out results/pick_oracle.json] [--table]
+    python -m tools.pick_oracle [--tradeoff results/tradeoff.json] [--dimensions results/pick_dimensions.json]
+                                [--out results/pick_oracle.json] [--table]
 """
 
 from __future__ import annotations
@@ -58,39 +63,53 @@ def shape(model: str, quant: str) -> ModelShape:
     return ModelShape(n_layer, d, ff, h, kv, hd, hd, vocab, n_ctx, n_swa, n_swa_layers, tuple(infos))
 
 
-def candidates(rows: list[dict[str, Any]], know_all: bool) -> list[Candidate]:
+def candidates(rows: list[dict[str, Any]], know_all: bool, kv: dict[str, float]) -> list[Candidate]:
     out = []
     for model in CONTEXT:
-        mine = {r["quant"]: r for r in rows if r["model"] == model}
-        refs = tuple((q, _entry(r)) for q, r in mine.items() if know_all or q == ANCHOR)
-        for q, r in mine.items():
+        mine = {(r["quant"], r["imatrix"]): r for r in rows if r["model"] == model}
+        refs = tuple((q, _entry(r)) for (q, imat), r in mine.items() if know_all or (q, imat) == (ANCHOR, False))
+        kv_deltas = (("q8_0", kv[model]),) if know_all and model in kv else ()
+        for (q, imat), r in mine.items():
             out.append(Candidate(model, q, shape(model, q), r["parameter_count"], context_length=CONTEXT[model][0],
-                                 references=refs, digest=model))
+                                 references=refs, digest=model, imatrix=imat, kv_deltas=kv_deltas))
     return out
 
 
 def _entry(r: dict[str, Any]) -> dict[str, Any]:
     return {"bpb": r["bpb"], "tokens_scored": r["tokens_scored"], "bytes_scored": r["bytes_scored"],
-            "chunks": r["chunks"]}
+            "chunks": r["chunks"], "imatrix": r["imatrix"]}
 
 
-def case(profile: Any, ctx: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    measured = {(r["model"], r["quant"]): r["bpb"] for r in rows}
+def kv_effects(dimensions: dict[str, Any]) -> dict[str, float]:
+    """model -> measured BPB with a q8_0 KV cache minus with f16 (same Q8_0 weights and chunks, ctx 512)."""
+    runs = {(r["model"], r["cache_type"]): r["bpb"] for r in dimensions.get("rows", [])
+            if r["kind"] == "kv" and r["ctx"] == 512 and r["quant"] == ANCHOR}
+    return {m: runs[(m, "q8_0")] - runs[(m, "f16")] for m, t in runs if t == "f16" and (m, "q8_0") in runs}
+
+
+def _name(c: Candidate) -> str:
+    return f"{c.model} {c.quant}{'+imat' if c.imatrix else ''}{' KV ' + c.cache_type if c.cache_type else ''}"
+
+
+def case(profile: Any, ctx: int, rows: list[dict[str, Any]], kv: dict[str, float],
+         cache_type: str = "f16") -> dict[str, Any]:
+    measured = {(r["model"], r["quant"], r["imatrix"]): r["bpb"] for r in rows}
+
+    def truth(c: Candidate) -> float:  # a q8_0 KV cache: the f16 cache's BPB plus the model's measured effect
+        return measured[(c.model, c.quant, c.imatrix)] + (kv.get(c.model, 0.0) if c.cache_type else 0.0)
+
     out: dict[str, Any] = {"profile": profile.name, "ctx": ctx}
     for mode, know_all in (("anchor", False), ("measured", True)):
         try:
-            result = pick(profile, candidates(rows, know_all), ctx=ctx)
+            result = pick(profile, candidates(rows, know_all, kv), ctx=ctx, cache_type=cache_type)
         except NothingFitsError:
             out[mode] = None
             continue
-        fitting = [r for r in result.rows if r.fits]
-        best = min(fitting, key=lambda r: measured[(r.candidate.model, r.candidate.quant)])
-        chosen = result.pick.candidate
-        pick_bpb = measured[(chosen.model, chosen.quant)]
-        best_bpb = measured[(best.candidate.model, best.candidate.quant)]
-        out["oracle"] = f"{best.candidate.model} {best.candidate.quant}"
-        out["oracle_bpb"] = best_bpb
-        out[mode] = {"pick": f"{chosen.model} {chosen.quant}", "bpb": pick_bpb,
+        best = min((r for r in result.rows if r.fits), key=lambda r: truth(r.candidate))
+        pick_bpb, best_bpb = truth(result.pick.candidate), truth(best.candidate)
+        out["oracle"] = _name(best.candidate)
+        out["oracle_bpb"] = round(best_bpb, 6)
+        out[mode] = {"pick": _name(result.pick.candidate), "bpb": round(pick_bpb, 6),
                      "predicted_bpb": round(result.pick.quality.bpb, 4),
                      "agrees": pick_bpb - best_bpb <= TIE_BPB, "regret_pct": round(100 * (pick_bpb / best_bpb - 1), 3)}
     return out
@@ -120,24 +139,31 @@ def table(cases: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tradeoff", type=Path, default=Path("results/tradeoff.json"))
+    ap.add_argument("--dimensions", type=Path, default=Path("results/pick_dimensions.json"))
     ap.add_argument("--out", type=Path, default=Path("results/pick_oracle.json"))
     ap.add_argument("--table", action="store_true", help="print the markdown table")
     args = ap.parse_args(argv)
     tradeoff = json.loads(args.tradeoff.read_text(encoding="utf-8"))
-    rows = [r for r in tradeoff["rows"] if not r["imatrix"] and r["model"] in CONTEXT]
-    cases = [case(p, ctx, rows) for p in sorted(list_profiles(), key=lambda p: p.ram_mb) for ctx in CTXS]
+    rows = [r for r in tradeoff["rows"] if r["model"] in CONTEXT]
+    kv = kv_effects(json.loads(args.dimensions.read_text(encoding="utf-8"))) if args.dimensions.exists() else {}
+    profiles = sorted(list_profiles(), key=lambda p: p.ram_mb)
     base = get_profile(SWEEP_BASE)
-    sweep = [case(dataclasses.replace(base, name=f"{SWEEP_BASE}@{ram}MB", ram_mb=ram), SWEEP_CTX, rows)
-             for ram in SWEEP_RAM]
-    out = {"schema": "edge-run-pick-oracle/1", "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-           "tradeoff_settings": tradeoff.get("settings"), "tie_bpb": TIE_BPB,
-           "summary": {m: summary(cases, m) for m in ("anchor", "measured")},
-           "sweep_summary": {m: summary(sweep, m) for m in ("anchor", "measured")}, "cases": cases, "sweep": sweep}
+    rams = [dataclasses.replace(base, name=f"{SWEEP_BASE}@{ram}MB", ram_mb=ram) for ram in SWEEP_RAM]
+    out: dict[str, Any] = {"schema": "edge-run-pick-oracle/2",
+                           "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                           "tradeoff_settings": tradeoff.get("settings"), "tie_bpb": TIE_BPB,
+                           "kv_q8_0_bpb_effect": {m: round(v, 6) for m, v in kv.items()}}
+    for cache in ("f16", "auto"):
+        cases = [case(p, ctx, rows, kv, cache) for p in profiles for ctx in CTXS]
+        sweep = [case(p, SWEEP_CTX, rows, kv, cache) for p in rams]
+        out[cache] = {"summary": {m: summary(cases, m) for m in ("anchor", "measured")},
+                      "sweep_summary": {m: summary(sweep, m) for m in ("anchor", "measured")},
+                      "cases": cases, "sweep": sweep}
+        print(cache, json.dumps({"profiles": out[cache]["summary"], "sweep": out[cache]["sweep_summary"]}))
+        if args.table:
+            print(table(cases))
+            print(table(sweep))
     args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps({"profiles": out["summary"], "sweep": out["sweep_summary"]}))
-    if args.table:
-        print(table(cases))
-        print(table(sweep))
     return 0
 
 
