@@ -199,6 +199,37 @@ def lomo(obs: list[Obs]) -> dict[str, Any]:
     return report
 
 
+def imatrix_ratios(tradeoff: dict[str, Any]) -> dict[str, Any]:
+    """Loss with an importance matrix over loss without, per measured (model, file type) pair (the source type's
+    row left out, as above); the geometric mean is runtime/quality.py's IMATRIX_LOSS_RATIO. Leave-one-model-out:
+    each model's imatrix losses predicted with the other models' mean ratio, error in BPB."""
+    rows = {(r["model"], r["quant"], r["imatrix"]): r for r in tradeoff["rows"]}
+    pairs = []
+    for (model, q, imat), r in sorted(rows.items()):
+        f16, plain = rows.get((model, "F16", False)), rows.get((model, q, False))
+        if imat and f16 and plain and q != SOURCE_FTYPE.get(model):
+            li, lp = math.log(r["ppl"] / f16["ppl"]), math.log(plain["ppl"] / f16["ppl"])
+            pairs.append({"model": model, "ftype": q, "loss_imatrix": round(li, 5), "loss_plain": round(lp, 5),
+                          "ratio": round(li / lp, 4), "tokens_per_byte": r["tokens_scored"] / r["bytes_scored"]})
+    if not pairs:
+        return {}
+
+    def gmean(xs: list[float]) -> float:
+        return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+    lomo_err = {}
+    for model in sorted({p["model"] for p in pairs}):
+        others = [p["ratio"] for p in pairs if p["model"] != model]
+        if others:
+            ratio = gmean(others)
+            lomo_err[model] = round(max(abs(ratio * p["loss_plain"] - p["loss_imatrix"]) / math.log(2)
+                                        * p["tokens_per_byte"] for p in pairs if p["model"] == model), 4)
+    for p in pairs:
+        del p["tokens_per_byte"]
+    return {"ratio": round(gmean([p["ratio"] for p in pairs]), 3), "pairs": pairs,
+            "leave_one_model_out_max_err_bpb": lomo_err}
+
+
 def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 5)
 
@@ -220,9 +251,11 @@ def main(argv: list[str] | None = None) -> int:
                 "cost": {t: round(v, 6) for t, v in sorted(f["cost"].items())}},
         "leave_one_model_out": lomo(obs),
         "before_fallback_fix": {m: rep["summary"] for m, rep in lomo(observations(tradeoff, OLD_FALLBACK)).items()},
+        "imatrix": imatrix_ratios(tradeoff),
     }
     args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(out["fit"], indent=1))
+    print("imatrix", json.dumps({k: v for k, v in out["imatrix"].items() if k != "pairs"}))
     for m, rep in out["leave_one_model_out"].items():
         print(m, json.dumps(rep["summary"]))
         print("  before the fallback fix:", json.dumps(out["before_fallback_fix"][m]))
