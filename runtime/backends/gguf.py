@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from jinja2 import TemplateError
@@ -16,6 +17,9 @@ from edge_run.core.quants import KV_CACHE_TYPES
 from ..errors import ArtifactError, InsufficientMemoryError, UsageError
 from ..preflight import check_gguf
 from .base import Backend, GenerationParams, LoadOptions
+
+if TYPE_CHECKING:
+    from .threadpool import Threadpool
 
 # KV cache type name -> ggml_type id (ggml.h enum ggml_type)
 CACHE_TYPES: dict[str, int] = {name: int(q.ggml_type) for name, q in KV_CACHE_TYPES.items()}  # core/quants.py
@@ -41,6 +45,17 @@ def _quiet_stderr() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def _attach_pool(llm: Any, n_threads: int) -> Threadpool | None:
+    """One set of ggml workers for every graph of the context, as llama-bench and llama-cli attach; without it
+    (None: ggml could not start one) ggml starts and joins threads for each graph."""
+    from .threadpool import Threadpool
+
+    try:
+        return Threadpool(llm.ctx, n_threads)
+    except (RuntimeError, OSError, AttributeError):
+        return None
 
 
 class GGUFBackend(Backend):
@@ -79,6 +94,7 @@ class GGUFBackend(Backend):
             raise ArtifactError(f"llama.cpp could not load {path.name} ({e})",
                                 "the file is corrupt, truncated or of an unsupported architecture; "
                                 "re-convert it (EDGE_RUN_DEBUG=1 shows llama.cpp's log)") from e
+        self._pool = _attach_pool(self.llm, options.n_threads)
         self.load_seconds = time.perf_counter() - t0
         self.path = path
         self.options = options
@@ -167,5 +183,8 @@ class GGUFBackend(Backend):
         )
 
     def close(self) -> None:
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                self._pool.close()  # detached before the context is freed
         with contextlib.suppress(Exception):
             self.llm.close()
