@@ -10,6 +10,7 @@ Split out of runtime/picker.py (which calls it); library only, nothing printed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .errors import NothingFitsError
@@ -71,7 +72,8 @@ def explain(profile: DeviceProfile, rows: list[Row], choice: Row, budget: float,
             if unlocked is not None:
                 line += f" and let {unlocked.candidate.label} fit"
             counter.append(line + " (--cache-type auto; llama.cpp needs flash attention for a quantized V cache)")
-    mem_up = [r for r in better if set(r.constraints) <= _MEMORY and r.estimate is not None]
+    mem_up = [r for r in better if set(r.constraints) <= _MEMORY and r.estimate is not None
+              and replace(r.candidate, cache_type="") != replace(choice.candidate, cache_type="")]  # not its own twin
     if mem_up:
         nxt = min(mem_up, key=lambda r: r.estimate.total_mib if r.estimate else 0.0)
         assert nxt.estimate is not None
