@@ -8,8 +8,9 @@
     2. pairings  each GGUF pairing that fits the profile, on the first k chunks (default 4), plus the
                  anchor's type on the same k chunks: the pairing's BPB is the anchor's plus the paired
                  difference (runtime/pick_quality.py). Pairings run cheapest first (size x chunks).
-                 An imatrix pairing is converted with an importance matrix measured on the calibration text
-                 (picker.IMATRIX_TEXT; the F16 over its chunks is in the estimate); a pairing with a quantized
+                 An imatrix pairing costs an F16 pass over the calibration text (picker.IMATRIX_TEXT, in the
+                 estimate): it is measured only where its prediction beats every plain pairing of the model
+                 that fits (where it could change the pick); a pairing with a quantized
                  KV cache (--cache-type auto) is measured as the anchor's type with that cache on the same k
                  chunks (its difference to the f16 cache is the model's KV cache effect).
 
@@ -104,6 +105,12 @@ def plan(result: PickResult, store: QualityStore, chunks: int = 20, slice_chunks
     anchors: list[Step] = []
     pairings: list[Step] = []
     fitting = {id(r.candidate) for r in result.rows if r.fits}
+    best_plain: dict[str, float] = {}  # digest -> best BPB (measured or predicted) of a plain pairing that fits
+    for r in result.rows:
+        if r.fits and not r.candidate.imatrix and not r.candidate.cache_type:
+            best_plain[r.candidate.digest] = min(r.quality.bpb, best_plain.get(r.candidate.digest, float("inf")))
+    contending = {id(r.candidate) for r in result.rows
+                  if r.candidate.imatrix and r.quality.bpb < best_plain.get(r.candidate.digest, float("inf"))}
     for digest, cands in by_model.items():
         order = {q: i for i, q in enumerate(ANCHOR_QUANTS)}
         plain = [c for c in cands if not c.imatrix and not c.cache_type] or cands
@@ -115,7 +122,7 @@ def plan(result: PickResult, store: QualityStore, chunks: int = 20, slice_chunks
             anchors.append(Step(base.model, digest, base.quant.upper(), chunks, base, True,
                                 _cost(base, base.quant, chunks)))
         todo = [c for c in cands if id(c) in fitting and not c.cache_type
-                and (c.imatrix or c.quant.upper() != base.quant.upper())]
+                and (id(c) in contending if c.imatrix else c.quant.upper() != base.quant.upper())]
         kv = sorted({c.cache_type for c in cands if id(c) in fitting and c.cache_type not in ("", "f16")})
         if todo or kv:
             todo.append(base)

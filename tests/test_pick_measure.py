@@ -37,17 +37,18 @@ def test_measure_fills_the_store_and_never_measures_twice(models: Path, cli: Cal
     assert "unmeasured (~" in table
     res = cli(*args, "--measure", "--chunks", "2", "--slice-chunks", "1")
     assert res.code == 0, res.stderr
-    # anchor Q8_0 x2, then Q8_0, the 7 other types and the 3 imatrix ones (Q2_K..Q4_K_M) x1
-    assert "measure: 12 steps, about" in res.stdout
+    # anchor Q8_0 x2, then Q8_0 and the 7 other types x1; the imatrix ones (Q2_K..Q4_K_M) are predicted worse
+    # than the plain F16 that fits, so they could not change the pick: not measured
+    assert "measure: 9 steps, about" in res.stdout
     after = json.loads(cli(*args, "--json").stdout)
     assert after["measure_commands"] == [] and after["quality_store_notes"] == []
     assert not any(c["quality"]["unmeasured"] for c in after["candidates"])
-    assert all(c["quality"]["measured"] for c in after["candidates"] if c["fits"])
+    assert all(c["quality"]["measured"] for c in after["candidates"] if c["fits"] and not c["imatrix"])
+    assert all(c["quality"]["bpb"] > after["pick"]["quality"]["bpb"] for c in after["candidates"] if c["imatrix"])
     assert after["pick"]["quality"]["measured"]
     entries = QualityStore.default().entries(_digest(models / "tiny"))
     assert sorted((s.key.quant, s.key.imatrix, s.key.chunks) for s in entries) == sorted(
-        [("Q8_0", "", 2)] + [(q, "", 1) for q in ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")]
-        + [(q, "imatrix", 1) for q in ("Q4_K_M", "Q3_K_M", "Q2_K")])
+        [("Q8_0", "", 2)] + [(q, "", 1) for q in ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")])
     assert all(s.entry["ctx"] == 512 and s.entry["bpb"] > 0 for s in entries)
     again = cli(*args, "--measure", "--chunks", "2", "--slice-chunks", "1")
     assert again.code == 0 and "nothing to do" in again.stdout
@@ -75,7 +76,7 @@ def test_measure_kv_cache_auto(tiny_checkpoint: Callable[[str], Path], tmp_path:
     assert (kv.key.quant, kv.key.chunks, kv.entry["cache_type"], kv.entry["flash_attn"]) == ("Q8_0", 1, "q8_0", True)
     data = json.loads(cli(*args, "--json").stdout)
     kv_rows = [c for c in data["candidates"] if c["cache_type"] == "q8_0"]
-    assert len(kv_rows) == 11 and all("KV q8_0: measured" in c["quality"]["basis"] for c in kv_rows)
+    assert len(kv_rows) == 8 + 3 and all("KV q8_0: measured" in c["quality"]["basis"] for c in kv_rows)
     assert data["pick"]["cache_type"] is None  # everything fits with an f16 cache: the f16 twin wins the tie
     # `edge-run eval --cache-type q8_0` feeds the store under its cache type, and leaves the manifest's f16 entry
     from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
@@ -141,3 +142,15 @@ def test_a_model_that_cannot_fit_is_measured_last(tmp_path: Path) -> None:
     assert steps[0].anchor and steps[0].digest == "small"
     assert steps[-1].anchor and steps[-1].digest == "big"  # only explains the pick: last
     assert not any(s.digest == "big" and not s.anchor for s in steps)
+
+
+def test_an_imatrix_pairing_is_measured_only_where_it_could_change_the_pick(tmp_path: Path) -> None:
+    """It costs an F16 pass over the calibration text: planned where it is predicted better than every plain
+    pairing of its model that fits (a Pi Zero 2 W, where 135M fits only at ~4 bits), not where F16 fits."""
+    cands = [_with_source(synthetic(*FAMILY[0], q), "small") for q in QUANTS]
+    cands += [dataclasses.replace(c, imatrix=True) for c in cands if c.quant in ("Q4_K_M", "Q2_K")]
+    for profile, expect in (("pi-zero-2w", {"Q4_K_M"}), ("pi5-8gb", set())):
+        result = pick(get_profile(profile), cands, ctx=2048)
+        steps = plan(result, QualityStore(tmp_path)).planned
+        assert {s.quant for s in steps if s.imatrix} == expect, profile
+        assert all("+imat" in s.label for s in steps if s.imatrix)
