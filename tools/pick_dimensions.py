@@ -119,6 +119,32 @@ def compare_corpora(rows: list[dict[str, Any]], tie: float, chunks: int) -> dict
             "tie_bpb": tie, "flips_beyond_tie": flips, "order": order}
 
 
+def tables(rows: list[dict[str, Any]], chunks: int) -> str:
+    """The README's tables: both corpora per pairing, the KV cache effect, BPB by context."""
+    by = {(r["model"], r["quant"], r["corpus"], r["ctx"], r["chunks"], r["cache_type"]): r for r in rows}
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    out = ["| model | " + " | ".join(PLANNED_QUANTS) + " |", "|---|" + "---|" * len(PLANNED_QUANTS)]
+    for m in models:
+        for c in CORPORA:
+            cells = [f"{by[(m, q, c, 512, chunks, 'f16')]['bpb']:.4f}" if (m, q, c, 512, chunks, "f16") in by else ""
+                     for q in PLANNED_QUANTS]
+            out.append(f"| {m} on {c} | " + " | ".join(cells) + " |")
+    out += ["", "| model (Q8_0) | ctx x chunks | BPB, f16 KV | BPB, q8_0 KV | difference | eval s f16 / q8_0 |",
+            "|---|---|---|---|---|---|"]
+    for m in models:
+        for r in [r for r in rows if r["model"] == m and r["cache_type"] == "q8_0"]:
+            f = by.get((m, r["quant"], r["corpus"], r["ctx"], r["chunks"], "f16"))
+            if f:
+                out.append(f"| {m} | {r['ctx']} x {r['chunks']} | {f['bpb']:.4f} | {r['bpb']:.4f} | "
+                           f"{r['bpb'] - f['bpb']:+.4f} | {f['eval_seconds']:.0f} / {r['eval_seconds']:.0f} |")
+    out += ["", "| model (Q8_0 weights) | " + " | ".join(f"ctx {c}" for c in CTXS) + " |", "|---|" + "---|" * len(CTXS)]
+    for m in models:
+        cells = [f"{by[k]['bpb']:.4f}" if (k := (m, ANCHOR, CORPORA[0], c, max(1, CTX_TOKENS // c), "f16")) in by
+                 else "" for c in CTXS]
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def write(out: Path, settings: dict[str, Any], rows: list[dict[str, Any]], tie: float) -> None:
     doc = {"schema": "edge-run-pick-dimensions/1", "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
            "settings": settings, "rows": rows, "corpus_comparison": compare_corpora(rows, tie, settings["chunks"])}
@@ -134,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", type=Path, default=cache_dir() / "pick-dimensions")
     ap.add_argument("--out", type=Path, default=Path("results/pick_dimensions.json"))
+    ap.add_argument("--table", action="store_true", help="print the output JSON's README tables and exit")
     args = ap.parse_args(argv)
+    if args.table:
+        print(tables(json.loads(args.out.read_text(encoding="utf-8"))["rows"], args.chunks))
+        return 0
     settings = {"chunks": args.chunks, "ctx_tokens": CTX_TOKENS}
     rows: list[dict[str, Any]] = []
     if args.out.exists():
