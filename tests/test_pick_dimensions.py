@@ -4,6 +4,9 @@ variants (Q2_K..Q4_K_M), a q8_0 KV cache (`--cache-type auto`) and context trade
 from __future__ import annotations
 
 import dataclasses
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +104,24 @@ def test_min_ctx_is_checked() -> None:
 
     with pytest.raises(UsageError, match="--min-ctx 4096 is not between 16 and --ctx 2048"):
         pick(get_profile("pi-3b"), CANDIDATES, ctx=2048, min_ctx=4096)
+
+
+@pytest.mark.slow
+def test_a_planned_imatrix_pairing_converts_beside_the_plain_one(tiny_checkpoint: Callable[[str], Path],
+                                                                 tmp_path: Path) -> None:
+    """`run --profile` converts an imatrix pick with its importance matrix into <model>-imat.<QUANT>.gguf; the
+    next scan lists it as that artifact (imatrix, same model name), not as a planned pairing again."""
+    from edge_run.runtime.manifest import read_manifest
+    from edge_run.runtime.picker import convert_planned, gather_candidates
+    from edge_run.runtime.quality_store import QualityStore
+
+    shutil.copytree(tiny_checkpoint("qwen3"), tmp_path / "models" / "tiny")
+    store = QualityStore(tmp_path / "store")
+    planned = next(c for c in gather_candidates(tmp_path / "models", store=store) if c.imatrix and c.quant == "Q4_K_M")
+    path = convert_planned(planned)
+    assert path == tmp_path / "models" / "tiny-imat.Q4_K_M.gguf"
+    m = read_manifest(path)
+    assert m is not None and m.extra["imatrix"] and (tmp_path / "models" / "tiny-imat.imatrix.npz").is_file()
+    again = gather_candidates(tmp_path / "models", store=store)
+    q4 = [c for c in again if c.quant.upper() == "Q4_K_M"]
+    assert sorted((c.model, c.imatrix, c.planned) for c in q4) == [("tiny", False, True), ("tiny", True, False)]
