@@ -56,14 +56,15 @@ _MEMORY = frozenset({"memory", "page-cache"})
 
 
 def explain(profile: DeviceProfile, rows: list[Row], choice: Row, budget: float, ctx: int, min_tps: float,
-             cache_type: str, estimate: Estimate, fits: Fits) -> tuple[str, list[str]]:
-    """``estimate(candidate, ctx, profile, cache_type)`` and ``fits(candidate, ctx, profile, cache_type, budget)``
+             cache_type: str, estimate: Estimate, fits: Fits, kv_auto: bool = False) -> tuple[str, list[str]]:
+    """``kv_auto``: the q8_0 KV cache was already a dimension of the pick (no counterfactual for it).
+    ``estimate(candidate, ctx, profile, cache_type)`` and ``fits(candidate, ctx, profile, cache_type, budget)``
     are the picker's (passed in: this module sits below runtime/picker.py)."""
     better = [r for r in rows if r.rank_key() < choice.rank_key() and not r.fits]
     counter: list[str] = []
     est = choice.estimate
     assert est is not None
-    if cache_type == "f16" and not choice.candidate.cache_type:
+    if cache_type == "f16" and not choice.candidate.cache_type and not kv_auto:
         q8 = estimate(choice.candidate, ctx, profile, "q8_0")
         if q8 is not None:
             line = f"a q8_0 KV cache would free {est.total_mib - q8.total_mib:.0f} MiB"

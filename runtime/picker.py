@@ -324,6 +324,7 @@ def pick(profile: DeviceProfile, candidates: list[Candidate], ctx: int = 2048, m
         raise UsageError(f"unknown KV cache type {cache_type!r}", f"choose from: auto, {', '.join(CACHE_BYTES)}")
     if min_ctx is not None and not 16 <= min_ctx <= ctx:
         raise UsageError(f"--min-ctx {min_ctx} is not between 16 and --ctx {ctx}", "pass a smaller --min-ctx")
+    requested = cache_type
     if cache_type == "auto":
         cache_type = "f16"
         candidates = [*candidates, *(replace(c, cache_type=t) for c in candidates for t in KV_DIMENSION
@@ -344,8 +345,9 @@ def pick(profile: DeviceProfile, candidates: list[Candidate], ctx: int = 2048, m
     if not fitting:
         raise nothing_fits(profile, rows, budget, ctx, min_tps)
     choice = fitting[0]
-    binding, counter = explain(profile, rows, choice, budget, ctx, min_tps, cache_type, _estimate, _fits)
-    return PickResult(profile, budget, ctx, min_tps, cache_type, tuple(rows), choice, binding, tuple(counter))
+    binding, counter = explain(profile, rows, choice, budget, ctx, min_tps, cache_type, _estimate, _fits,
+                               kv_auto=requested == "auto")
+    return PickResult(profile, budget, ctx, min_tps, requested, tuple(rows), choice, binding, tuple(counter))
 
 
 def _kv_ok(c: Candidate, cache_type: str) -> bool:
