@@ -112,9 +112,21 @@ class GGUFBackend(Backend):
     def add_bos(self) -> bool:
         return bool(self._llama_cpp.llama_vocab_get_add_bos(self._vocab))
 
+    def _tokenize(self, data: bytes, add_bos: bool, special: bool) -> list[int]:
+        """llama_tokenize once, into a buffer of len(data) + 2 tokens (llama.cpp's common_tokenize bound: no token
+        is shorter than a byte). llama-cpp-python's tokenize first tries a buffer of n_ctx_train tokens and, for a
+        longer text (eval's whole corpus), tokenizes it all a second time."""
+        lc = self._llama_cpp
+        cap = len(data) + 2
+        buf = (lc.llama_token * cap)()
+        n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
+        if n < 0:
+            raise ArtifactError(f"llama.cpp could not tokenize {len(data)} bytes (it needs {-n} tokens)")
+        return buf[:n]
+
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         data = text.encode("utf-8")
-        tokens = self.llm.tokenize(data, add_bos=add_special, special=True) if data else []
+        tokens = self._tokenize(data, add_bos=add_special, special=True) if data else []
         if not data and add_special and self.add_bos() and self.bos_token_id() is not None:
             tokens = [self.bos_token_id()]
         bos = self.bos_token_id()
@@ -127,7 +139,7 @@ class GGUFBackend(Backend):
 
     def tokenize_plain(self, text: str) -> list[int]:
         data = text.encode("utf-8")
-        return self.llm.tokenize(data, add_bos=False, special=False) if data else []
+        return self._tokenize(data, add_bos=False, special=False) if data else []
 
     def token_piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
