@@ -79,9 +79,9 @@ def eval_seconds(n_params: int, quant: str, chunks: int) -> float:
     return chunks * 2.0 * n_params * REFERENCE_CTX / EVAL_FLOPS.get(quant.upper(), EVAL_FLOPS_DEFAULT)
 
 
-def _cost(c: Candidate, quant: str, chunks: int) -> float:
+def _cost(c: Candidate, quant: str, chunks: int, imatrix_paid: bool = False) -> float:
     convert = c.n_params / CONVERT_PARAMS_PER_S if c.planned else 0.0
-    if c.planned and c.imatrix:  # the F16 run over the calibration text (shared by the model's imatrix pairings)
+    if c.planned and c.imatrix and not imatrix_paid:  # the F16 run over the calibration text (once per model)
         from edge_run.converters.gguf.imatrix import DEFAULT_MAX_CHUNKS
 
         convert += c.n_params / CONVERT_PARAMS_PER_S + eval_seconds(c.n_params, "F16", DEFAULT_MAX_CHUNKS)
@@ -126,8 +126,9 @@ def plan(result: PickResult, store: QualityStore, chunks: int = 20, slice_chunks
         kv = sorted({c.cache_type for c in cands if id(c) in fitting and c.cache_type not in ("", "f16")})
         if todo or kv:
             todo.append(base)
-        steps = [Step(c.model, digest, c.quant.upper(), slice_chunks, c, False, _cost(c, c.quant, slice_chunks),
-                      c.imatrix) for c in todo]
+        steps = [Step(c.model, digest, c.quant.upper(), slice_chunks, c, False,
+                      _cost(c, c.quant, slice_chunks, imatrix_paid=c.imatrix and any(t.imatrix for t in todo[:i])),
+                      c.imatrix) for i, c in enumerate(todo)]
         steps += [Step(base.model, digest, base.quant.upper(), slice_chunks, base, False,
                        _cost(base, base.quant, slice_chunks), cache_type=t) for t in kv]
         pairings += [s for s in steps if store.get(s.key()) is None]
