@@ -34,6 +34,7 @@ class SessionOptions:
     seed: int = 0
     n_batch: int = 512
     cache_type: str = "f16"
+    flash_attn: str = "auto"  # GGUF: auto | on | off (LoadOptions.flash_attn)
 
 
 def verify(artifact: Path) -> Manifest | None:
@@ -70,7 +71,7 @@ def prepare(artifact: Path, options: SessionOptions) -> LoadOptions:
     ctx = resolve_context(artifact, options.ctx)
     memory_guard(artifact, ctx, options.force)
     return LoadOptions(n_ctx=ctx, n_threads=options.threads or physical_cores(), n_batch=options.n_batch,
-                       seed=options.seed, cache_type=options.cache_type)
+                       seed=options.seed, cache_type=options.cache_type, flash_attn=options.flash_attn)
 
 
 def open_session(artifact: Path, options: SessionOptions | None = None) -> Backend:

@@ -69,3 +69,25 @@ def test_bench_vs_llama_reports_ratios(tiny_gguf: Path, tmp_path: Path) -> None:
     ratios = res["ratio_edge_run_over_plain"]
     assert set(ratios) == {"prefill", "decode"} and all(v > 0 for v in ratios.values())
     assert res["meets_goal"] == all(v >= 0.97 for v in ratios.values())
+
+
+@pytest.mark.parametrize("mode,enabled", [("auto", True), ("on", True), ("off", False)])
+def test_flash_attention_modes(tiny_gguf: Path, mode: str, enabled: bool) -> None:
+    """auto (the default, as llama.cpp's tools) enables flash attention on the CPU; off disables it."""
+    import llama_cpp
+
+    from edge_run.runtime.backends import LoadOptions, open_backend
+
+    with open_backend(tiny_gguf, LoadOptions(n_ctx=64, n_threads=1, flash_attn=mode)) as b:
+        want = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if enabled else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        assert b.llm.context_params.flash_attn_type == want  # type: ignore[attr-defined]
+
+
+def test_quantized_kv_cache_refuses_flash_attention_off(tiny_gguf: Path, cli: Callable) -> None:
+    from edge_run.runtime.backends import LoadOptions, open_backend
+    from edge_run.runtime.errors import UsageError
+
+    with pytest.raises(UsageError, match="needs flash attention"):
+        open_backend(tiny_gguf, LoadOptions(n_ctx=64, n_threads=1, cache_type="q8_0", flash_attn="off"))
+    r = cli("run", tiny_gguf, "-p", "hi", "-n", "2", "-t", "1", "--flash-attn", "sometimes")
+    assert r.code == 2 and r.stderr.startswith("error: unknown flash attention mode"), r.stderr

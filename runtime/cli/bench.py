@@ -16,6 +16,8 @@ def bench_command(
     n_gen: int = typer.Option(128, "--n-gen", "-n", help="tokens to decode"),
     threads: int = typer.Option(None, "--threads", "-t", min=1, max=512,  # llama.cpp: GGML_MAX_N_THREADS
                                  help="default: physical cores"),
+    flash_attn: str = typer.Option("auto", "--flash-attn", "-fa",
+                                   help="GGUF: llama.cpp's flash attention, auto | on | off (as llama-bench -fa)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Benchmark an artifact on this machine (pp<N> prefill and tg<N> decode tokens/s, like llama-bench)."""
@@ -26,7 +28,7 @@ def bench_command(
     if not Path(artifact).exists():
         raise ArtifactError(f"{artifact} does not exist", "pass the path of a .gguf file or an ONNX artifact folder")
     verify(artifact)
-    config = BenchConfig(n_prompt=n_prompt, n_gen=n_gen, repeats=repeats, threads=threads)
+    config = BenchConfig(n_prompt=n_prompt, n_gen=n_gen, repeats=repeats, threads=threads, flash_attn=flash_attn)
     with progress_bars(enabled=not as_json) as progress:
         result = bench(artifact, config, progress=progress)
     if as_json:

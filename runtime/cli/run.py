@@ -38,6 +38,8 @@ def run(
     profile: str = typer.Option(None, "--profile",
                                 help="pick the best artifact for this device profile ('auto' = this machine)"),
     models: Path = typer.Option(None, "--models", help="with --profile: folder of artifacts/checkpoints to pick from"),
+    flash_attn: str = typer.Option("auto", "--flash-attn", "-fa",
+                                   help="GGUF: llama.cpp's flash attention, auto | on | off (as llama-cli -fa)"),
     force: bool = typer.Option(False, "--force", help="load even if the memory estimate exceeds available memory"),
     as_json: bool = typer.Option(False, "--json", help="print text, token counts, speeds, load time, peak RSS as JSON"),
 ) -> None:
@@ -52,7 +54,7 @@ def run(
 
         artifact, pick_info = picker.resolve_for_run(profile, models, artifact, ctx or DEFAULT_CTX)
     params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    options = SessionOptions(ctx=ctx, threads=n_threads, force=force, seed=seed)
+    options = SessionOptions(ctx=ctx, threads=n_threads, force=force, seed=seed, flash_attn=flash_attn)
     with open_session(artifact, options) as backend:
         rendered = backend.chat_prompt(text) if chat else text
         check_prompt_size(rendered, "the prompt rendered by the chat template")
