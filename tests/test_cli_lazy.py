@@ -56,11 +56,11 @@ def test_building_the_run_command_imports_no_heavy_library() -> None:
     assert out.stderr.split() == []
 
 
-def test_a_whole_run_never_imports_gguf_py_or_rich(tiny_gguf: Path) -> None:
+def test_a_whole_run_never_imports_gguf_py_rich_or_pydantic(tiny_gguf: Path) -> None:
     """The memory guard and context check read the header with core's reader; errors and text need no rich."""
     probe = ("import sys\nfrom edge_run.runtime.cli.main import main\n"
              f"assert main(['run', {str(tiny_gguf)!r}, '-p', 'hi', '-n', '2', '-t', '1']) == 0\n" + MODULES)
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     loaded = set(out.stderr.split())
     assert "llama_cpp" in loaded  # it did run the model
-    assert not loaded & {"gguf", "yaml", "rich"}, loaded
+    assert not loaded & {"gguf", "yaml", "rich", "pydantic"}, loaded  # pydantic: typer >= 0.29 (pyproject pins)
