@@ -10,7 +10,6 @@ Disk-full cases need a size-limited file system and run in a subprocess (test_di
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import resource
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import CliResult
+from .failure_util import assert_clean_failure, snapshot
 
 # ---------------------------------------------------------------------------------------------- the world
 
@@ -380,23 +380,6 @@ def world(tmp_path: Path, tiny_checkpoint: Callable[[str], Path], tiny_artifact:
     root = tmp_path / "world"
     root.mkdir()
     return World(root, tiny_checkpoint("llama"), tiny_artifact)
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns,
-                                       hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def assert_clean_failure(res: CliResult, code: int, what: str, todo: str) -> None:
-    assert res.code == code, f"exit {res.code}, expected {code}: {res.stderr}"
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, f"expected one line, got: {res.stderr!r}"
-    line = lines[0]
-    assert line.startswith("error: "), line
-    assert "Traceback" not in res.stderr and "internal error" not in line, line
-    assert what.lower() in line.lower(), f"{what!r} not in {line!r}"
-    assert todo.lower() in line.lower(), f"{todo!r} not in {line!r}"
 
 
 # ---------------------------------------------------------------------------------------------- the tests

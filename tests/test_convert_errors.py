@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import CliResult
+from .failure_util import assert_clean_failure
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -38,15 +39,6 @@ CASES: list[tuple[str, Callable[[Path], None] | None, int, str]] = [
     ("unknown-architecture", _unknown_arch, 3, "LlamaForCausalLM"),
     ("missing-tokenizer", _drop_tokenizer, 3, "tokenizer"),
 ]
-
-
-def assert_clean_failure(res: CliResult, code: int, needle: str) -> None:
-    assert res.code == code, res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in res.stderr
-    assert needle.lower() in lines[0].lower()
 
 
 @pytest.mark.parametrize("name,breaker,code,needle", CASES, ids=[c[0] for c in CASES])

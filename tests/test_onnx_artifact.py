@@ -24,7 +24,8 @@ from edge_run.runtime.fsutil import TEMP_PREFIX, sha256_file
 from edge_run.runtime.manifest import read_manifest
 
 from .conftest import CliResult
-from .test_convert_errors import CASES, _copy, assert_clean_failure
+from .failure_util import assert_clean_failure
+from .test_convert_errors import CASES, _copy
 
 # onnxruntime-genai's decoder config keys and the types it parses them as
 GENAI_MODEL_KEYS = {"bos_token_id": int, "context_length": int, "decoder": dict, "eos_token_id": (int, list),
