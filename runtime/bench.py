@@ -26,10 +26,11 @@ from typing import Any, Protocol
 
 import psutil
 
+from edge_run.core.errors import UsageError
+
 from . import __version__
 from .backends import Backend, GenerationParams, LoadOptions, open_backend
 from .backends.base import physical_cores
-from .errors import UsageError
 
 SCHEMA = "edge-run-bench/1"
 WARMUP_PROMPT, WARMUP_TOKENS = 16, 2
@@ -167,8 +168,7 @@ def bench(artifact: Path, config: BenchConfig | None = None,
           progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Benchmark ``artifact``; a JSON-ready dict (schema ``edge-run-bench/1``, see the README)."""
     from edge_run.core.formats import artifact_size
-
-    from .manifest import read_manifest
+    from edge_run.core.manifest import read_manifest
 
     config = config or BenchConfig()
     validate_config(config)

@@ -8,7 +8,7 @@ from jinja2 import TemplateError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import ArtifactError
+from edge_run.core.errors import ArtifactError
 
 
 def _raise_exception(message: str) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from edge_run.core.errors import UsageError
+
 from .backends import Backend
-from .errors import UsageError
 
 
 class Conversation:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from .errors import CorpusError
+from edge_run.core.errors import CorpusError
 
 BUILTIN_CORPORA: dict[str, str] = {
     "wikitext-2-raw-test": "wikitext-2-raw-test.txt",

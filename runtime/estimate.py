@@ -26,10 +26,10 @@ from typing import Any
 
 import psutil
 
+from edge_run.core.errors import ArtifactError, InsufficientMemoryError
+from edge_run.core.gguf_header import GGUFHeader, read_gguf_header
 from edge_run.core.quants import KV_CACHE_TYPES
 
-from .errors import ArtifactError, InsufficientMemoryError
-from .gguf_header import GGUFHeader, read_gguf_header
 from .quant_mix import tensor_bytes, tensor_type
 
 MIB = 2**20

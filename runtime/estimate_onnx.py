@@ -25,9 +25,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_run.core.errors import ArtifactError
 from edge_run.core.formats import ONNX_GRAPH, payload_files
 
-from .errors import ArtifactError
 from .estimate import MIB, MemoryEstimate
 
 RUNTIME_ANON_MIB = 24.7  # python + numpy + onnxruntime + tokenizers + edge_run imported, nothing loaded

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactError, ResourceError
+from edge_run.core.errors import ArtifactError, ResourceError
 
 
 class LlamaChunkLogits:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ArtifactError, UsageError
+from edge_run.core.errors import ArtifactError, UsageError
 
 # Parent tokens whose log-probability is at or below this are left out of the KL sum (as llama.cpp does);
 # their total probability mass is below n_vocab * e^-16.

@@ -33,11 +33,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edge_run.core.errors import ArtifactError, CorpusError, ResourceError, UsageError
+from edge_run.core.fsutil import read_regular_file
+
 from .backends import Backend, LoadOptions, open_backend
 from .datasets import BUILTIN_CORPORA, builtin_corpus_path
-from .errors import ArtifactError, CorpusError, ResourceError, UsageError
 from .eval_math import Accumulator, LogprobStore, LogprobWriter, kl_divergence, log_softmax, rows_nll
-from .fsutil import read_regular_file
 
 # progress(stage, done, total)
 Progress = Callable[[str, int, int], None]
@@ -380,7 +381,8 @@ def evaluate(artifact: Path, corpus: Corpus, *, ctx: int = 512, chunks: int | No
 def save_quality(artifact: Path, result: EvalResult) -> bool:
     """Store the result in the artifact's manifest under ``quality[<corpus key>]``; False if it has none.
     A run with a quantized KV cache goes into the quality store only (the manifest's entry is the f16 cache's)."""
-    from .manifest import read_manifest, update_manifest
+    from edge_run.core.manifest import read_manifest, update_manifest
+
     from .quality_store import record_eval
 
     if read_manifest(artifact) is None:

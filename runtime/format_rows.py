@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_run.core.errors import ArtifactError
 from edge_run.core.formats import FORMATS, detect_format
 
 from .backends.base import Backend, LoadOptions
-from .errors import ArtifactError
 from .estimate import MemoryEstimate, ModelShape, estimate_memory, host_simd, refuse_if_short
 
 # (artifact or None for a planned pairing, its shape if known, n_ctx, CPU SIMD features, KV cache type)
@@ -81,7 +81,7 @@ def check_memory(artifact: Path, n_ctx: int, available_mib: float | None = None,
 
 def trained_context(artifact: Path) -> int | None:
     """The context length the model was trained for: the manifest's, else the artifact's own (None if unknown)."""
-    from .manifest import read_manifest
+    from edge_run.core.manifest import read_manifest
 
     artifact = Path(artifact)
     manifest = read_manifest(artifact)

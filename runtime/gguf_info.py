@@ -12,7 +12,7 @@ VOCAB_ARRAYS = frozenset({"tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tok
 
 
 def gguf_metadata(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from .gguf_header import SkippedArray, read_gguf_header
+    from edge_run.core.gguf_header import SkippedArray, read_gguf_header
 
     header = read_gguf_header(path, max_items=None, skip_keys=VOCAB_ARRAYS)
     meta = {key: f"[{len(value)} entries]" if isinstance(value, SkippedArray) else value

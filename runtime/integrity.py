@@ -19,11 +19,10 @@ import json
 import stat as stat_module
 from pathlib import Path
 
+from edge_run.core.errors import ArtifactError, IntegrityError
 from edge_run.core.formats import artifact_size, hashed_files, what_to_pass
-
-from .errors import ArtifactError, IntegrityError
-from .fsutil import cache_dir, is_regular_or_folder, sha256_file, write_cache_text
-from .manifest import Manifest, read_manifest
+from edge_run.core.fsutil import cache_dir, is_regular_or_folder, sha256_file, write_cache_text
+from edge_run.core.manifest import Manifest, read_manifest
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError
+from edge_run.core.errors import ArtifactError
 
 
 def _shape(value_info: Any) -> list[int | str]:

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from .errors import NothingFitsError
+from edge_run.core.errors import NothingFitsError
+
 from .estimate import MemoryEstimate
 from .profiles import DeviceProfile
 

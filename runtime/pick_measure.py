@@ -29,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fsutil import cache_dir
+from edge_run.core.fsutil import cache_dir
+
 from .pick_quality import REFERENCE_CORPUS, REFERENCE_CTX, reference_corpus_sha256
 from .picker import Candidate, PickResult
 from .quality_store import QualityStore, StoreKey
@@ -190,8 +191,8 @@ def _convert(step: Step, rest: list[Step], folder: Path, converted: dict[tuple[s
     one go (one F16 intermediate, one importance matrix); types already converted in ``folder`` are reused."""
     from edge_run.converters.gguf.convert import ConvertOptions, artifact_path, convert_to_gguf
     from edge_run.converters.gguf.quant_types import QUANT_TYPES
+    from edge_run.core.manifest import read_manifest
 
-    from .manifest import read_manifest
     from .picker import IMATRIX_SUFFIX
 
     name = step.model + (IMATRIX_SUFFIX if step.imatrix else "")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import UsageError
-from .fsutil import atomic_path
+from edge_run.core.errors import UsageError
+from edge_run.core.fsutil import atomic_path
+
 from .picker import PickResult
 
 

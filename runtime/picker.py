@@ -24,14 +24,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edge_run.core.errors import ArtifactError, CheckpointError, InputError, NothingFitsError, UsageError
 from edge_run.core.gguf_header import GGML_TYPES
+from edge_run.core.manifest import Manifest, read_manifest
 from edge_run.core.quants import BY_NAME as QUANT_NAMES
 from edge_run.core.quants import KV_CACHE_TYPES, PLANNED_QUANTS
 
 from . import format_rows
-from .errors import ArtifactError, CheckpointError, InputError, NothingFitsError, UsageError
 from .estimate import CACHE_BYTES, MemoryEstimate, shape_from_checkpoint, shape_from_gguf
-from .manifest import Manifest, read_manifest
 from .pick_explain import explain, nothing_fits
 from .pick_quality import candidate_quality, store_kv_deltas, store_references
 from .pick_types import Candidate, Row

@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, EdgeRunError, ResourceError
-from .fsutil import cache_dir, write_cache_text
+from edge_run.core.errors import ArtifactError, EdgeRunError, ResourceError
+from edge_run.core.fsutil import cache_dir, write_cache_text
 
 PROBE_TIMEOUT_S = 300
 _ASSERT = re.compile(r"(GGML_ASSERT\(.*?\) failed|terminate called.*|what\(\):.*)")

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import psutil
 
-from .errors import ProfileError
-from .fsutil import read_regular_file
+from edge_run.core.errors import ProfileError
+from edge_run.core.fsutil import read_regular_file
 
 MAX_PROFILE_BYTES = 1 << 20  # a profile is a dozen lines
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import UsageError
-from .fsutil import read_regular_file
+from edge_run.core.errors import UsageError
+from edge_run.core.fsutil import read_regular_file
 
 # 8 MiB of UTF-8 is about 2M tokens: far beyond any model's context, far below what the tokenizer chokes on.
 MAX_PROMPT_BYTES = 8 * 2**20

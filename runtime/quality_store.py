@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ResourceError, UsageError
-from .fsutil import cache_dir
+from edge_run.core.errors import ResourceError, UsageError
+from edge_run.core.fsutil import cache_dir
 
 if TYPE_CHECKING:
     from .evaluate import EvalResult
@@ -165,7 +165,7 @@ class QualityStore:
 def record_eval(artifact: Path, result: EvalResult, store: QualityStore | None = None) -> bool:
     """Feed an `edge-run eval` result into the store (keyed by the artifact's manifest); False when the
     artifact has no manifest (no checkpoint digest) or the BPB is not a finite non-negative number."""
-    from .manifest import read_manifest
+    from edge_run.core.manifest import read_manifest
 
     m = read_manifest(artifact)
     entry = result.quality_entry()

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_run.core.errors import UsageError
+
 from .backends import Backend, LoadOptions, open_backend
 from .backends.base import physical_cores
-from .errors import UsageError
 
 if TYPE_CHECKING:
-    from .manifest import Manifest
+    from edge_run.core.manifest import Manifest
 
 DEFAULT_CTX = 2048
 # the checks import their modules when called: `edge-run --help` and the commands that load nothing stay fast

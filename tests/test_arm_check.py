@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_run.runtime.errors import ResourceError
+from edge_run.core.errors import ResourceError
 from tools import arm_check, arm_rootfs, arm_rss
 
 ROOT = Path(__file__).resolve().parents[1]

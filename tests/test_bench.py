@@ -84,8 +84,8 @@ def test_flash_attention_modes(tiny_gguf: Path, mode: str, enabled: bool) -> Non
 
 
 def test_quantized_kv_cache_refuses_flash_attention_off(tiny_gguf: Path, cli: Callable) -> None:
+    from edge_run.core.errors import UsageError
     from edge_run.runtime.backends import LoadOptions, open_backend
-    from edge_run.runtime.errors import UsageError
 
     with pytest.raises(UsageError, match="needs flash attention"):
         open_backend(tiny_gguf, LoadOptions(n_ctx=64, n_threads=1, cache_type="q8_0", flash_attn="off"))

@@ -10,7 +10,7 @@ import gguf
 import numpy as np
 import pytest
 
-from edge_run.runtime.errors import InsufficientMemoryError
+from edge_run.core.errors import InsufficientMemoryError
 from edge_run.runtime.estimate import (
     MIB,
     check_memory,

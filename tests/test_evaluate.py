@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_run.core.manifest import read_manifest
 from edge_run.runtime.backends.base import Backend, GenerationParams
 from edge_run.runtime.eval_math import KLD_FLOOR, LogprobStore, decode_logprobs, encode_logprobs, log_softmax
 from edge_run.runtime.evaluate import (
@@ -22,7 +23,6 @@ from edge_run.runtime.evaluate import (
     plan_chunks,
     score,
 )
-from edge_run.runtime.manifest import read_manifest
 
 # ---- a backend with hand-set logits --------------------------------------------------------------------
 

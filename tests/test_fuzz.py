@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_run.runtime.errors import EdgeRunError
+from edge_run.core.errors import EdgeRunError
 
 SCALE = float(os.environ.get("EDGE_RUN_FUZZ_SCALE", "1"))
 FUZZ = settings(max_examples=int(1000 * SCALE), deadline=None, derandomize=True, database=None,
@@ -123,7 +123,7 @@ def test_fuzz_safetensors_header(tmp_path: Path, counter: Counter) -> None:
 def test_deeply_nested_headers_are_input_errors(tmp_path: Path) -> None:
     """JSON nested deeper than Python's recursion limit must be a clean error too (json raises RecursionError)."""
     from edge_run.converters.checkpoint import read_safetensors_index
-    from edge_run.runtime.manifest import read_manifest
+    from edge_run.core.manifest import read_manifest
 
     deep = b"[" * 100_000 + b"]" * 100_000
     st_file = tmp_path / "model.safetensors"
@@ -163,7 +163,7 @@ def manifests(draw: st.DrawFn) -> Any:
 
 
 def test_fuzz_manifest_parsing(tmp_path: Path, counter: Counter) -> None:
-    from edge_run.runtime.manifest import FIELD_TYPES, Manifest, read_manifest
+    from edge_run.core.manifest import FIELD_TYPES, Manifest, read_manifest
 
     artifact = tmp_path / "m.Q4_K_M.gguf"
     artifact.write_bytes(b"GGUF")
@@ -337,7 +337,7 @@ def test_gguf_array_count_past_the_end_fails_fast(small_gguf: tuple[bytes, int],
     data[count_at:count_at + 8] = struct.pack("<Q", 2**42)
     path.write_bytes(bytes(data))
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
-            "from edge_run.runtime.errors import ArtifactError\n"
+            "from edge_run.core.errors import ArtifactError\n"
             "from edge_run.runtime.inspection import describe_artifact\n"
             "from edge_run.runtime.estimate import shape_from_gguf\n"
             "for fn in (describe_artifact, shape_from_gguf):\n"

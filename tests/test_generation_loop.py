@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from edge_run.core.errors import UsageError
 from edge_run.runtime.backends.base import Backend, GenerationParams, StopMatcher
-from edge_run.runtime.errors import UsageError
 
 EOS = 0
 

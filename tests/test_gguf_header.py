@@ -15,8 +15,8 @@ import gguf
 import numpy as np
 import pytest
 
-from edge_run.runtime.errors import ArtifactError
-from edge_run.runtime.gguf_header import GGML_TYPES, SkippedArray, read_gguf_header
+from edge_run.core.errors import ArtifactError
+from edge_run.core.gguf_header import GGML_TYPES, SkippedArray, read_gguf_header
 
 
 def reference(path: Path) -> tuple[dict[str, Any], list[tuple[Any, ...]], int]:

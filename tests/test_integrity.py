@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
-from edge_run.runtime.errors import IntegrityError
+from edge_run.core.errors import IntegrityError
 from edge_run.runtime.integrity import verify_artifact
 
 from .conftest import CliResult

@@ -96,7 +96,7 @@ def test_a_second_convert_into_a_busy_folder_fails_at_once(tiny_checkpoint: Call
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from edge_run.runtime.fsutil import exclusive_folder
+        from edge_run.core.fsutil import exclusive_folder
         with exclusive_folder({str(out)!r}):
             print("held", flush=True)
             time.sleep(60)
@@ -117,8 +117,8 @@ def test_a_second_convert_into_a_busy_folder_fails_at_once(tiny_checkpoint: Call
 
 def test_no_overwrite_between_check_and_rename(tmp_path: Path) -> None:
     """The exists-check passed, then someone else created the file: without --force it is kept."""
-    from edge_run.runtime.errors import OutputExistsError
-    from edge_run.runtime.fsutil import atomic_path
+    from edge_run.core.errors import OutputExistsError
+    from edge_run.core.fsutil import atomic_path
 
     dest = tmp_path / "a.gguf"
     with pytest.raises(OutputExistsError), atomic_path(dest) as tmp:

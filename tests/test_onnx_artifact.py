@@ -18,10 +18,10 @@ import pytest
 from edge_run.converters.checkpoint import open_checkpoint
 from edge_run.converters.onnx import graph as graph_module
 from edge_run.converters.onnx.convert import OnnxOptions, convert_to_onnx
+from edge_run.core.errors import ArtifactError
+from edge_run.core.fsutil import TEMP_PREFIX, sha256_file
+from edge_run.core.manifest import read_manifest
 from edge_run.runtime.backends import GenerationParams, LoadOptions, open_backend
-from edge_run.runtime.errors import ArtifactError
-from edge_run.runtime.fsutil import TEMP_PREFIX, sha256_file
-from edge_run.runtime.manifest import read_manifest
 
 from .conftest import CliResult
 from .failure_util import assert_clean_failure

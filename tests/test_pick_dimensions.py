@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_run.runtime.errors import NothingFitsError
+from edge_run.core.errors import NothingFitsError
 from edge_run.runtime.pick_quality import candidate_quality
 from edge_run.runtime.picker import Candidate, pick
 from edge_run.runtime.profiles import get_profile, list_profiles
@@ -100,7 +100,7 @@ def test_min_ctx_trades_context_for_quality_only_when_asked() -> None:
 
 
 def test_min_ctx_is_checked() -> None:
-    from edge_run.runtime.errors import UsageError
+    from edge_run.core.errors import UsageError
 
     with pytest.raises(UsageError, match="--min-ctx 4096 is not between 16 and --ctx 2048"):
         pick(get_profile("pi-3b"), CANDIDATES, ctx=2048, min_ctx=4096)
@@ -111,7 +111,7 @@ def test_a_planned_imatrix_pairing_converts_beside_the_plain_one(tiny_checkpoint
                                                                  tmp_path: Path) -> None:
     """`run --profile` converts an imatrix pick with its importance matrix into <model>-imat.<QUANT>.gguf; the
     next scan lists it as that artifact (imatrix, same model name), not as a planned pairing again."""
-    from edge_run.runtime.manifest import read_manifest
+    from edge_run.core.manifest import read_manifest
     from edge_run.runtime.picker import convert_planned, gather_candidates
     from edge_run.runtime.quality_store import QualityStore
 

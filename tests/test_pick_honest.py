@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_run.runtime.errors import NothingFitsError
+from edge_run.core.errors import NothingFitsError
 from edge_run.runtime.picker import Candidate, pick
 from edge_run.runtime.profiles import get_profile, list_profiles
 from edge_run.runtime.quant_loss import COST, GAMMA, OUTPUT_WEIGHT, mix_of, predicted_loss

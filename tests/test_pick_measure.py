@@ -80,7 +80,7 @@ def test_measure_kv_cache_auto(tiny_checkpoint: Callable[[str], Path], tmp_path:
     assert data["pick"]["cache_type"] is None  # everything fits with an f16 cache: the f16 twin wins the tie
     # `edge-run eval --cache-type q8_0` feeds the store under its cache type, and leaves the manifest's f16 entry
     from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
-    from edge_run.runtime.manifest import read_manifest
+    from edge_run.core.manifest import read_manifest
 
     (gguf,) = convert_to_gguf(tmp_path / "models" / "tiny", tmp_path, ConvertOptions(quants="q4_0", name="tiny"))
     f16 = json.loads(cli("eval", gguf, "--chunks", "1", "--json").stdout)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_run.runtime.errors import NothingFitsError
+from edge_run.core.errors import NothingFitsError
 from edge_run.runtime.estimate import ModelShape, TensorInfo
 from edge_run.runtime.picker import Candidate, pick
 from edge_run.runtime.profiles import get_profile, list_profiles

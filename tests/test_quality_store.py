@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_run.runtime.errors import UsageError
+from edge_run.core.errors import UsageError
 from edge_run.runtime.pick_quality import reference_corpus_sha256, store_references
 from edge_run.runtime.quality_store import QualityStore, StoreKey
 

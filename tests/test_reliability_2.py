@@ -102,8 +102,8 @@ def test_ctrl_c_in_a_command_that_writes_nothing(art: Path) -> None:
 
 
 def test_interrupt_hint_only_while_writing() -> None:
-    from edge_run.runtime.errors import Interrupted
-    from edge_run.runtime.fsutil import _on_signal, exclusive_folder
+    from edge_run.core.errors import Interrupted
+    from edge_run.core.fsutil import _on_signal, exclusive_folder
 
     with pytest.raises(Interrupted) as idle:
         _on_signal(signal.SIGINT, None)
@@ -278,7 +278,7 @@ def test_onnx_integrity_covers_every_file(tiny_checkpoint: Callable[[str], Path]
 
 def test_a_corpus_named_like_the_builtin_is_not_stored_as_it(art: Path, tmp_path: Path,
                                                              cli: Callable[..., CliResult]) -> None:
-    from edge_run.runtime.manifest import read_manifest
+    from edge_run.core.manifest import read_manifest
 
     fake = tmp_path / "wikitext-2-raw-test.txt"
     fake.write_text("not wikitext at all. " * 600)
@@ -291,7 +291,7 @@ def test_a_corpus_named_like_the_builtin_is_not_stored_as_it(art: Path, tmp_path
 
 
 def test_a_non_finite_measurement_is_never_stored(art: Path, tmp_path: Path) -> None:
-    from edge_run.runtime.errors import ArtifactError
+    from edge_run.core.errors import ArtifactError
     from edge_run.runtime.evaluate import evaluate, load_corpus, save_quality
 
     corpus = tmp_path / "c.txt"
@@ -305,7 +305,7 @@ def test_a_non_finite_measurement_is_never_stored(art: Path, tmp_path: Path) -> 
 
 
 def test_a_hand_edited_negative_bpb_never_wins(art: Path, tmp_path: Path, cli: Callable[..., CliResult]) -> None:
-    from edge_run.runtime.manifest import update_manifest
+    from edge_run.core.manifest import update_manifest
 
     update_manifest(art, quality={"wikitext2": {"bpb": -100.0, "ppl": 1.0}})
     res = cli("pick", "--profile", "pi4-4gb", "--ctx", "512", "--models", art.parent, "--json")

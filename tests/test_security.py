@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edge_run.converters.checkpoint import PICKLE_SUFFIXES
-from edge_run.runtime.errors import ArtifactError, CheckpointError
+from edge_run.core.errors import ArtifactError, CheckpointError
 
 from .conftest import CliResult
 
@@ -152,7 +152,7 @@ def test_run_chat_with_a_hostile_template(tiny_checkpoint: Callable[[str], Path]
 @pytest.mark.parametrize("name", ["../x.gguf", "../../etc/passwd", "/etc/passwd", "sub/m.gguf", "..", ".", "",
                                   "m.gguf\x00.txt"])
 def test_manifest_cannot_name_a_file_outside_its_folder(name: str) -> None:
-    from edge_run.runtime.manifest import Manifest
+    from edge_run.core.manifest import Manifest
 
     d = {"format": "gguf", "artifact": name, "source": {}, "architecture": "LlamaForCausalLM", "arch": "llama",
          "parameter_count": 1, "quant": "Q8_0", "bits_per_weight": 8.5, "file_size": 1, "sha256": "0" * 64,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_run.runtime.errors import InsufficientMemoryError, IntegrityError, UsageError
+from edge_run.core.errors import InsufficientMemoryError, IntegrityError, UsageError
 from edge_run.runtime.session import DEFAULT_CTX, SessionOptions, open_session, resolve_context, verify
 
 from .conftest import CliResult

@@ -12,10 +12,10 @@ import gguf
 import numpy as np
 import pytest
 
+from edge_run.core.fsutil import sha256_file
+from edge_run.core.manifest import read_manifest
 from edge_run.runtime.backends import GenerationParams, LoadOptions, open_backend
 from edge_run.runtime.datasets import builtin_corpus_path
-from edge_run.runtime.fsutil import sha256_file
-from edge_run.runtime.manifest import read_manifest
 
 pytestmark = pytest.mark.zoo
 

@@ -14,7 +14,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from safetensors import safe_open
 from tokenizers import Tokenizer
 
-from edge_run.runtime.errors import InputError, IntegrityError, UsageError
+from edge_run.core.errors import InputError, IntegrityError, UsageError
 from tools import zoo
 
 # Facts about the two source GGUFs (from their metadata), checked against the produced config.json.

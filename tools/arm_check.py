@@ -35,8 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_run.core.errors import EdgeRunError, ResourceError
 from edge_run.core.fsutil import cache_dir
-from edge_run.runtime.errors import EdgeRunError, ResourceError
 from tools import arm_rootfs, arm_rss
 
 PROMPT = "The capital of France is"

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
+from edge_run.core.errors import UsageError
 
 if TYPE_CHECKING:  # numpy and psutil are imported where used: `edge-run run` starts before either is needed
     import numpy as np

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from jinja2 import TemplateError
 
+from edge_run.core.errors import ArtifactError, InsufficientMemoryError, UsageError
 from edge_run.core.quants import KV_CACHE_TYPES
 
-from ..errors import ArtifactError, InsufficientMemoryError, UsageError
 from ..preflight import check_gguf
 from .base import Backend, GenerationParams, LoadOptions
 

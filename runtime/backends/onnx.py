@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError, UsageError
+from edge_run.core.errors import ArtifactError, UsageError
+
 from .base import Backend, GenerationParams, LoadOptions
 from .sampling import sample_token
 

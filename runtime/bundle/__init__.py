@@ -1,6 +1,6 @@
 """Offline deploy bundles for Raspberry Pis and other 64-bit ARM boards (`edge-run bundle`).
 
-Public API (library: raises edge_run.runtime.errors classes, never prints):
+Public API (library: raises edge_run.core.errors classes, never prints):
 
     baseline_for_profile(profile: DeviceProfile) -> Baseline
         The CPU baseline a profile implies (BASELINES table in baselines.py: armv8-a for Cortex-A53/A72,

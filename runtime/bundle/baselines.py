@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import InputError
+from edge_run.core.errors import InputError
+
 from ..profiles import DeviceProfile
 
 

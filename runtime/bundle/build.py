@@ -26,11 +26,11 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_run.core.errors import OutputExistsError, ResourceError, UsageError
 from edge_run.core.formats import payload_files
+from edge_run.core.fsutil import atomic_path, sha256_file
+from edge_run.core.manifest import manifest_path_for
 
-from ..errors import OutputExistsError, ResourceError, UsageError
-from ..fsutil import atomic_path, sha256_file
-from ..manifest import manifest_path_for
 from ..profiles import DeviceProfile, get_profile
 from .baselines import BASELINES, Baseline, baseline_for_profile
 from .llama_wheel import build_llama_wheel, cached_llama_wheel, remove_dead_builds

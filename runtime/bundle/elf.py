@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ArtifactError
+from edge_run.core.errors import ArtifactError
 
 MACHINES = {183: "aarch64", 62: "x86_64", 40: "arm", 243: "riscv"}
 SHT_DYNAMIC = 6

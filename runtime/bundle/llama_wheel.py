@@ -34,8 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, ResourceError
-from ..fsutil import cache_dir
+from edge_run.core.errors import InputError, ResourceError
+from edge_run.core.fsutil import cache_dir
+
 from .baselines import Baseline
 from .elf import read_elf
 from .toolchain import Toolchain, find_toolchain

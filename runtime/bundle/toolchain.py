@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ResourceError, UsageError
+from edge_run.core.errors import ResourceError, UsageError
+
 from .baselines import Baseline
 
 

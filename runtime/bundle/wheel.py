@@ -19,7 +19,7 @@ import re
 import zipfile
 from pathlib import Path
 
-from ..fsutil import atomic_path
+from edge_run.core.fsutil import atomic_path
 
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)
 

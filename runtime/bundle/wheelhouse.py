@@ -25,7 +25,8 @@ from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from ..errors import InputError, ResourceError, UsageError
+from edge_run.core.errors import InputError, ResourceError, UsageError
+
 from .llama_wheel import run_group
 
 MIN_PYTHON = (3, 11)  # pyproject.toml requires-python

@@ -21,8 +21,9 @@ def bench_command(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Benchmark an artifact on this machine (pp<N> prefill and tg<N> decode tokens/s, like llama-bench)."""
+    from edge_run.core.errors import ArtifactError
+
     from ..bench import BenchConfig, bench
-    from ..errors import ArtifactError
     from ..session import verify
 
     if not Path(artifact).exists():

@@ -10,9 +10,10 @@ from typing import Any
 
 import typer
 
+from edge_run.core.errors import ArtifactError, EdgeRunError
+
 from ..backends import Backend, GenerationParams
 from ..conversation import Conversation
-from ..errors import ArtifactError, EdgeRunError
 
 HELP = "/reset clears the conversation, /system TEXT sets the system prompt, /exit leaves; " \
        "Ctrl-C stops an answer, Ctrl-D leaves"

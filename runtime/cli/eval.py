@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ..errors import EdgeRunError
+from edge_run.core.errors import EdgeRunError
+
 from ._common import console, err_console, print_json, progress_bars
 
 if TYPE_CHECKING:

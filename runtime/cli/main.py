@@ -13,8 +13,8 @@ import sys
 
 import typer
 
-from ..errors import EdgeRunError
-from ..fsutil import install_signal_handlers
+from edge_run.core.errors import EdgeRunError
+from edge_run.core.fsutil import install_signal_handlers
 
 COMMAND_MODULES: tuple[str, ...] = (
     "convert",

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import typer
 
+from edge_run.core.errors import UsageError
+
 from ..backends import GenerationParams
 from ..backends.base import physical_cores
 from ..chat import user_turn
-from ..errors import UsageError
 from ..prompt import check_prompt_size
 from ..session import DEFAULT_CTX, SessionOptions, open_session
 from ._common import print_json

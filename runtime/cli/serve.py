@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import UsageError
+from edge_run.core.errors import UsageError
 
 
 def serve_command(

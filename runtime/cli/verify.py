@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..errors import ArtifactError
+from edge_run.core.errors import ArtifactError
+
 from ._common import console, print_json
 
 

@@ -28,8 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from edge_run.core.errors import EdgeRunError
+
 from ..backends import Backend, GenerationParams, GenerationResult
-from ..errors import EdgeRunError
 from .schema import MAX_BODY_BYTES, ApiError, ChatRequest, SamplingRequest, parse_chat, parse_completion, parse_json
 from .worker import Job, QueueFull, ShuttingDown, Worker
 

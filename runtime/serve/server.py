@@ -17,7 +17,8 @@ from typing import Any
 
 import uvicorn
 
-from ..errors import ResourceError, UsageError
+from edge_run.core.errors import ResourceError, UsageError
+
 from .app import SHUTDOWN_GRACE_S, ServerState, build_app
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")

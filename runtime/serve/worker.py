@@ -20,8 +20,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_run.core.errors import EdgeRunError
+
 from ..backends import Backend, GenerationParams, GenerationResult
-from ..errors import EdgeRunError
 
 
 class QueueFull(Exception):
