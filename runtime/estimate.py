@@ -46,6 +46,12 @@ LIBRARY_FILE_MIB = 22.0
 ARM64_RUNTIME_EXTRA_MIB = 35.0
 # llama.cpp's vocabulary tables (token strings, scores, attributes, text->id map, piece cache) per token
 VOCAB_BYTES_PER_TOKEN = 120
+# general.architecture -> the sliding-window period llama.cpp assumes when a GGUF stores no per-layer pattern
+# (llama-hparams set_swa_pattern(n): layers il % n < n - 1 are local, every n-th is global). edge-run's own
+# files store the pattern; these rows are for files converted elsewhere. One row per architecture.
+DEFAULT_SWA_PERIOD: dict[str, int] = {
+    "gemma3": 6,
+}
 CACHE_BYTES: dict[str, float] = {name: q.kv_bytes_per_element for name, q in KV_CACHE_TYPES.items()}
 # GGML types llama.cpp repacks into interleaved layouts for a CPU feature (ggml-cpu/repack.cpp,
 # ggml_repack_get_optimal_repack_type, llama.cpp as vendored by llama-cpp-python 0.3.36); rows must come in
@@ -145,8 +151,8 @@ def _shape_from_header(header: GGUFHeader, name: str) -> ModelShape:
     n_swa = int(f.get(f"{arch}.attention.sliding_window", 0) or 0)
     if isinstance(pattern, list):
         n_swa_layers = sum(bool(x) for x in pattern)
-    elif n_swa and arch == "gemma3":  # llama.cpp's default gemma3 pattern: 5 local layers, then 1 global
-        n_swa_layers = n_layer - n_layer // 6
+    elif n_swa and arch in DEFAULT_SWA_PERIOD:  # a file from elsewhere: llama.cpp's own default pattern
+        n_swa_layers = n_layer - n_layer // DEFAULT_SWA_PERIOD[arch]
     else:
         n_swa_layers = 0
     tensors = tuple(

@@ -21,7 +21,7 @@ from edge_run.runtime.estimate import (
 )
 
 
-def write_synthetic_gguf(path: Path, n_layer: int = 2, d: int = 64, swa: int = 0) -> Path:
+def write_synthetic_gguf(path: Path, n_layer: int = 2, d: int = 64, swa: int = 0, pattern: bool = True) -> Path:
     w = gguf.GGUFWriter(path, "gemma3" if swa else "llama")
     arch = "gemma3" if swa else "llama"
     w.add_block_count(n_layer)
@@ -32,7 +32,8 @@ def write_synthetic_gguf(path: Path, n_layer: int = 2, d: int = 64, swa: int = 0
     w.add_context_length(4096)
     if swa:
         w.add_sliding_window(swa)
-        w.add_sliding_window_pattern([True] * (n_layer - 1) + [False])
+        if pattern:
+            w.add_sliding_window_pattern([True] * (n_layer - 1) + [False])
     w.add_token_list([f"t{i}".encode() for i in range(100)])
     w.add_tensor("token_embd.weight", np.zeros((100, d), np.float16))
     for i in range(n_layer):
@@ -67,6 +68,14 @@ def test_sliding_window_layers(tmp_path: Path) -> None:
     per_layer = 2 * 32 * 2
     assert full == 6 * per_layer * 8192
     assert capped == per_layer * (8192 + 5 * 768)  # n_swa + n_ubatch, padded to 256
+
+
+@pytest.mark.parametrize("n_layer,n_global", [(6, 1), (11, 1), (12, 2), (18, 3)])
+def test_a_gemma3_file_without_a_pattern_gets_llama_cpps_default(tmp_path: Path, n_layer: int,
+                                                                  n_global: int) -> None:
+    """llama.cpp makes every 6th gemma3 layer global when the file stores no pattern (layers 5, 11, 17, ...)."""
+    shape = shape_from_gguf(write_synthetic_gguf(tmp_path / "s.gguf", n_layer=n_layer, swa=128, pattern=False))
+    assert (shape.n_swa_layers, shape.n_swa) == (n_layer - n_global, 128)
 
 
 def test_repack_depends_on_simd(tmp_path: Path, tiny_checkpoint: Callable[[str], Path]) -> None:
