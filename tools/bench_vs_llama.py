@@ -214,6 +214,7 @@ def table_main(args: argparse.Namespace) -> int:
         row["load_average"] = [round(load, 2), round(os.getloadavg()[0], 2)]
         results = [r for r in results if r["row"] != row["row"]] + [row]
     doc = {"schema": "edge-run-speed/1", "threads": threads, "rounds": n, "llama_cpp_python": installed_version(),
+           "flash_attn": "auto on both sides (edge-run's and llama.cpp's tools' default; on for the CPU backend)",
            "machine": machine_info(), "load_average_before": [round(x, 2) for x in load_before],
            "load_average_after": [round(x, 2) for x in os.getloadavg()],
            "seconds": round(time.perf_counter() - t0, 1), "rows": results}
