@@ -45,6 +45,8 @@ from edge_run.core.fsutil import (
 )
 
 Progress = Callable[[str, int, int], None]
+# (checkpoint, out_dir, name, progress) -> the F16 GGUF written into out_dir
+F16Converter = Callable[[Path, Path, str, Progress | None], Path]
 
 DEFAULT_CTX = 512
 DEFAULT_MAX_CHUNKS = 64  # 32k tokens at ctx 512: enough to rank the columns of models this size
@@ -174,7 +176,7 @@ def _tokenize(llama_cpp: object, vocab: object, text: str) -> list[int]:
 def _llama(gguf_path: Path, ctx: int, threads: int, cb: object) -> Iterator[tuple[object, object, object]]:
     import llama_cpp
 
-    from edge_run.runtime.backends.gguf import _quiet_stderr
+    from .backends.gguf import _quiet_stderr
 
     mparams = llama_cpp.llama_model_default_params()
     mparams.use_mmap = True
@@ -205,7 +207,8 @@ def compute_imatrix(gguf_path: Path, text: str, *, ctx: int = DEFAULT_CTX,
                     progress: Progress | None = None) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     """(importance per GGUF weight name, provenance) measured on ``text`` with the (F16) GGUF at ``gguf_path``."""
     from edge_run.core.gguf_header import read_gguf_header
-    from edge_run.runtime.backends.base import physical_cores
+
+    from .backends.base import physical_cores
 
     # row lengths from the tensor table (the vocabulary arrays are skipped, not parsed)
     shapes = {t.name: int(t.shape[0]) for t in read_gguf_header(gguf_path, max_items=0).tensors}
@@ -271,20 +274,18 @@ def load_imatrix(path: Path) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-def imatrix_for_checkpoint(checkpoint: Path, text_file: Path, out_dir: Path, *, progress: Progress | None = None,
-                           max_chunks: int | None = DEFAULT_MAX_CHUNKS, ctx: int = DEFAULT_CTX,
-                           name: str | None = None, threads: int | None = None) -> Path:
-    """Convert ``checkpoint`` to a temporary F16 GGUF, measure the importance matrix on ``text_file`` and
-    write ``out_dir/<name>.imatrix.npz`` (replaced if present: it is derived data). Returns its path."""
-    from edge_run.runtime.evaluate import load_corpus
-
-    from ..checkpoint import open_checkpoint
-    from .convert import ConvertOptions, convert_to_gguf
+def imatrix_for_checkpoint(checkpoint: Path, text_file: Path, out_dir: Path, *, name: str, to_f16: F16Converter,
+                           progress: Progress | None = None, max_chunks: int | None = DEFAULT_MAX_CHUNKS,
+                           ctx: int = DEFAULT_CTX, threads: int | None = None) -> Path:
+    """Convert ``checkpoint`` to a temporary F16 GGUF with ``to_f16`` (the converter's, passed in by the caller:
+    the runtime never imports a converter), measure the importance matrix on ``text_file`` and write
+    ``out_dir/<name>.imatrix.npz`` (replaced if present: it is derived data). Returns its path."""
+    from .evaluate import load_corpus
 
     if ctx < MIN_ROWS:
         raise UsageError(f"imatrix context {ctx} is below {MIN_ROWS} tokens")
     text = load_corpus(text_file)
-    name = check_plain_name(name) if name is not None else open_checkpoint(checkpoint).name
+    name = check_plain_name(name)
     dest = Path(out_dir) / f"{name}.imatrix.npz"
     check_destination(dest, force=True)
 
@@ -293,8 +294,7 @@ def imatrix_for_checkpoint(checkpoint: Path, text_file: Path, out_dir: Path, *, 
 
     with exclusive_folder(Path(out_dir)), \
             tempfile.TemporaryDirectory(prefix=f".edge-run-imatrix-{os.getpid()}-", dir=out_dir) as tmp:
-        (f16,) = convert_to_gguf(checkpoint, Path(tmp), ConvertOptions(quants="f16", name=name),
-                                 progress=staged("imat-F16"))
+        f16 = to_f16(checkpoint, Path(tmp), name, staged("imat-F16"))
         imatrix, info = compute_imatrix(f16, text.text, ctx=ctx, max_chunks=max_chunks, threads=threads,
                                         progress=progress)
     info["text"] = text.name

@@ -83,7 +83,7 @@ def eval_seconds(n_params: int, quant: str, chunks: int) -> float:
 def _cost(c: Candidate, quant: str, chunks: int, imatrix_paid: bool = False) -> float:
     convert = c.n_params / CONVERT_PARAMS_PER_S if c.planned else 0.0
     if c.planned and c.imatrix and not imatrix_paid:  # the F16 run over the calibration text (once per model)
-        from edge_run.converters.gguf.imatrix import DEFAULT_MAX_CHUNKS
+        from .imatrix import DEFAULT_MAX_CHUNKS
 
         convert += c.n_params / CONVERT_PARAMS_PER_S + eval_seconds(c.n_params, "F16", DEFAULT_MAX_CHUNKS)
     return eval_seconds(c.n_params, quant, chunks) + convert
@@ -209,13 +209,14 @@ def _convert(step: Step, rest: list[Step], folder: Path, converted: dict[tuple[s
         assert step.candidate.checkpoint is not None
         imatrix = None
         if step.imatrix:
-            from edge_run.converters.gguf.imatrix import imatrix_for_checkpoint
+            from edge_run.converters.gguf.entry import f16_gguf
 
             from .datasets import builtin_corpus_path
+            from .imatrix import imatrix_for_checkpoint
             from .picker import IMATRIX_TEXT
 
             imatrix = imatrix_for_checkpoint(step.candidate.checkpoint, builtin_corpus_path(IMATRIX_TEXT), folder,
-                                             name=name)
+                                             name=name, to_f16=f16_gguf)
         paths = convert_to_gguf(step.candidate.checkpoint, folder,
                                 ConvertOptions(quants=",".join(q.lower() for q in missing), name=name, force=True,
                                                imatrix=imatrix))

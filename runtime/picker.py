@@ -398,11 +398,13 @@ def convert_planned(c: Candidate, out_dir: Path | None = None) -> Path:
     out = Path(out_dir) if out_dir is not None else c.checkpoint.parent
     if not c.imatrix:
         return Path(convert_to_gguf(c.checkpoint, out, ConvertOptions(quants=c.quant.lower(), name=c.model))[0])
-    from edge_run.converters.gguf.imatrix import imatrix_for_checkpoint
+    from edge_run.converters.gguf.entry import f16_gguf
 
     from .datasets import builtin_corpus_path
+    from .imatrix import imatrix_for_checkpoint
 
     name = c.model + IMATRIX_SUFFIX
-    imatrix = imatrix_for_checkpoint(c.checkpoint, builtin_corpus_path(IMATRIX_TEXT), out, name=name)
+    imatrix = imatrix_for_checkpoint(c.checkpoint, builtin_corpus_path(IMATRIX_TEXT), out, name=name,
+                                     to_f16=f16_gguf)
     return Path(convert_to_gguf(c.checkpoint, out, ConvertOptions(quants=c.quant.lower(), name=name,
                                                                   imatrix=imatrix))[0])

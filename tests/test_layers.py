@@ -28,13 +28,8 @@ PACKAGES = {"core": "edge_run.core", "converters": "edge_run.converters", "runti
 DEFERRED_CONVERTER_USERS = frozenset({"edge_run.runtime.estimate", "edge_run.runtime.picker",
                                       "edge_run.runtime.pick_measure"})
 # converters -> runtime edges still to remove (a debt list that may only shrink: a listed edge that no longer
-# exists fails too, so the list is kept exact). The importance matrix runs llama.cpp over text, so imatrix.py
-# belongs to the runtime side, and convert would take its result (a file) as it already does.
-CONVERTER_DEBTS = frozenset({
-    ("edge_run.converters.gguf.imatrix", "edge_run.runtime.backends.gguf"),
-    ("edge_run.converters.gguf.imatrix", "edge_run.runtime.backends.base"),
-    ("edge_run.converters.gguf.imatrix", "edge_run.runtime.evaluate"),
-})
+# exists fails too, so the list is kept exact). Empty: the importance matrix moved to runtime/imatrix.py.
+CONVERTER_DEBTS: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)

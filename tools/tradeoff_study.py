@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_run.converters.gguf.convert import ConvertOptions, artifact_path, convert_to_gguf
-from edge_run.converters.gguf.imatrix import imatrix_for_checkpoint
+from edge_run.converters.gguf.entry import f16_gguf
 from edge_run.converters.gguf.quant_types import QUANT_TYPES
 from edge_run.core import __version__
 from edge_run.core.fsutil import atomic_write_text, cache_dir
@@ -37,6 +37,7 @@ from edge_run.core.manifest import read_manifest
 from edge_run.core.quants import PLANNED_QUANTS
 from edge_run.runtime.bench import BenchConfig, bench, machine_info
 from edge_run.runtime.evaluate import evaluate, load_corpus
+from edge_run.runtime.imatrix import imatrix_for_checkpoint
 from tools.zoo import zoo_checkpoint
 
 MODELS = ("smollm2-135m", "gemma3-270m")
@@ -74,7 +75,7 @@ def build_artifacts(model: str, work: Path, imatrix_text: str, imatrix_chunks: i
             log(f"{model}: importance matrix on {imatrix_text} ({imatrix_chunks} chunks)")
             folder.mkdir(parents=True, exist_ok=True)
             imatrix_for_checkpoint(ckpt, Path(load_corpus(imatrix_text).path), folder, name=model,
-                                   max_chunks=imatrix_chunks)
+                                   max_chunks=imatrix_chunks, to_f16=f16_gguf)
         if missing:
             quants = ",".join(v.quant.lower() for v in missing)
             log(f"{model}: converting {quants}{' with imatrix' if imatrix else ''}")

@@ -37,9 +37,14 @@ def convert(
         raise UsageError(f"edge-run has no converter to {fmt} artifacts", "convert to another --format")
     module, _, function = row.converter.partition(":")
     entry = getattr(importlib.import_module(module), function)
-    request = ConvertRequest(quant=quant, name=name, force=force, threads=threads, options={
+    options: dict[str, object] = {
         "intermediate": intermediate, "imatrix_text": imatrix_text, "block_size": block_size, "symmetric": symmetric,
-        "accuracy_level": accuracy_level})
+        "accuracy_level": accuracy_level}
+    if imatrix_text is not None:
+        from edge_run.runtime.imatrix import imatrix_for_checkpoint
+
+        options["measure_imatrix"] = imatrix_for_checkpoint
+    request = ConvertRequest(quant=quant, name=name, force=force, threads=threads, options=options)
     with progress_bars(enabled=not as_json) as progress:
         paths = entry(checkpoint, out, request, progress)
     if as_json:
