@@ -1,13 +1,15 @@
 """The picker: the best (model x quant type x context) pairing that fits a device profile.
 
-    candidates (local artifacts with manifests + planned pairings: local checkpoints x quant types)
+    candidates (local artifacts with manifests + planned pairings: local checkpoints x quant types, Q2_K..Q4_K_M
+                also with an importance matrix; --cache-type auto: each also with a q8_0 KV cache)
         │  memory estimate per format (ESTIMATORS: each format row's estimator, runtime/format_rows.py)
         │  quality (runtime/quality.py: measured BPB, else predicted and marked *)
         │  decode speed (runtime/speed.py)
         ▼
-    rows: fits? (anonymous memory and mmap'd weights within budget, trained context, --min-tps), why not
+    rows: fits? (anonymous memory and mmap'd weights within budget, trained context, --min-tps), why not;
+          --min-ctx: a row that fits only at a shorter context is evaluated at the longest one that fits
         ▼
-    pick = best quality among the rows that fit (ties: faster, then smaller)
+    pick = best quality among the rows that fit (ties: measured, f16 KV cache, full context, faster, smaller)
     binding constraint = why the best-quality row that lost was rejected     (runtime/pick_explain.py)
     counterfactuals    = q8_0 KV cache savings, how much more the next model up needs, ...
 
