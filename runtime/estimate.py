@@ -17,7 +17,6 @@ RSS by tools/validate_estimator.py.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from edge_run.core.errors import ArtifactError, InsufficientMemoryError
 from edge_run.core.gguf_header import GGUFHeader, read_gguf_header
 from edge_run.core.quants import KV_CACHE_TYPES
 
+from .planning import checkpoint_plan
 from .quant_mix import tensor_bytes, tensor_type
 
 MIB = 2**20
@@ -168,33 +168,10 @@ def _shape_from_header(header: GGUFHeader, name: str) -> ModelShape:
         n_swa=n_swa if n_swa_layers else 0, n_swa_layers=n_swa_layers, tensors=tensors)
 
 
-def _folder_stamp(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    try:
-        return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in folder.iterdir()
-                            if p.suffix in (".json", ".safetensors") and (st := p.stat())))
-    except OSError:  # open_checkpoint says what is wrong with the folder
-        return ()
-
-
-@functools.lru_cache(maxsize=16)
-def _checkpoint_plan(folder: str, stamp: tuple[tuple[str, int, int], ...]) -> tuple[dict[str, Any], tuple[Any, ...]]:
-    """(text config, F16 tensor plan) of a checkpoint, read once per process for all the quant types the picker
-    plans (``stamp``: its files' names, sizes and mtimes, so a changed checkpoint is read again)."""
-    from edge_run.converters.architectures import lookup
-    from edge_run.converters.checkpoint import open_checkpoint
-    from edge_run.converters.gguf.tensors import plan_tensors
-
-    ckpt = open_checkpoint(Path(folder))
-    _, spec = lookup(ckpt.config)
-    return ckpt.text_config(), tuple(plan_tensors(ckpt, spec, "f16"))
-
-
 def shape_from_checkpoint(checkpoint: Path, quant: str) -> ModelShape:
     """The shape a checkpoint would have once converted to ``quant`` (safetensors headers only)."""
-    from edge_run.converters.gguf.hparams import head_dim
-
-    folder = Path(checkpoint).resolve()
-    cfg, plan = _checkpoint_plan(str(folder), _folder_stamp(folder))
+    planned = checkpoint_plan(checkpoint)  # the converter plugged into runtime/planning.py reads the headers
+    cfg, plan = planned.text_config, planned.tensors
     n_layer = int(cfg["num_hidden_layers"])
     has_output = any(p.gguf_name == "output.weight" for p in plan)
     n_gqa = int(cfg["num_attention_heads"]) // int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
@@ -206,7 +183,7 @@ def shape_from_checkpoint(checkpoint: Path, quant: str) -> ModelShape:
         infos.append(TensorInfo(p.gguf_name, t, ne0, n // ne0, tensor_bytes(t, n)))
     layer_types = cfg.get("layer_types") or []
     n_swa_layers = sum(t == "sliding_attention" for t in layer_types) if cfg.get("sliding_window") else 0
-    hd = head_dim(cfg)
+    hd = planned.head_dim
     return ModelShape(
         n_layer=n_layer, n_embd=int(cfg["hidden_size"]), n_ff=int(cfg["intermediate_size"]),
         n_head=int(cfg["num_attention_heads"]),

@@ -189,18 +189,18 @@ def _relabel(progress: Progress | None, label: str) -> Progress | None:
 def _convert(step: Step, rest: list[Step], folder: Path, converted: dict[tuple[str, str, bool], Path]) -> Path:
     """Convert every planned quant type of this model (plain, or with the importance matrix) still to come in
     one go (one F16 intermediate, one importance matrix); types already converted in ``folder`` are reused."""
-    from edge_run.converters.gguf.convert import ConvertOptions, artifact_path, convert_to_gguf
-    from edge_run.converters.gguf.quant_types import QUANT_TYPES
     from edge_run.core.manifest import read_manifest
 
     from .picker import IMATRIX_SUFFIX
+    from .planning import converter
 
     name = step.model + (IMATRIX_SUFFIX if step.imatrix else "")
     want = sorted({s.quant for s in rest if s.digest == step.digest and s.candidate.path is None
                    and s.imatrix == step.imatrix})
+    conv = converter()
     missing = []
     for q in want:
-        p = artifact_path(folder, name, QUANT_TYPES[q])
+        p = conv.artifact_path(folder, name, q)
         if p.exists() and read_manifest(p) is not None:
             converted[(step.digest, q, step.imatrix)] = p
         else:
@@ -209,16 +209,12 @@ def _convert(step: Step, rest: list[Step], folder: Path, converted: dict[tuple[s
         assert step.candidate.checkpoint is not None
         imatrix = None
         if step.imatrix:
-            from edge_run.converters.gguf.entry import f16_gguf
-
             from .datasets import builtin_corpus_path
             from .imatrix import imatrix_for_checkpoint
             from .picker import IMATRIX_TEXT
 
             imatrix = imatrix_for_checkpoint(step.candidate.checkpoint, builtin_corpus_path(IMATRIX_TEXT), folder,
-                                             name=name, to_f16=f16_gguf)
-        paths = convert_to_gguf(step.candidate.checkpoint, folder,
-                                ConvertOptions(quants=",".join(q.lower() for q in missing), name=name, force=True,
-                                               imatrix=imatrix))
+                                             name=name, to_f16=conv.f16)
+        paths = conv.convert(step.candidate.checkpoint, folder, missing, name, force=True, imatrix=imatrix)
         converted.update({(step.digest, q, step.imatrix): p for q, p in zip(missing, paths, strict=True)})
     return converted[(step.digest, step.quant, step.imatrix)]

@@ -26,7 +26,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edge_run.core.errors import ArtifactError, CheckpointError, InputError, NothingFitsError, UsageError
+from edge_run.core.errors import (
+    ArtifactError,
+    CheckpointError,
+    InputError,
+    NothingFitsError,
+    UnsupportedArchitectureError,
+    UsageError,
+)
 from edge_run.core.gguf_header import GGML_TYPES
 from edge_run.core.manifest import Manifest, read_manifest
 from edge_run.core.quants import BY_NAME as QUANT_NAMES
@@ -37,6 +44,7 @@ from .estimate import CACHE_BYTES, MemoryEstimate, shape_from_checkpoint, shape_
 from .pick_explain import explain, nothing_fits
 from .pick_quality import candidate_quality, store_kv_deltas, store_references
 from .pick_types import Candidate, Row
+from .planning import checkpoint_plan, converter
 from .profiles import DeviceProfile
 from .quality import CORPUS_KEY, usable
 from .quality_store import QualityStore
@@ -191,19 +199,19 @@ def gather_candidates(models_dir: Path, quants: Iterable[str] = PLANNED_QUANTS,
 
 def _planned(ckpt_dir: Path, plans: list[tuple[str, bool]], have: set[tuple[str, str, bool]],
              refs_for: Callable[[str], tuple[tuple[str, dict[str, Any]], ...]], store: QualityStore) -> list[Candidate]:
-    from edge_run.converters.checkpoint import open_checkpoint
-
     try:
-        ckpt = open_checkpoint(ckpt_dir)
-        digest = ckpt.digest()
+        plan = checkpoint_plan(ckpt_dir)
+    except UnsupportedArchitectureError:
+        raise  # a readable checkpoint edge-run cannot convert: say so rather than rank without it
     except CheckpointError:
         return []  # not convertible: nothing to plan (`edge-run convert` says why)
-    ctx = int(ckpt.text_config().get("max_position_embeddings") or 0)
-    n_params = ckpt.parameter_count()
+    digest = plan.digest
+    ctx = int(plan.text_config.get("max_position_embeddings") or 0)
+    n_params = plan.parameter_count
     references = refs_for(digest)
     kv_deltas = store_kv_deltas(store, digest)
     shapes = {q: shape_from_checkpoint(ckpt_dir, q) for q in dict.fromkeys(q for q, _ in plans)}
-    return [Candidate(model=ckpt.name, quant=q, shape=shapes[q], n_params=n_params, checkpoint=ckpt_dir,
+    return [Candidate(model=plan.name, quant=q, shape=shapes[q], n_params=n_params, checkpoint=ckpt_dir,
                       context_length=ctx, references=references, digest=digest, imatrix=imatrix, kv_deltas=kv_deltas)
             for q, imatrix in plans if (digest, q, imatrix) not in have]
 
@@ -393,20 +401,16 @@ def resolve_for_run(profile_name: str, models: Path | None, artifact: Path | Non
 def convert_planned(c: Candidate, out_dir: Path | None = None) -> Path:
     """Convert a planned pairing beside its checkpoint: ``<models>/<model>.<QUANT>.gguf`` (with an importance
     matrix measured on IMATRIX_TEXT first: ``<model>-imat.<QUANT>.gguf``)."""
-    from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
-
     if c.checkpoint is None:
         raise UsageError(f"{c.label} has no checkpoint to convert from")
     out = Path(out_dir) if out_dir is not None else c.checkpoint.parent
+    conv = converter()
     if not c.imatrix:
-        return Path(convert_to_gguf(c.checkpoint, out, ConvertOptions(quants=c.quant.lower(), name=c.model))[0])
-    from edge_run.converters.gguf.entry import f16_gguf
-
+        return Path(conv.convert(c.checkpoint, out, [c.quant], c.model)[0])
     from .datasets import builtin_corpus_path
     from .imatrix import imatrix_for_checkpoint
 
     name = c.model + IMATRIX_SUFFIX
     imatrix = imatrix_for_checkpoint(c.checkpoint, builtin_corpus_path(IMATRIX_TEXT), out, name=name,
-                                     to_f16=f16_gguf)
-    return Path(convert_to_gguf(c.checkpoint, out, ConvertOptions(quants=c.quant.lower(), name=name,
-                                                                  imatrix=imatrix))[0])
+                                     to_f16=conv.f16)
+    return Path(conv.convert(c.checkpoint, out, [c.quant], name, imatrix=imatrix)[0])

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_run.runtime import planning
+
 from .tiny_models import make_tiny_checkpoint, train_tokenizer
 
 
@@ -49,6 +51,9 @@ def isolated_env(root: Path) -> dict[str, str]:
     return {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config"),
             "XDG_DATA_HOME": str(home / ".local" / "share"), "EDGE_RUN_CACHE": str(cache),
             "EDGE_RUN_PROFILES": str(home / ".config" / "edge-run" / "profiles"), "PIP_CACHE_DIR": REAL_PIP_CACHE}
+
+
+planning.use(planning.GGUF_CONVERTER)  # tests compose runtime and converters, as the command layer does
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -2,13 +2,12 @@
 
     edge_run.core        errors, files, manifests, quant types: imports no other edge_run package
     edge_run.converters  HF checkpoint -> GGUF / ONNX: imports core, never runtime
-    edge_run.runtime     estimate, pick, run: imports core; converters only from the command layer
+    edge_run.runtime     estimate, pick, run: imports core, never converters (a planned pairing's shape and
+                         conversion come through runtime/planning.py's interface, plugged in from above)
     edge_run.runtime.cli (and tools/) compose both
 
 Every import statement counts, also one inside a function; a module-level import cycle is an error, and so
-is a cycle through deferred (function-level) imports. DEFERRED_CONVERTER_USERS lists the runtime modules
-that still call a converter from inside a function (a planned pairing's shape or conversion), each a debt
-to pay by passing the function in from the command layer; a new one fails the test.
+is a cycle through deferred (function-level) imports.
 """
 
 from __future__ import annotations
@@ -25,8 +24,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"core": "edge_run.core", "converters": "edge_run.converters", "runtime": "edge_run.runtime",
             "profiles": "edge_run.profiles"}
-DEFERRED_CONVERTER_USERS = frozenset({"edge_run.runtime.estimate", "edge_run.runtime.picker",
-                                      "edge_run.runtime.pick_measure"})
 # converters -> runtime edges still to remove (a debt list that may only shrink: a listed edge that no longer
 # exists fails too, so the list is kept exact). Empty: the importance matrix moved to runtime/imatrix.py.
 CONVERTER_DEBTS: frozenset[tuple[str, str]] = frozenset()
@@ -142,12 +139,24 @@ def test_converters_never_import_runtime() -> None:
     assert not paid, f"remove these paid debts from CONVERTER_DEBTS: {sorted(paid)}"
 
 
-def test_runtime_library_imports_converters_only_where_listed() -> None:
-    bad = [e for e in EDGES if package_of(e.src) == "runtime" and package_of(e.dst) == "converters"
-           and (not e.deferred or e.src not in DEFERRED_CONVERTER_USERS)]
+def test_runtime_library_never_imports_converters() -> None:
+    bad = [e for e in EDGES if package_of(e.src) == "runtime" and package_of(e.dst) == "converters"]
     assert not bad, "\n".join(f"{e.src}:{e.line} -> {e.dst}" for e in bad)
-    users = {e.src for e in EDGES if package_of(e.src) == "runtime" and package_of(e.dst) == "converters"}
-    assert users <= DEFERRED_CONVERTER_USERS
+
+
+def test_the_planning_interface_is_plugged_in_from_above() -> None:
+    """The converter the picker plans with is named by the command layer, and the name resolves to an object
+    with every method of runtime.planning.Converter."""
+    from edge_run.runtime import planning
+
+    module, _, attribute = planning.GGUF_CONVERTER.partition(":")
+    assert package_of(module) == "converters"
+    impl = getattr(__import__(module, fromlist=[attribute]), attribute)
+    methods = [m for m in vars(planning.Converter) if not m.startswith("_")]
+    assert set(methods) == {"plan", "convert", "artifact_path", "f16"}
+    assert all(callable(getattr(impl, m, None)) for m in methods)
+    users = {e.src for e in EDGES if e.dst == "edge_run.runtime.planning" and package_of(e.src) in ("cli",)}
+    assert "edge_run.runtime.cli.main" in users
 
 
 # deferred edges tolerated for now (each closes a cycle through a function-level import); new ones fail
@@ -191,3 +200,16 @@ def test_every_module_imports_alone() -> None:
     out = subprocess.run([sys.executable, "-c", CHILD, *names], capture_output=True, text=True, timeout=600,
                          cwd=ROOT)
     assert out.stdout.strip().endswith("FAILED:"), out.stdout[-2000:] + out.stderr[-4000:]
+
+
+def test_planning_without_a_converter_says_what_to_plug_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_run.core.errors import UsageError
+    from edge_run.runtime import planning
+
+    monkeypatch.setattr(planning, "_SPEC", [])
+    planning.converter.cache_clear()
+    try:
+        with pytest.raises(UsageError, match="no converter is plugged in"):
+            planning.checkpoint_plan(tmp_path)
+    finally:
+        planning.converter.cache_clear()

@@ -15,6 +15,7 @@ import typer
 
 from edge_run.core.errors import EdgeRunError
 from edge_run.core.fsutil import install_signal_handlers
+from edge_run.runtime import planning
 
 COMMAND_MODULES: tuple[str, ...] = (
     "convert",
@@ -61,6 +62,7 @@ def build_app(only: str | None = None) -> typer.Typer:
         def _group() -> None:  # with a single command registered, typer would otherwise run it without its name
             """Offline edge inference: convert, pick, run, evaluate."""
 
+    planning.use(planning.GGUF_CONVERTER)  # the command layer composes runtime and converters (imported if used)
     # a missing or mistyped command module is a bug: it fails loudly
     for name in (only,) if only is not None else COMMAND_MODULES:
         module = importlib.import_module(f"{__package__}.{name}")
