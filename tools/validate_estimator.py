@@ -13,26 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from edge_run.runtime.estimate import estimate_memory, host_simd, shape_from_gguf
+from tools.rss_probe import run_probe
 
 _PROBE = r"""
-import json, sys
-def rollup():
-    d = {}
-    for line in open('/proc/self/smaps_rollup'):
-        p = line.split()
-        if p[0] in ('Anonymous:', 'Rss:'):
-            d[p[0][:-1]] = int(p[1]) / 1024
-    return d
-def hwm():  # VmHWM is per address space, reset by exec (unlike ru_maxrss, which survives it)
-    for line in open('/proc/self/status'):
-        if line.startswith('VmHWM:'):
-            return int(line.split()[1]) / 1024
 import numpy, llama_cpp, edge_run.runtime.backends
 base = rollup()
 path, ctx, n_prompt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -41,10 +28,7 @@ llm = llama_cpp.Llama(path, n_ctx=ctx, n_threads=2, n_batch=512, n_ubatch=512, f
 text = open(sys.argv[4], encoding='utf-8').read()[:20000]
 tokens = llm.tokenize(text.encode())[:n_prompt]
 llm.eval(tokens)
-r = rollup()
-print(json.dumps({"baseline_anon_mib": base["Anonymous"], "baseline_file_mib": base["Rss"] - base["Anonymous"],
-                  "peak_mib": hwm(),
-                  "anon_mib": r["Anonymous"], "file_mib": r["Rss"] - r["Anonymous"]}))
+report(base)
 """
 
 GOAL_REL, GOAL_ABS_MIB = 0.05, 16.0
@@ -54,10 +38,8 @@ def measure(path: Path, ctx: int, n_prompt: int, flash_attn: bool = True) -> dic
     """Peak RSS of a fresh process; flash attention on as edge-run loads GGUFs (llama.cpp's default)."""
     from edge_run.runtime.datasets import builtin_corpus_path
 
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(ctx), str(n_prompt),
-                          str(builtin_corpus_path("wikitext-2-raw-test")), "on" if flash_attn else "off"],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_probe(_PROBE, str(path), str(ctx), str(n_prompt), str(builtin_corpus_path("wikitext-2-raw-test")),
+                     "on" if flash_attn else "off")
 
 
 def validate(artifacts: list[Path], contexts: list[int]) -> list[dict]:

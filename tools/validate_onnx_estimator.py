@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,20 +24,10 @@ from typing import Any
 from edge_run.runtime.estimate import MIB
 from edge_run.runtime.estimate_onnx import onnx_facts
 from edge_run.runtime.format_rows import estimate_artifact
+from tools.rss_probe import run_probe
 
 _PROBE = r"""
-import itertools, json, sys
-def rollup():
-    d = {}
-    for line in open('/proc/self/smaps_rollup'):
-        p = line.split()
-        if p[0] in ('Anonymous:', 'Rss:'):
-            d[p[0][:-1]] = int(p[1]) / 1024
-    return d
-def hwm():
-    for line in open('/proc/self/status'):
-        if line.startswith('VmHWM:'):
-            return int(line.split()[1]) / 1024
+import itertools
 import numpy, onnxruntime, tokenizers
 from edge_run.runtime.backends import GenerationParams, LoadOptions, open_backend
 path, ctx, n_prompt, corpus = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -48,9 +37,7 @@ tokens = b.tokenize(open(corpus, encoding='utf-8').read()[:200000])[:n_prompt]
 stream = b.token_stream(tokens, GenerationParams(max_tokens=ctx))  # greedy, never stops at EOS
 for _ in itertools.islice(stream, b.n_ctx - n_prompt - 1):
     pass
-r = rollup()
-print(json.dumps({"baseline_anon_mib": base["Anonymous"], "baseline_file_mib": base["Rss"] - base["Anonymous"],
-                  "peak_mib": hwm(), "anon_mib": r["Anonymous"], "file_mib": r["Rss"] - r["Anonymous"]}))
+report(base)
 """
 
 GOAL_REL, GOAL_ABS_MIB = 0.05, 16.0
@@ -59,10 +46,7 @@ GOAL_REL, GOAL_ABS_MIB = 0.05, 16.0
 def measure(path: Path, ctx: int, n_prompt: int) -> dict[str, float]:
     from edge_run.runtime.datasets import builtin_corpus_path
 
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(ctx), str(n_prompt),
-                          str(builtin_corpus_path("wikitext-2-raw-test"))],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_probe(_PROBE, str(path), str(ctx), str(n_prompt), str(builtin_corpus_path("wikitext-2-raw-test")))
 
 
 def validate(artifacts: list[Path], contexts: list[int]) -> list[dict[str, Any]]:
