@@ -46,6 +46,10 @@ LIBRARY_FILE_MIB = 22.0
 ARM64_RUNTIME_EXTRA_MIB = 35.0
 # llama.cpp's vocabulary tables (token strings, scores, attributes, text->id map, piece cache) per token
 VOCAB_BYTES_PER_TOKEN = 120
+# With flash attention the graph holds no [n_kv, n_ubatch, n_head] score matrix; the allocator's peak then falls
+# on other nodes. 0.45 of the scores term, fitted on results/estimator.json's 24 x86 rows (flash attention on:
+# SmolLM2 and Gemma3, F16..Q4_0, ctx 512..8192), leaves every row within +-2.5 MiB.
+FLASH_ATTN_SCORES = 0.45
 # general.architecture -> the sliding-window period llama.cpp assumes when a GGUF stores no per-layer pattern
 # (llama-hparams set_swa_pattern(n): layers il % n < n - 1 are local, every n-th is global). edge-run's own
 # files store the pattern; these rows are for files converted elsewhere. One row per architecture.
@@ -218,16 +222,19 @@ def kv_bytes(shape: ModelShape, n_ctx: int, cache_type: str, swa_full: bool = Tr
     return per_cell * (n_full * cells + shape.n_swa_layers * swa_cells)
 
 
-def compute_bytes(shape: ModelShape, n_ctx: int, n_prompt: int, n_ubatch: int = 512) -> float:
+def compute_bytes(shape: ModelShape, n_ctx: int, n_prompt: int, n_ubatch: int = 512,
+                  flash_attn: bool = True) -> float:
     """Scratch a prompt batch touches: per token of the batch, the residual stream and norms, the
     projections (q, k, v, attention out), the MLP's gate/up/act, and the attention scores against
     the cache; plus one row of logits. Models with sliding-window layers keep a second attention
-    mask over the whole context (f16)."""
+    mask over the whole context (f16). Flash attention (llama.cpp's default, and edge-run's) never
+    materializes the scores: what remains of that term is FLASH_ATTN_SCORES of it."""
     n_ub = max(1, min(n_prompt, n_ubatch))
     n_kv = pad(n_prompt)
+    scores = 2 * shape.n_head * n_kv * (FLASH_ATTN_SCORES if flash_attn else 1.0)
     per_token = (8 * shape.n_embd + 3 * shape.n_ff
                  + 4 * (shape.n_head + 2 * shape.n_head_kv) * shape.head_dim_k
-                 + 2 * shape.n_head * n_kv)
+                 + scores)
     swa_mask = 2.0 * n_ub * pad(n_ctx) if shape.n_swa_layers else 0.0
     return 4.0 * (n_ub * per_token + shape.n_vocab) + swa_mask
 
@@ -238,7 +245,7 @@ def runtime_anon_mib(simd: tuple[str, ...]) -> float:
 
 
 def estimate_memory(shape: ModelShape, n_ctx: int, simd: tuple[str, ...], cache_type: str = "f16",
-                    n_prompt: int | None = None, swa_full: bool = True) -> MemoryEstimate:
+                    n_prompt: int | None = None, swa_full: bool = True, flash_attn: bool = True) -> MemoryEstimate:
     """Peak RSS for a context of ``n_ctx`` and a prompt of ``n_prompt`` tokens (default: a full batch)."""
     n_prompt = min(n_ctx, 512) if n_prompt is None else n_prompt
     rep = sum(t.n_bytes for t in shape.tensors if repacked(t, simd)) + tied_output_repacked_bytes(shape, simd)
@@ -248,7 +255,7 @@ def estimate_memory(shape: ModelShape, n_ctx: int, simd: tuple[str, ...], cache_
         weights_file_mib=shape.weight_bytes / MIB,
         weights_repacked_mib=rep / MIB,
         kv_mib=kv_bytes(shape, n_ctx, cache_type, swa_full) / MIB,
-        compute_mib=compute_bytes(shape, n_ctx, n_prompt) / MIB,
+        compute_mib=compute_bytes(shape, n_ctx, n_prompt, flash_attn=flash_attn) / MIB,
         n_ctx=n_ctx, cache_type=cache_type)
 
 

@@ -23,17 +23,16 @@ IMATRIX = [dataclasses.replace(synthetic(*f, q), imatrix=True) for f in FAMILY f
 # imatrix twin (same memory, about half the loss); and where a larger model's Q2_K+imat now beats what fitted
 GOLDEN_IMATRIX: dict[str, str] = {
     "pi-zero-2w": "s135m Q4_K_M+imat", "pi-3b": "s360m Q8_0", "pi4-2gb": "s1.7b Q2_K+imat",
-    "pi4-4gb": "l3b Q4_K_M+imat", "pi4-8gb": "l8b Q4_K_M+imat", "pi5-4gb": "s1.7b Q4_K_M+imat",
+    "pi4-4gb": "l8b Q2_K+imat", "pi4-8gb": "l8b Q4_K_M+imat", "pi5-4gb": "s1.7b Q4_K_M+imat",
     "pi5-8gb": "l8b Q2_K+imat", "pi5-16gb": "l8b Q4_K_M+imat", "jetson-orin-nano-8gb": "l8b Q2_K+imat",
     "laptop-x86-8gb": "l8b Q2_K+imat", "laptop-x86-16gb": "l8b Q8_0", "macbook-m1-8gb": "l8b Q2_K+imat",
 }
 # (profile, ctx) -> pick with --cache-type auto where it differs from the f16 pick (elsewhere it is the same)
 GOLDEN_KV: dict[tuple[str, int], tuple[str, str]] = {
     ("pi4-2gb", 2048): ("s1.7b Q2_K", "s1.7b Q4_K_M KV q8_0"),  # q8_0 KV lets 4-bit weights fit instead of 2-bit
-    ("pi-3b", 8192): ("s135m Q8_0", "s360m Q8_0 KV q8_0"),  # the bigger model fits with the smaller cache
+    ("pi-3b", 8192): ("s360m Q4_K_M", "s360m Q8_0 KV q8_0"),  # more bits fit with the smaller cache
     ("pi5-4gb", 8192): ("l3b Q2_K", "s1.7b Q4_K_M KV q8_0"),
-    ("laptop-x86-8gb", 8192): ("l3b Q4_K_M", "l3b Q8_0 KV q8_0"),
-    ("macbook-m1-8gb", 8192): ("s1.7b Q4_K_M", "l8b Q2_K KV q8_0"),
+    ("macbook-m1-8gb", 8192): ("l8b Q2_K", "l3b Q4_K_M KV q8_0"),
 }
 
 
@@ -92,7 +91,7 @@ def test_a_quantized_kv_cache_never_ranks_above_its_f16_twin() -> None:
 def test_min_ctx_trades_context_for_quality_only_when_asked() -> None:
     fixed = pick(get_profile("pi-3b"), CANDIDATES, ctx=8192)
     traded = pick(get_profile("pi-3b"), CANDIDATES, ctx=8192, min_ctx=2048)
-    assert name(fixed.pick.candidate) == "s135m Q8_0" and not fixed.pick.ctx
+    assert name(fixed.pick.candidate) == "s360m Q4_K_M" and not fixed.pick.ctx
     assert name(traded.pick.candidate) == "s360m Q8_0" and 2048 <= traded.pick.ctx < 8192
     assert traded.pick.ctx == traded.pick.max_ctx and traded.pick.quality.bpb < fixed.pick.quality.bpb
     # without --min-ctx the picker says what the next context step down would allow
