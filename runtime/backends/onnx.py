@@ -116,6 +116,7 @@ class ONNXBackend(Backend):
         self._cache: list[tuple[str, Any]] = []
         self._bindings: dict[bool, Any] = {}
         self._keep: list[Any] = []
+        self._last_logits = np.zeros((1, 1, 0), dtype=np.float32)
 
     # -- tokens ---------------------------------------------------------------------------------
     def bos_token_id(self) -> int | None:
@@ -182,9 +183,11 @@ class ONNXBackend(Backend):
             keep = ort.OrtValue.ortvalue_from_numpy(np.array(1 if last_only else 0, dtype=np.int64))
             self._keep.append(keep)  # bound by reference: keep it alive (an overridable initializer, so
             binding.bind_ortvalue_input("logits_to_keep", keep)  # bind_cpu_input cannot find it)
-            if last_only:
-                binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(
-                    np.zeros((1, 1, self.n_vocab), dtype=np.float32)))
+            if last_only:  # the OrtValue wraps this array's memory: read it there, no output list per token
+                self._last_logits = np.zeros((1, 1, self.n_vocab), dtype=np.float32)
+                logits = ort.OrtValue.ortvalue_from_numpy(self._last_logits)
+                self._keep.append(logits)
+                binding.bind_ortvalue_output("logits", logits)
             self._bindings[last_only] = binding
         return binding
 
@@ -199,8 +202,10 @@ class ONNXBackend(Backend):
         if not last_only:
             b.bind_output("logits")  # a fresh [1, S, vocab] for each call: S changes
         self.session.run_with_iobinding(b)
+        if last_only:
+            return self._last_logits.copy()  # the fixed buffer is overwritten by the next run
         out: np.ndarray = b.get_outputs()[-1].numpy()
-        return out.copy() if last_only else out  # the fixed buffer is overwritten by the next run
+        return out
 
     # -- evaluation -----------------------------------------------------------------------------
     def eval_logits(self, tokens: list[int]) -> np.ndarray:
