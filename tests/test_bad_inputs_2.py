@@ -195,7 +195,7 @@ CASES: list[Case] = [
          "is a device", "pass a regular file"),
     Case("unknown KV cache type", "pick",
          lambda w: ["pick", "--profile", "pi4-4gb", "--models", w.models(), "--cache-type", "q3_z"], 2,
-         "unknown KV cache type 'q3_z'", "choose from: f32, f16"),
+         "unknown KV cache type 'q3_z'", "choose from: auto, f32, f16"),
 ]
 
 

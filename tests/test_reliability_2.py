@@ -183,7 +183,8 @@ def test_guard_honours_cgroup_memory_max(tiny_artifact: Path, tmp_path: Path,
 
 def test_out_of_memory_is_a_resource_error(art: Path) -> None:
     """Loading under an address-space limit the model does not fit in: exit 4 (memory), not 3 (corrupt file)."""
-    probe = ("import sys, psutil, edge_run.runtime.cli.main, edge_run.runtime.cli.run\n"
+    # what `run` imports before its memory guard (numpy comes with the profiles, on first use)
+    probe = ("import sys, psutil, edge_run.runtime.cli.main, edge_run.runtime.cli.run, edge_run.runtime.profiles\n"
              "from edge_run.runtime.estimate import shape_from_gguf\n"
              "shape_from_gguf(sys.argv[1])\n"
              "print(psutil.Process().memory_info().vms)\n")
@@ -200,6 +201,20 @@ def test_out_of_memory_is_a_resource_error(art: Path) -> None:
     text = err.decode()
     assert proc.returncode == 4, text
     assert text.startswith("error: tiny.Q8_0.gguf at ctx 512 needs about") and "MiB is available" in text, text
+
+
+def test_a_library_that_cannot_be_mapped_is_out_of_memory(monkeypatch: pytest.MonkeyPatch,
+                                                          capfd: pytest.CaptureFixture[str]) -> None:
+    """Under `ulimit -v`, a library imported on first use (numpy's BLAS) fails in dlopen: exit 4, one line."""
+    from edge_run.runtime.cli import main as cli_main
+
+    def no_room(only: str | None = None) -> None:
+        raise ImportError("libscipy_openblas64_.so: failed to map segment from shared object")
+
+    monkeypatch.setattr(cli_main, "build_app", no_room)
+    assert cli_main.main(["run", "x.gguf"]) == 4
+    err = capfd.readouterr().err
+    assert err.startswith("error: out of memory.") and err.count("\n") == 1, err
 
 
 def test_a_context_that_does_not_fit_is_a_memory_error(art: Path, cli: Callable[..., CliResult],

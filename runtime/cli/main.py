@@ -77,6 +77,16 @@ def debug_enabled() -> bool:
     return os.environ.get("EDGE_RUN_DEBUG", "") not in ("", "0")
 
 
+OUT_OF_MEMORY = (b"error: out of memory. free memory, raise the memory limit (ulimit -v, the container's "
+                 b"memory.max) or pick a smaller artifact\n")
+
+
+def _no_memory_to_load(e: ImportError) -> bool:
+    """dlopen's ENOMEM, as an extension module's import reports it under `ulimit -v`."""
+    text = str(e)
+    return "failed to map segment" in text or "Cannot allocate memory" in text
+
+
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
 
 
@@ -124,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"error: {e.one_line()}")
         return e.exit_code
     except MemoryError:  # written without rich: formatting needs memory too
-        os.write(2, b"error: out of memory. free memory, raise the memory limit (ulimit -v, the container's "
-                    b"memory.max) or pick a smaller artifact\n")
+        os.write(2, OUT_OF_MEMORY)
         return 4
     except KeyboardInterrupt:
         _say("error: interrupted")
@@ -147,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, (click.exceptions.Abort, typer.Abort)):
             _say("error: aborted")
             return 130
+        if isinstance(e, ImportError) and _no_memory_to_load(e) and not debug_enabled():
+            os.write(2, OUT_OF_MEMORY)  # a library imported on first use found no address space to map into
+            return 4
         if debug_enabled():
             raise
         _say(f"error: internal error ({type(e).__name__}: {' '.join(str(e).split())}); "
