@@ -40,10 +40,11 @@ KV_PAD = 256
 RUNTIME_ANON_MIB = 22.0
 LIBRARY_FILE_MIB = 22.0
 # arm64 (a profile or host whose SIMD lists neon): CPython 3.13 as on Raspberry Pi OS, with numpy, llama_cpp and
-# edge_run imported, holds ~35 MiB more anonymous memory than the x86 figure above. Measured by tools/arm_check
-# inside the emulated Pi runs (guest pages only): every row of results/arm_rss.json was 34-35 MiB over the
-# x86-baseline estimate, whatever the quant type, build (armv8-a / dotprod) or context.
-ARM64_RUNTIME_EXTRA_MIB = 35.0
+# edge_run imported as `edge-run run` imports them, holds ~19 MiB more anonymous memory than the x86 figure above.
+# Measured by tools/arm_check inside the emulated Pi runs (guest pages only): every row of results/arm_rss.json
+# was 16 MiB under the estimate made with the previous figure (35 MiB, when the run path still imported rich,
+# pydantic and gguf-py), whatever the quant type, build (armv8-a / dotprod) or context.
+ARM64_RUNTIME_EXTRA_MIB = 19.0
 # llama.cpp's vocabulary tables (token strings, scores, attributes, text->id map, piece cache) per token
 VOCAB_BYTES_PER_TOKEN = 120
 # With flash attention the graph holds no [n_kv, n_ubatch, n_head] score matrix; the allocator's peak then falls
