@@ -49,7 +49,7 @@ ARM64_RUNTIME_EXTRA_MIB = 19.0
 VOCAB_BYTES_PER_TOKEN = 120
 # With flash attention the graph holds no [n_kv, n_ubatch, n_head] score matrix; the allocator's peak then falls
 # on other nodes. 0.45 of the scores term, fitted on results/estimator.json's 24 x86 rows (flash attention on:
-# SmolLM2 and Gemma3, F16..Q4_0, ctx 512..8192), leaves every row within +-2.5 MiB.
+# SmolLM2 and Gemma3, F16..Q4_0, ctx 512..8192), leaves every row within 4 MiB (1.8%).
 FLASH_ATTN_SCORES = 0.45
 # general.architecture -> the sliding-window period llama.cpp assumes when a GGUF stores no per-layer pattern
 # (llama-hparams set_swa_pattern(n): layers il % n < n - 1 are local, every n-th is global). edge-run's own

@@ -35,8 +35,10 @@ Timing = tuple[float, float]  # (time to first token, decode tokens/s)
 
 def artifact(model: str) -> Path:
     work = cache_dir() / "bench-onnx-genai" / model
-    (path,) = [p.parent for p in work.glob("*/model.onnx")] or convert_to_onnx(
-        zoo_checkpoint(model), work, OnnxOptions(quant="int4", name=model))
+    made = sorted(work.glob("*/model.onnx"))  # converted by an earlier run (conversions are atomic)
+    if made:
+        return made[0].parent
+    (path,) = convert_to_onnx(zoo_checkpoint(model), work, OnnxOptions(quant="int4", name=model))
     return Path(path)
 
 
