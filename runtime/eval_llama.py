@@ -47,6 +47,9 @@ class LlamaChunkLogits:
         llm = getattr(backend, "llm", None)
         if llm is None or not hasattr(llm, "ctx") or not hasattr(llm, "n_vocab"):
             return None
+        drop = getattr(backend, "drop_cache", None)
+        if drop is not None:
+            drop()  # generation's record of the cache is void once the scorer fills it
         return cls(llm)
 
     def rows(self, tokens: list[int], first: int, last: int) -> np.ndarray:

@@ -17,6 +17,7 @@ from edge_run.core.quants import KV_CACHE_TYPES
 
 from ..preflight import check_gguf
 from .base import Backend, GenerationParams, LoadOptions
+from .llama_loop import DecodeLoop
 
 if TYPE_CHECKING:
     from .threadpool import Threadpool
@@ -103,6 +104,7 @@ class GGUFBackend(Backend):
         self.metadata: dict[str, str] = dict(self.llm.metadata)
         self._vocab = self.llm._model.vocab
         self._pieces: dict[int, bytes] = {}
+        self._loop = DecodeLoop(llama_cpp, self.llm.ctx, self.llm.n_batch, self.n_vocab)
 
     # -- tokens ---------------------------------------------------------------------------------
     def bos_token_id(self) -> int | None:
@@ -156,6 +158,7 @@ class GGUFBackend(Backend):
             raise UsageError("eval_logits needs a backend loaded with logits_all=True")
         if len(tokens) > self.n_ctx:
             raise UsageError(f"{len(tokens)} tokens do not fit the context of {self.n_ctx}")
+        self.drop_cache()
         self.llm.reset()
         self.llm.eval(tokens)
         return np.array(self.llm.scores[: len(tokens)], dtype=np.float32)
@@ -169,30 +172,26 @@ class GGUFBackend(Backend):
         return {"bos_token": self.token_piece(bos).decode("utf-8", "replace") if bos is not None else "",
                 "eos_token": self.token_piece(eos).decode("utf-8", "replace") if eos >= 0 else ""}
 
+    def drop_cache(self) -> None:
+        """Empty the KV cache; whoever evaluates on this context outside generation (eval's scorer) calls it first."""
+        self._loop.forget(0)
+
     def cached_prefix(self, prompt_tokens: list[int]) -> int:
         """How many leading prompt tokens are already in the KV cache from the previous call."""
         if not self.options.reuse_prefix:
             return 0
-        cached = self.llm.input_ids[: self.llm.n_tokens]
         n = 0
-        for a, b in zip(cached, prompt_tokens, strict=False):
+        for a, b in zip(self._loop.held(), prompt_tokens, strict=False):
             if a != b:
                 break
             n += 1
         return min(n, len(prompt_tokens) - 1)  # the last prompt token is always evaluated (fresh logits)
 
     def token_stream(self, prompt_tokens: list[int], params: GenerationParams) -> Iterator[int]:
-        """llama-cpp-python's generate: llama.cpp's sampler chain (penalties -> top-k -> typical -> top-p -> min-p
-        -> temperature -> seeded draw, or greedy) reads the logits in C, none are copied to Python. It keeps the
-        KV cache of the common prefix with the previous call and evaluates only the rest."""
+        """llama.cpp's own loop (llama_loop.py): the sampler chain reads the logits in C, none are copied to Python.
+        It keeps the KV cache of the common prefix with the previous call and evaluates only the rest."""
         self.cached_tokens = self.cached_prefix(prompt_tokens)
-        if not self.options.reuse_prefix:
-            self.llm.reset()
-        self.llm.set_seed(params.seed)
-        return self.llm.generate(
-            prompt_tokens, temp=params.temperature, top_k=params.top_k, top_p=params.top_p,
-            min_p=params.min_p, repeat_penalty=params.repeat_penalty, reset=True,
-        )
+        return self._loop.generate(prompt_tokens, self.cached_tokens, params)
 
     def close(self) -> None:
         if self._pool is not None:
