@@ -15,7 +15,9 @@ Rows (tools/speed_rows.py; each side a separate process, alternating A B / B A p
 
 llama.cpp's tools are built from the source llama-cpp-python vendors (tools/llama_tools.py); models come from the
 zoo (tools/zoo.py; the 0.5B model is BENCH_ZOO's qwen2.5-coder-0.5b). The load average before and after is
-recorded: numbers from a machine shared with other jobs are ratios of interleaved runs, not absolutes.
+recorded: numbers from a machine shared with other jobs are ratios of interleaved runs, not absolutes. A row's
+ratio is the median over rounds of edge-run / reference within the round (its two runs are adjacent in time);
+the ratio of the two sides' medians is kept beside it.
 
 ``--plain``: edge-run's runtime vs plain llama-cpp-python ``Llama`` in one process (runtime/bench.py's
 measurement for both), ratio edge-run / plain (>= 0.97 is the goal).
@@ -231,7 +233,7 @@ def _fmt(d: dict[str, float]) -> str:
 def markdown(doc: dict[str, Any]) -> str:
     lines = [f"threads {doc['threads']}, {doc['rounds']} interleaved rounds, load average "
              f"{doc['load_average_before'][0]} -> {doc['load_average_after'][0]}", "",
-             "| row | edge-run (median) | reference (median) | ratio | goal | load avg |",
+             "| row | edge-run (median) | reference (median) | ratio (median of paired rounds) | goal | load avg |",
              "|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         ref = f"{r['reference']}: {_fmt(r['reference_median'])}" if r["reference_median"] else r["reference"]

@@ -62,11 +62,20 @@ class Row:
         keys = side[0].keys() if side else ()
         return {k: round(statistics.median(r[k] for r in side), 3) for k in keys}
 
+    def paired_ratios(self) -> dict[str, float]:
+        """Median over rounds of edge-run / reference within a round: the two runs of a round are adjacent in
+        time, so a load that drifts across the rounds cancels out of each pair."""
+        keys = self.edge_run[0].keys() if self.edge_run else ()
+        pairs = list(zip(self.edge_run, self.reference, strict=False))
+        return {k: round(statistics.median(e[k] / r[k] for e, r in pairs), 3) for k in keys
+                if pairs and all(r.get(k) for _, r in pairs)}
+
     def to_dict(self) -> dict[str, Any]:
         a, b = self.medians(self.edge_run), self.medians(self.reference)
-        ratio = {k: round(a[k] / b[k], 3) for k in a if b.get(k)}
         return {"row": self.name, "reference": self.reference_name, "goal": self.goal, "edge_run": a,
-                "reference_median": b, "ratio": ratio, "runs": {"edge_run": self.edge_run, "reference": self.reference},
+                "reference_median": b, "ratio": self.paired_ratios(),
+                "ratio_of_medians": {k: round(a[k] / b[k], 3) for k in a if b.get(k)},
+                "runs": {"edge_run": self.edge_run, "reference": self.reference},
                 **({"notes": self.notes} if self.notes else {})}
 
 
@@ -121,21 +130,26 @@ def interleave(rounds: int, a: Callable[[], dict[str, float]], b: Callable[[], d
 # ---------------------------------------------------------------------------------------------- rows
 
 
+BENCH_REPEATS = 3  # repetitions inside each process (both tools), reported as their median
+
+
 def bench_row(tools: Any, gguf: Path, threads: int, rounds: int, label: str) -> Row:
-    """pp512 / tg128 tokens/s: `edge-run bench` vs `llama-bench`, one repetition per process."""
+    """pp512 / tg128 tokens/s: `edge-run bench` vs `llama-bench`, BENCH_REPEATS repetitions per process."""
+    r = str(BENCH_REPEATS)
 
     def edge() -> dict[str, float]:
-        r = json.loads(measure([*EDGE_RUN, "bench", str(gguf), "--json", "-r", "1", "-t", str(threads)]).stdout)
-        return {"prefill_tps": r["prefill"]["tokens_per_s"]["median"],
-                "decode_tps": r["decode"]["tokens_per_s"]["median"]}
+        b = json.loads(measure([*EDGE_RUN, "bench", str(gguf), "--json", "-r", r, "-t", str(threads)]).stdout)
+        return {"prefill_tps": b["prefill"]["tokens_per_s"]["median"],
+                "decode_tps": b["decode"]["tokens_per_s"]["median"]}
 
     def ref() -> dict[str, float]:
         out = measure([str(tools.binary("llama-bench")), "-m", str(gguf), "-p", "512", "-n", "128", "-t", str(threads),
-                       "-r", "1", "-o", "json"]).stdout
+                       "-r", r, "-o", "json"]).stdout
         tests = json.loads(out)
         pp = next(t for t in tests if t["n_prompt"] > 0 and t["n_gen"] == 0)
         tg = next(t for t in tests if t["n_gen"] > 0 and t["n_prompt"] == 0)
-        return {"prefill_tps": round(pp["avg_ts"], 2), "decode_tps": round(tg["avg_ts"], 2)}
+        return {"prefill_tps": round(statistics.median(pp["samples_ts"]), 2),
+                "decode_tps": round(statistics.median(tg["samples_ts"]), 2)}
 
     return interleave(rounds, edge, ref, Row(f"bench pp512/tg128 {label}", reference_name="llama-bench",
                                              goal="tokens/s ratio >= 0.97"))
