@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import psutil
 from edge_run.core.errors import ArtifactError, InsufficientMemoryError
 from edge_run.core.gguf_header import GGUFHeader, read_gguf_header
 from edge_run.core.quants import KV_CACHE_TYPES
+from edge_run.core.stamp_cache import StampCache
 
 from .planning import checkpoint_plan
 from .quant_mix import tensor_bytes, tensor_type
@@ -134,13 +135,33 @@ def pad(n: int, to: int = KV_PAD) -> int:
     return (n + to - 1) // to * to
 
 
+SHAPES = StampCache("gguf-shapes")  # path, size, mtime -> ModelShape as JSON: `run` reads no header twice
+
+
 def shape_from_gguf(path: Path) -> ModelShape:
     """The shape of a GGUF file from its header's hyper-parameters and tensor table (the vocabulary is only counted)."""
+    cached = _shape_from_json(SHAPES.get(path))
+    if cached is not None:
+        return cached
     header = read_gguf_header(path)
     try:
-        return _shape_from_header(header, Path(path).name)
+        shape = _shape_from_header(header, Path(path).name)
     except (TypeError, ValueError, ZeroDivisionError, IndexError, AttributeError) as e:  # missing / mistyped keys
         raise ArtifactError(f"{Path(path).name} has missing or invalid hyper-parameters ({e})", "re-convert it") from e
+    SHAPES.put(path, {**asdict(shape), "tensors": [list(astuple(t)) for t in shape.tensors]})
+    return shape
+
+
+def _shape_from_json(value: Any) -> ModelShape | None:
+    """A cached shape, or None for anything that is not one (a foreign or damaged cache entry)."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        tensors = tuple(TensorInfo(str(n), str(t), int(a), int(b), int(c)) for n, t, a, b, c in value["tensors"])
+        numbers = {f.name: int(value[f.name]) for f in fields(ModelShape) if f.name != "tensors"}
+    except (KeyError, TypeError, ValueError):
+        return None
+    return ModelShape(**numbers, tensors=tensors)
 
 
 def _shape_from_header(header: GGUFHeader, name: str) -> ModelShape:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_run.core.errors import ArtifactError, EdgeRunError, ResourceError
-from edge_run.core.fsutil import cache_dir, write_cache_text
+from edge_run.core.stamp_cache import StampCache
 
 PROBE_TIMEOUT_S = 300
 _ASSERT = re.compile(r"(GGML_ASSERT\(.*?\) failed|terminate called.*|what\(\):.*)")
@@ -33,34 +33,16 @@ _ASSERT = re.compile(r"(GGML_ASSERT\(.*?\) failed|terminate called.*|what\(\):.*
 _OUT_OF_MEMORY = re.compile(r"(MemoryError|std::bad_alloc|Cannot allocate memory|failed to mmap|failed to map segment"
                             r"|out of memory)", re.IGNORECASE)
 _LOAD_ERRORS = (re.compile(r"gguf_init_from_\w+: (.*)"), re.compile(r"error loading model: (.*)"))
-
-
-def _db_path() -> Path:
-    return cache_dir() / "preflight.json"
-
-
-def _load_db() -> dict[str, Any]:
-    try:
-        data = json.loads(_db_path().read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError, RecursionError):
-        return {}
-
-
-def _stamp(path: Path) -> tuple[str, dict[str, int]]:
-    st = path.stat()
-    return str(path.resolve()), {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+PROBED = StampCache("preflight")  # path, size, mtime -> the child's header facts
 
 
 def check_gguf(path: Path) -> dict[str, Any]:
     """Header facts of a GGUF that llama.cpp can read (``context_length``, ``n_vocab``, ``architecture``);
     ArtifactError when llama.cpp rejects it or would abort on it."""
     path = Path(path)
-    key, stamp = _stamp(path)
-    db = _load_db()
-    entry = db.get(key)
-    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("info"), dict):
-        return entry["info"]
+    cached = PROBED.get(path)
+    if isinstance(cached, dict):
+        return cached
     try:
         proc = subprocess.run([sys.executable, "-m", __name__, str(path)], capture_output=True, text=True,
                               errors="replace", timeout=PROBE_TIMEOUT_S)
@@ -73,8 +55,7 @@ def check_gguf(path: Path) -> dict[str, Any]:
         info = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError) as e:
         raise ArtifactError(f"llama.cpp's header check of {path.name} printed no result") from e
-    db[key] = {"stamp": stamp, "info": info}
-    write_cache_text(_db_path(), json.dumps(db, indent=1))  # skipped when the cache is read-only
+    PROBED.put(path, info)  # skipped when the cache is read-only
     return info
 
 

@@ -1,0 +1,76 @@
+"""core/stamp_cache.py: facts cached per file identity (path, size, mtime), and the GGUF shape cache that lets
+`run`'s memory guard skip the header read (runtime/estimate.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edge_run.core.stamp_cache import StampCache
+from edge_run.runtime import estimate
+
+
+def test_value_lives_while_the_file_is_unchanged(tmp_path: Path) -> None:
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"12345")
+    cache = StampCache("t")
+    assert cache.get(f) is None
+    cache.put(f, {"n": 5})
+    assert cache.get(f) == {"n": 5}
+    f.write_bytes(b"123456")  # another size
+    assert cache.get(f) is None
+    cache.put(f, {"n": 6})
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # same size, rewritten later
+    assert cache.get(f) is None
+
+
+def test_corrupt_or_read_only_cache_counts_as_empty(tmp_path: Path) -> None:
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"x")
+    cache = StampCache("t")
+    cache.path.parent.mkdir(parents=True, exist_ok=True)
+    for junk in ("{not json", "[1, 2]", "nan", '{"' + str(f.resolve()) + '": 7}', "[" * 100_000):
+        cache.path.write_text(junk)
+        assert cache.get(f) is None
+    cache.path.unlink()
+    cache.path.mkdir()  # unwritable whoever runs the test (root ignores a read-only folder's mode)
+    cache.put(f, 1)  # nothing raised, nothing stored
+    assert cache.get(f) is None
+
+
+def test_oldest_entries_go_first(tmp_path: Path) -> None:
+    cache = StampCache("t", max_entries=3)
+    files = []
+    for i in range(5):
+        f = tmp_path / f"{i}.bin"
+        f.write_bytes(b"x" * i)
+        cache.put(f, i)
+        files.append(f)
+    assert [cache.get(f) for f in files] == [None, None, 2, 3, 4]
+
+
+def test_gguf_shape_is_read_once(tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / tiny_gguf.name
+    f.write_bytes(tiny_gguf.read_bytes())
+    first = estimate.shape_from_gguf(f)
+
+    def no_header(path: Path) -> None:
+        raise AssertionError("the header was read again")
+
+    monkeypatch.setattr(estimate, "read_gguf_header", no_header)
+    assert estimate.shape_from_gguf(f) == first
+    with open(f, "ab") as fh:  # a changed file is read again
+        fh.write(b"\0" * 32)
+    with pytest.raises(AssertionError, match="read again"):
+        estimate.shape_from_gguf(f)
+
+
+def test_a_damaged_shape_entry_is_ignored(tiny_gguf: Path, tmp_path: Path) -> None:
+    f = tmp_path / tiny_gguf.name
+    f.write_bytes(tiny_gguf.read_bytes())
+    first = estimate.shape_from_gguf(f)
+    estimate.SHAPES.put(f, {"n_layer": "many", "tensors": [["x", "F16", 1]]})
+    assert estimate.shape_from_gguf(f) == first
