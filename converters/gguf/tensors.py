@@ -22,6 +22,7 @@ from edge_run.core.errors import CheckpointError
 
 from ..architectures import ArchSpec
 from ..checkpoint import SAFETENSORS_DTYPES, Checkpoint, LazyTensor
+from .half import all_finite_f16, to_f16
 from .hparams import generated_tensors
 
 # Which full-precision GGUF type a 2-D weight gets for each --outtype; 1-D tensors are always F32.
@@ -77,9 +78,8 @@ class PlannedTensor:
         if self.qtype == gguf.GGMLQuantizationType.F32:
             return np.ascontiguousarray(x, dtype=np.float32)
         if self.qtype == gguf.GGMLQuantizationType.F16:
-            with np.errstate(over="ignore"):  # an overflow is detected and reported just below
-                half = np.ascontiguousarray(x, dtype=np.float16)
-            if not np.isfinite(half).all():  # finite float32 beyond +-65504 becomes inf
+            half = to_f16(x)  # ggml's converter (half.py)
+            if not all_finite_f16(half):  # finite float32 beyond +-65504 becomes inf
                 name = self.source.name if self.source else self.gguf_name
                 raise CheckpointError(f"tensor {name!r} has values beyond float16's range (+-65504)",
                                       "convert with --intermediate bf16 or f32")
