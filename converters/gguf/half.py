@@ -38,7 +38,7 @@ def _ggml_converter() -> Callable[[int, int, int], None] | None:
         init.argtypes, init.restype = [], None
         convert.argtypes, convert.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64], None
         init()  # ggml's conversion tables and CPU feature detection
-        return convert  # type: ignore[no-any-return]
+        return convert
     return None
 
 
