@@ -34,7 +34,7 @@ from ..config_check import check_config
 from .hparams import validate_hparams
 from .quant_types import QuantType, parse_quant_list
 from .quantize import quantize_gguf
-from .vocab import build_vocab
+from .vocab import VocabInfo, build_vocab
 from .writer import write_full_precision
 
 # progress(stage, done, total): stage is a short label such as "F16" or "Q4_K_M"
@@ -81,7 +81,7 @@ def convert_to_gguf(checkpoint: Path, out_dir: Path, options: ConvertOptions,
     _, spec = lookup(ckpt.config)
     check_config(ckpt)  # sizes vs tensors and sane bounds before anything is allocated
     validate_hparams(ckpt.text_config())
-    build_vocab(ckpt, int(ckpt.text_config().get("vocab_size", 0)))  # fail on a bad tokenizer before writing
+    vocab = build_vocab(ckpt, int(ckpt.text_config().get("vocab_size", 0)))  # a bad tokenizer fails before writing
     name = check_plain_name(options.name) if options.name is not None else ckpt.name
     out_dir = Path(out_dir)
     targets = {q.name: artifact_path(out_dir, name, q) for q in quants}
@@ -90,11 +90,11 @@ def convert_to_gguf(checkpoint: Path, out_dir: Path, options: ConvertOptions,
     with exclusive_folder(out_dir):  # one writer per folder; removes dead converts' temp files
         for path in targets.values():
             check_destination(path, options.force)
-        return _convert(ckpt, spec, quants, targets, name, options, progress)
+        return _convert(ckpt, spec, quants, targets, name, options, progress, vocab)
 
 
 def _convert(ckpt: Checkpoint, spec: ArchSpec, quants: list[QuantType], targets: dict[str, Path], name: str,
-             options: ConvertOptions, progress: Progress | None) -> list[Path]:
+             options: ConvertOptions, progress: Progress | None, vocab: VocabInfo) -> list[Path]:
     out_dir = next(iter(targets.values())).parent
     digest = ckpt.digest()
     inter = options.intermediate.upper()
@@ -113,7 +113,7 @@ def _convert(ckpt: Checkpoint, spec: ArchSpec, quants: list[QuantType], targets:
             tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=f".edge-run-{os.getpid()}-", dir=out_dir))
             base = Path(tmpdir) / f"{name}.{inter}.gguf"
         try:
-            vocab, *base_stats = write_full_precision(ckpt, spec, inter.lower(), base, name, report(inter))
+            vocab, *base_stats = write_full_precision(ckpt, spec, inter.lower(), base, name, report(inter), vocab)
         except OSError as e:
             raise os_error_to_resource(e, f"{name}.{inter}.gguf") from e
         for q in quants:

@@ -239,8 +239,9 @@ def _check_chat_templates(templates: str | Sequence[Mapping[str, str]] | None) -
                                   "fix chat_template in tokenizer_config.json (or chat_template.jinja)") from e
 
 
-def add_vocab(w: gguf.GGUFWriter, ckpt: Checkpoint, n_vocab: int) -> VocabInfo:
-    info = build_vocab(ckpt, n_vocab)
+def add_vocab(w: gguf.GGUFWriter, ckpt: Checkpoint, n_vocab: int, info: VocabInfo | None = None) -> VocabInfo:
+    """Write the tokenizer's keys; ``info`` is build_vocab's result when the caller already has it."""
+    info = info if info is not None else build_vocab(ckpt, n_vocab)
     w.add_tokenizer_model(info.model)
     if info.pre:
         w.add_tokenizer_pre(info.pre)

@@ -41,8 +41,10 @@ STORAGE_DTYPES: dict[gguf.GGMLQuantizationType, np.dtype] = {
 
 
 def write_full_precision(ckpt: Checkpoint, spec: ArchSpec, outtype: str, dest: Path, model_name: str,
-                         progress: ProgressFn | None = None) -> tuple[VocabInfo, int, int]:
-    """Write ``dest`` (a temp path chosen by the caller); return (vocab, weight bytes, weight elements)."""
+                         progress: ProgressFn | None = None,
+                         vocab: VocabInfo | None = None) -> tuple[VocabInfo, int, int]:
+    """Write ``dest`` (a temp path chosen by the caller); return (vocab, weight bytes, weight elements).
+    ``vocab``: the checkpoint's build_vocab result, if the caller made it already."""
     cfg = ckpt.text_config()
     n_vocab = int(cfg.get("vocab_size", 0))
     if n_vocab <= 0:
@@ -59,7 +61,7 @@ def write_full_precision(ckpt: Checkpoint, spec: ArchSpec, outtype: str, dest: P
     w.add_string("general.quantized_by", f"edge-run {__version__}")
     w.add_file_type(QUANT_TYPES[outtype.upper()].ftype)
     write_common(w, cfg, spec)
-    vocab = add_vocab(w, ckpt, n_vocab)
+    vocab = add_vocab(w, ckpt, n_vocab, vocab)
     for p in plan:
         # shapes are given in numpy order; GGUFWriter stores them innermost-first
         w.add_tensor_info(p.gguf_name, p.shape, STORAGE_DTYPES[p.qtype], p.nbytes, raw_dtype=p.qtype)
