@@ -40,6 +40,7 @@ HOOKS = ('cp "$1/usr/share/base-passwd/passwd.master" "$1/etc/passwd"',
          'cp "$1/usr/share/base-passwd/group.master" "$1/etc/group"')
 STAMP = ".edge-run-rootfs.json"
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
+BINFMT_D_RULES = (Path("/usr/lib/binfmt.d/qemu-aarch64.conf"), Path("/etc/binfmt.d/qemu-aarch64.conf"))
 INSTALL_HINT = "install qemu-user-static binfmt-support mmdebstrap (apt-get install -y ...) and run as root"
 
 
@@ -61,6 +62,8 @@ def check_host() -> None:
     handler = BINFMT_DIR / "qemu-aarch64"
     if not handler.exists() and shutil.which("update-binfmts"):
         subprocess.run(["update-binfmts", "--enable", "qemu-aarch64"], capture_output=True)
+    if not handler.exists():
+        _register_from_binfmt_d()
     try:
         text = handler.read_text()
     except OSError:
@@ -68,6 +71,18 @@ def check_host() -> None:
     if not text.startswith("enabled") or "F" not in text.split("flags:", 1)[-1].split("\n", 1)[0]:
         raise ResourceError("the aarch64 binfmt handler is disabled or lacks the F (fix binary) flag",
                             "update-binfmts --enable qemu-aarch64 (from qemu-user-static)")
+
+
+def _register_from_binfmt_d() -> None:
+    """qemu-user-binfmt >= 9 ships its rules for systemd-binfmt (/usr/lib/binfmt.d) instead of update-binfmts'
+    database; without systemd running (a container, CI) nothing loads them: write the rule into `register`."""
+    for conf in BINFMT_D_RULES:
+        try:
+            rule = next(ln for ln in conf.read_text().splitlines() if ln.startswith(":qemu-aarch64:"))
+            (BINFMT_DIR / "register").write_text(rule)
+        except (OSError, StopIteration):
+            continue
+        return
 
 
 def ensure_rootfs(log: Path) -> tuple[Path, float]:
