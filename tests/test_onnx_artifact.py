@@ -252,3 +252,13 @@ def test_eval_logits_bounds(artifacts: dict[str, Path]) -> None:
         assert logits.shape == (37, b.n_vocab) and logits.dtype == np.float32 and np.isfinite(logits).all()
         with pytest.raises(Exception, match="context"):
             b.eval_logits(list(range(3, 80)))
+
+
+def test_buffers_onnxruntime_reads_in_place_are_cache_line_aligned() -> None:
+    from edge_run.runtime.backends.onnx import CACHE_LINE, aligned_zeros
+
+    for shape in [(1, 3, 17, 64), (1, 1, 49152), (5,)]:
+        a = aligned_zeros(shape)
+        assert a.ctypes.data % CACHE_LINE == 0 and a.shape == shape and a.flags.c_contiguous and not a.any()
+        a[...] = 1.0  # writable, and its memory stays alive through the view
+        assert float(a.sum()) == float(np.prod(shape))

@@ -58,7 +58,7 @@ def test_fp32_graph_matches_transformers(arch: str, tiny_checkpoint: Callable[[s
         # token by token through the in-place KV cache: prefill 20, then one token a step
         ids = PROMPTS[2]
         rows = [b._run(ids[:20], 0, last_only=False)[0]]
-        rows += [b._run([t], 20 + k, last_only=True)[0] for k, t in enumerate(ids[20:60])]
+        rows += [b._run([t], 20 + k, last_only=True)[0].copy() for k, t in enumerate(ids[20:60])]  # buffer reused
         assert rel_err(np.concatenate(rows), refs[2][:60]) < FP32_REL_TOL
 
 

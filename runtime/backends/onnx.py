@@ -30,6 +30,18 @@ from .sampling import sample_token
 BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
+CACHE_LINE = 64  # onnxruntime's own CPU allocator aligns this far; numpy's large arrays start 16 bytes past a page
+
+
+def aligned_zeros(shape: tuple[int, ...], dtype: type = np.float32, align: int = CACHE_LINE) -> np.ndarray:
+    """A zeroed array whose data starts on an ``align``-byte boundary (for buffers onnxruntime reads and writes
+    in place: a misaligned KV row splits its vector loads across cache lines)."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.zeros(n + align, dtype=np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + n].view(dtype).reshape(shape)
+
+
 @lru_cache(maxsize=1)
 def byte_level_decoder() -> dict[str, int]:
     """Byte-level BPE's alphabet: printable bytes stand for themselves, the other bytes are shifted
@@ -117,6 +129,7 @@ class ONNXBackend(Backend):
         self._bindings: dict[bool, Any] = {}
         self._keep: list[Any] = []
         self._last_logits = np.zeros((1, 1, 0), dtype=np.float32)
+        self._ones = np.ones((1, self.n_ctx), dtype=np.int64)  # every attention mask is a prefix of it
 
     # -- tokens ---------------------------------------------------------------------------------
     def bos_token_id(self) -> int | None:
@@ -175,7 +188,7 @@ class ONNXBackend(Backend):
                 for i in range(self.n_layers):
                     for kind in ("key", "value"):
                         self._cache.append((f"{i}.{kind}", ort.OrtValue.ortvalue_from_numpy(
-                            np.zeros((1, self.n_kv, self.n_ctx, self.head_dim), dtype=np.float32))))
+                            aligned_zeros((1, self.n_kv, self.n_ctx, self.head_dim)))))
             binding = self.session.io_binding()
             for name, buf in self._cache:
                 binding.bind_ortvalue_input(f"past_key_values.{name}", buf)
@@ -184,7 +197,7 @@ class ONNXBackend(Backend):
             self._keep.append(keep)  # bound by reference: keep it alive (an overridable initializer, so
             binding.bind_ortvalue_input("logits_to_keep", keep)  # bind_cpu_input cannot find it)
             if last_only:  # the OrtValue wraps this array's memory: read it there, no output list per token
-                self._last_logits = np.zeros((1, 1, self.n_vocab), dtype=np.float32)
+                self._last_logits = aligned_zeros((1, 1, self.n_vocab))
                 logits = ort.OrtValue.ortvalue_from_numpy(self._last_logits)
                 self._keep.append(logits)
                 binding.bind_ortvalue_output("logits", logits)
@@ -192,18 +205,19 @@ class ONNXBackend(Backend):
         return binding
 
     def _run(self, tokens: list[int], past: int, last_only: bool) -> np.ndarray:
-        """Feed ``tokens`` after ``past`` cached positions; return logits [1, 1 if last_only else S, vocab]."""
+        """Feed ``tokens`` after ``past`` cached positions; return logits [1, 1 if last_only else S, vocab]
+        (last_only: the bound buffer itself, overwritten by the next run)."""
         if past + len(tokens) > self.n_ctx:
             raise UsageError(f"{past + len(tokens)} tokens do not fit the context of {self.n_ctx}",
                              "raise --ctx or shorten the prompt")
         b = self._bind(last_only)
         b.bind_cpu_input("input_ids", np.asarray([tokens], dtype=np.int64))
-        b.bind_cpu_input("attention_mask", np.ones((1, past + len(tokens)), dtype=np.int64))
+        b.bind_cpu_input("attention_mask", self._ones[:, :past + len(tokens)])
         if not last_only:
             b.bind_output("logits")  # a fresh [1, S, vocab] for each call: S changes
         self.session.run_with_iobinding(b)
         if last_only:
-            return self._last_logits.copy()  # the fixed buffer is overwritten by the next run
+            return self._last_logits  # the fixed buffer: valid until the next run
         out: np.ndarray = b.get_outputs()[-1].numpy()
         return out
 
