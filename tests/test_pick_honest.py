@@ -90,10 +90,16 @@ def test_the_fit_is_reproducible_and_beats_the_llama3_baseline(tmp_path: Path) -
     assert main(["--tradeoff", str(ROOT / "results" / "tradeoff.json"), "--out", str(out)]) == 0
     got = json.loads(out.read_text(encoding="utf-8"))
     committed = json.loads((ROOT / "results" / "quant_loss_fit.json").read_text(encoding="utf-8"))
-    assert got["fit"] == committed["fit"]
+    assert got["fit"] == committed["fit"] and got["fit_all"] == committed["fit_all"]
     for model in ("smollm2-135m", "gemma3-270m"):  # predicted without ever seeing the model
         s = got["leave_one_model_out"][model]["summary"]
         assert s["mae_bpb"] < s["baseline_mae_bpb"] and s["order_agreement"] > s["baseline_order_agreement"]
+        assert "qwen2.5-coder-0.5b" not in s["fit_on"]  # held out of every fit but "fit_all"
+        assert "qwen2.5-coder-0.5b" in got["leave_one_model_out_all"][model]["fit_on"]  # reported pooled too
+    # the held-out model is predicted by the shipped costs themselves (its leave-one-out fit is "fit")
+    held = got["leave_one_model_out"]["qwen2.5-coder-0.5b"]["summary"]
+    assert got["data"]["held_out"] == ["qwen2.5-coder-0.5b"] and held["rows"] >= 6
+    assert (held["gamma"], held["output_weight"]) == (got["fit"]["gamma"], got["fit"]["output_weight"])
 
 
 def test_the_prediction_uses_the_real_fallback_mix() -> None:
@@ -125,7 +131,9 @@ def test_the_oracle_agrees_with_the_pick(tmp_path: Path) -> None:
     """Every shipped profile x ctx {512, 2048, 8192} over the zoo's measured pairings, imatrix variants included,
     with an f16 KV cache and with --cache-type auto (tools/pick_oracle.py): knowing each model's Q8_0 only, the
     pick is the measured-best pairing that fits in >= 95% of cases and never more than 1% BPB worse; after
-    `pick --measure` it agrees in every case (within the picker's 0.001 BPB tie: 0.1%)."""
+    `pick --measure` it agrees in every case (within the picker's 0.001 BPB tie: 0.1%). Each model alone on a RAM
+    sweep: the same for SmolLM2 and Gemma3; Qwen2.5-Coder-0.5B agrees after `--measure`, its misses from the Q8_0
+    alone are the ones explained in the README."""
     from tools.pick_oracle import main
 
     out = tmp_path / "oracle.json"
@@ -138,6 +146,23 @@ def test_the_oracle_agrees_with_the_pick(tmp_path: Path) -> None:
         for s in (summary, sweep):
             assert s["anchor"]["agree_pct"] >= 95.0 and s["anchor"]["max_regret_pct"] <= 1.0
             assert s["measured"]["agree_pct"] == 100.0 and s["measured"]["max_regret_pct"] < 0.1
+        # each model alone: the quant type / imatrix choice within one model, the 0.5B qwen2 model's included
+        alone = data[cache]["alone_summary"]
+        assert set(alone) == {"smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"}
+        for model, s in alone.items():
+            assert s["anchor"]["cases"] >= 20
+            assert s["measured"]["agree_pct"] == 100.0 and s["measured"]["max_regret_pct"] < 0.1
+            if model != "qwen2.5-coder-0.5b":
+                assert s["anchor"]["agree_pct"] >= 95.0 and s["anchor"]["max_regret_pct"] <= 1.0
+        # Qwen2.5-Coder-0.5B from its Q8_0 alone misses the goal (README): every miss is a pick whose quality
+        # prediction is off in a way the data shows, never memory (the oracle's pairings are the ones that fit):
+        # an imatrix variant (the shipped ratio 0.55 predicts a gain; on qwen the imatrix costs BPB), or a miss of
+        # the oracle's Q5_K_M by < 0.15% (it scores 0.0012 BPB below F16 on 12 chunks: below their resolution)
+        for c in data[cache]["alone"]["qwen2.5-coder-0.5b"]:
+            a = c.get("anchor")
+            if a and not a["agrees"]:
+                assert "+imat" in a["pick"] or (c["oracle"].startswith("qwen2.5-coder-0.5b Q5_K_M")
+                                                and a["regret_pct"] < 0.15), (c["profile"], a)
     picks = {c["anchor"]["pick"] for c in data["f16"]["cases"] + data["f16"]["sweep"] if c.get("anchor")}
     assert any("+imat" in p for p in picks)  # the imatrix variants take part
     assert any("KV q8_0" in c["measured"]["pick"] for c in data["auto"]["cases"] + data["auto"]["sweep"]

@@ -1,10 +1,12 @@
 """The picker checked against an oracle: for every shipped profile x ctx {512, 2048, 8192}, the pick vs the
 measured-best pairing that fits.
 
-Pairings: every zoo model x every quant type measured in results/tradeoff.json (WikiText-2, 40 chunks x 512),
+Pairings: every zoo model x every quant type measured in results/tradeoff.json (WikiText-2 at ctx 512: 40 chunks,
+Qwen2.5-Coder-0.5B 12; each row's "chunks"),
 the imatrix variants of Q4_K_M / Q3_K_M / Q2_K included, each with an f16 KV cache and (``--cache-type auto``)
 with a q8_0 one, whose BPB is the f16 one's plus the model's measured KV effect (results/pick_dimensions.json,
-tools/pick_dimensions.py: the paired difference on the same chunks at ctx 512). Memory: the estimator
+tools/pick_dimensions.py: the paired difference on the same chunks at ctx 512; a model without one gets the
+picker's default, runtime/quality.py KV_DELTA_BPB, listed in "kv_effect_assumed"). Memory: the estimator
 (runtime/estimate.py) on each model's shapes (public config values, types from runtime/quant_mix.py). The
 oracle knows every measured BPB; the picker is run twice per cache mode:
 
@@ -13,7 +15,9 @@ oracle knows every measured BPB; the picker is run twice per cache mode:
               with the fitted imatrix ratio, a q8_0 KV cache with the zoo's mean effect
     measured  it knows every measurement (after `pick --measure` measured every pairing and the KV effect)
 
-The same on a sweep of RAM sizes (a Pi Zero 2 W with 384..1152 MiB at ctx 2048), where the quant type decides.
+The same on a sweep of RAM sizes (a Pi Zero 2 W with 384..1152 MiB at ctx 2048), where the quant type decides,
+and for each model alone on 384..2048 MiB ("alone": only that model's pairings compete, so every case checks the
+quant type and imatrix choice within one model, the larger Qwen2.5-Coder-0.5B's too).
 A case agrees when the pick is the oracle's pairing or within 0.001 BPB of it (the picker's tie); the regret
 is the pick's measured BPB over the oracle's, in percent.
 
@@ -34,14 +38,18 @@ from edge_run.core.errors import NothingFitsError
 from edge_run.runtime.estimate import ModelShape, TensorInfo
 from edge_run.runtime.picker import Candidate, pick
 from edge_run.runtime.profiles import get_profile, list_profiles
+from edge_run.runtime.quality import KV_DELTA_BPB
 from edge_run.runtime.quant_mix import tensor_bytes, tensor_type
 from tools.quant_loss_fit import HPARAMS
 
 CTXS = (512, 2048, 8192)
 # a memory sweep where the quant type decides: a Pi Zero 2 W with 384..1152 MiB of RAM, ctx 2048
 SWEEP_BASE, SWEEP_RAM, SWEEP_CTX = "pi-zero-2w", tuple(range(384, 1153, 16)), 2048
+# each model alone (its quant type is all the pick decides) on a wider sweep: 384..2048 MiB, ctx 2048
+ALONE_RAM = tuple(range(384, 2049, 32))
 # name -> (trained context, sliding window, sliding layers): public config values
-CONTEXT: dict[str, tuple[int, int, int]] = {"smollm2-135m": (8192, 0, 0), "gemma3-270m": (32768, 512, 15)}
+CONTEXT: dict[str, tuple[int, int, int]] = {"smollm2-135m": (8192, 0, 0), "gemma3-270m": (32768, 512, 15),
+                                            "qwen2.5-coder-0.5b": (32768, 0, 0)}
 ANCHOR = "Q8_0"
 TIE_BPB = 0.001
 
@@ -58,7 +66,7 @@ def shape(model: str, quant: str) -> ModelShape:
                    (f"blk.{i}.ffn_norm.weight", d, 1)]
     infos = []
     for name, ne0, ne1 in shapes:
-        t = "F32" if ne1 == 1 else tensor_type(quant, name, ne0, n_layer, not tied)
+        t = "F32" if ne1 == 1 else tensor_type(quant, name, ne0, n_layer, not tied, h // kv)  # as estimate.py
         infos.append(TensorInfo(name, t, ne0, ne1, tensor_bytes(t, ne0 * ne1)))
     return ModelShape(n_layer, d, ff, h, kv, hd, hd, vocab, n_ctx, n_swa, n_swa_layers, tuple(infos))
 
@@ -96,7 +104,9 @@ def case(profile: Any, ctx: int, rows: list[dict[str, Any]], kv: dict[str, float
     measured = {(r["model"], r["quant"], r["imatrix"]): r["bpb"] for r in rows}
 
     def truth(c: Candidate) -> float:  # a q8_0 KV cache: the f16 cache's BPB plus the model's measured effect
-        return measured[(c.model, c.quant, c.imatrix)] + (kv.get(c.model, 0.0) if c.cache_type else 0.0)
+        # (a model without one: the picker's default, the zoo's mean; listed in the output's "kv_effect_assumed")
+        effect = kv.get(c.model, KV_DELTA_BPB.get(c.cache_type or "", 0.0))
+        return measured[(c.model, c.quant, c.imatrix)] + (effect if c.cache_type else 0.0)
 
     out: dict[str, Any] = {"profile": profile.name, "ctx": ctx}
     for mode, know_all in (("anchor", False), ("measured", True)):
@@ -152,14 +162,22 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"schema": "edge-run-pick-oracle/2",
                            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                            "tradeoff_settings": tradeoff.get("settings"), "tie_bpb": TIE_BPB,
-                           "kv_q8_0_bpb_effect": {m: round(v, 6) for m, v in kv.items()}}
+                           "kv_q8_0_bpb_effect": {m: round(v, 6) for m, v in kv.items()},
+                           "kv_effect_assumed": {m: KV_DELTA_BPB.get("q8_0", 0.0) for m in CONTEXT
+                                                 if m not in kv and any(r["model"] == m for r in rows)}}
     for cache in ("f16", "auto"):
         cases = [case(p, ctx, rows, kv, cache) for p in profiles for ctx in CTXS]
         sweep = [case(p, SWEEP_CTX, rows, kv, cache) for p in rams]
+        wide = [dataclasses.replace(base, name=f"{SWEEP_BASE}@{ram}MB", ram_mb=ram) for ram in ALONE_RAM]
+        alone = {m: [case(p, SWEEP_CTX, [r for r in rows if r["model"] == m], kv, cache) for p in wide]
+                 for m in CONTEXT if any(r["model"] == m for r in rows)}
         out[cache] = {"summary": {m: summary(cases, m) for m in ("anchor", "measured")},
                       "sweep_summary": {m: summary(sweep, m) for m in ("anchor", "measured")},
-                      "cases": cases, "sweep": sweep}
+                      "alone_summary": {m: {k: summary(c, k) for k in ("anchor", "measured")}
+                                        for m, c in alone.items()},
+                      "cases": cases, "sweep": sweep, "alone": alone}
         print(cache, json.dumps({"profiles": out[cache]["summary"], "sweep": out[cache]["sweep_summary"]}))
+        print(cache, "alone", json.dumps(out[cache]["alone_summary"]))
         if args.table:
             print(table(cases))
             print(table(sweep))

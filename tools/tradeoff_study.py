@@ -1,7 +1,7 @@
 """The size-vs-bits trade-off study: every zoo model x every quant type, measured on this machine.
 
-For each model (SmolLM2-135M, Gemma3-270M) the checkpoint is converted by edge-run to F16, Q8_0, Q6_K,
-Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K, plus Q4_K_M / Q3_K_M / Q2_K quantized with an importance matrix
+For each model (SmolLM2-135M, Gemma3-270M, Qwen2.5-Coder-0.5B) the checkpoint is converted by edge-run to
+F16, Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K, plus Q4_K_M / Q3_K_M / Q2_K quantized with an importance matrix
 (measured on a calibration text that is not the evaluation text: Tiny Shakespeare by default). Each
 artifact gets: file size, real bits per weight, PPL and BPB on WikiText-2 (ctx 512; the first 40 chunks,
 or all with --full), KL divergence and top-1 agreement vs the F16 of the same model, decode and prefill
@@ -13,9 +13,13 @@ tokens/s (runtime/bench.py, median of repeated runs).
         f16-logprobs-<chunks>x<ctx>/   the F16's log-probs, the reference for every KL divergence
 
 Output: results/tradeoff.json (rows + Pareto set) and results/tradeoff.png (BPB vs file size, frontier
-marked). Rows already in the output JSON with the same settings are reused (--redo to measure again).
+marked). Rows already in the output JSON with the same corpus, ctx and imatrix settings are kept; a model's
+rows are reused when its chunk count is the one asked for (--redo to measure again). The chunk count is
+recorded per model (settings "chunks_by_model"; each row's "chunks"), so one model may be scored on fewer
+chunks than the others. Rows measured with --no-bench have no speed columns (the table shows "-"); a run
+that benches with other settings than the output's keeps the old rows' quality and drops their speed columns.
 
-    python -m tools.tradeoff_study [--models smollm2-135m gemma3-270m] [--full] [--no-bench]
+    python -m tools.tradeoff_study [--models smollm2-135m gemma3-270m qwen2.5-coder-0.5b] [--full] [--no-bench]
 """
 
 from __future__ import annotations
@@ -40,10 +44,12 @@ from edge_run.runtime.evaluate import evaluate, load_corpus
 from edge_run.runtime.imatrix import imatrix_for_checkpoint
 from tools.zoo import zoo_checkpoint
 
-MODELS = ("smollm2-135m", "gemma3-270m")
+MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b")
 PLAIN = PLANNED_QUANTS
 WITH_IMATRIX = ("Q4_K_M", "Q3_K_M", "Q2_K")
 QUICK_CHUNKS = 40
+SPEED_KEYS = ("decode_tok_s", "decode_spread_pct", "prefill_tok_s", "prefill_spread_pct", "peak_rss_mib",
+              "bench_threads")
 
 
 @dataclass(frozen=True)
@@ -93,13 +99,14 @@ def speed_columns(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             "peak_rss_mib": b["peak_rss_mib"], "bench_threads": b["threads"]}
 
 
-def rebench(args: argparse.Namespace, settings: dict[str, Any], rows: list[dict[str, Any]]) -> int:
+def rebench(args: argparse.Namespace, settings: dict[str, Any], rows: list[dict[str, Any]],
+            old: dict[str, Any] | None) -> int:
     for row in rows:
         variant = Variant(row["quant"], row["imatrix"])
         folder = args.work / row["model"] / ("imatrix" if variant.imatrix else "plain")
         log(f"{row['model']} {variant.label}: bench")
         row.update(speed_columns(artifact_path(folder, row["model"], QUANT_TYPES[variant.quant]), args))
-        write(args.out, settings, rows)
+        write(args.out, settings, rows, old, [])
     return 0
 
 
@@ -150,7 +157,7 @@ def plot(rows: list[dict[str, Any]], out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 6.5), dpi=120)
-    colors = {"smollm2-135m": "tab:blue", "gemma3-270m": "tab:orange"}
+    colors = {"smollm2-135m": "tab:blue", "gemma3-270m": "tab:orange", "qwen2.5-coder-0.5b": "tab:green"}
     for model in dict.fromkeys(r["model"] for r in rows):
         for imat, marker in ((False, "o"), (True, "^")):
             pts = [r for r in rows if r["model"] == model and r["imatrix"] == imat]
@@ -179,13 +186,14 @@ def plot(rows: list[dict[str, Any]], out: Path, title: str) -> None:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| model | quant | MiB | bpw | PPL | BPB | KLD vs F16 | top-1 vs F16 | decode tok/s | Pareto |\n"
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|:-:|")
+    head = ("| model | quant | chunks | MiB | bpw | PPL | BPB | KLD vs F16 | top-1 vs F16 | decode tok/s | Pareto |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:-:|")
     lines = [head]
     for r in rows:
         speed = f"{r['decode_tok_s']:.0f}" if r.get("decode_tok_s") else "-"
-        lines.append(f"| {r['model']} | {r['label']} | {r['file_mib']:.1f} | {r['bits_per_weight']:.2f} | "
-                     f"{r['ppl']:.2f} | {r['bpb']:.4f} | {r['kld_vs_f16']:.4f} | {100 * r['top1_vs_f16']:.1f}% | "
+        lines.append(f"| {r['model']} | {r['label']} | {r.get('chunks', '-')} | {r['file_mib']:.1f} | "
+                     f"{r['bits_per_weight']:.2f} | {r['ppl']:.2f} | {r['bpb']:.4f} | {r['kld_vs_f16']:.4f} | "
+                     f"{100 * r['top1_vs_f16']:.1f}% | "
                      f"{speed} | {'yes' if r.get('pareto') else ''} |")
     return "\n".join(lines)
 
@@ -197,7 +205,47 @@ def settings_of(args: argparse.Namespace, corpus: Any) -> dict[str, Any]:
             {"repeats": args.bench_repeats, "n_prompt": 512, "n_gen": 128}}
 
 
-def write(out: Path, settings: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+PER_RUN = ("chunks", "chunks_by_model", "bench")  # settings that may differ between the rows of one output
+
+
+def merged_settings(settings: dict[str, Any], old: dict[str, Any] | None, run_models: list[str],
+                    rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The output's settings: the shared ones, each present model's chunk count (this run's for the models it
+    measures, the old output's for the rest), "chunks" when every model has the same count, else "per model";
+    "bench" is the settings of the rows that have speed columns (None when no row has them)."""
+    old_by_model: dict[str, Any] = {}
+    if old is not None:
+        old_by_model = {m: old.get("chunks_by_model", {}).get(m, old.get("chunks")) for m in MODELS}
+    present = [m for m in MODELS if any(r["model"] == m for r in rows)]
+    by_model = {m: settings["chunks"] if m in run_models else old_by_model.get(m, settings["chunks"]) for m in present}
+    counts = set(by_model.values())
+    benched = any(r.get("decode_tok_s") is not None for r in rows)
+    bench = settings["bench"] if settings["bench"] is not None else (old or {}).get("bench")
+    return {**{k: v for k, v in settings.items() if k not in PER_RUN},
+            "chunks": counts.pop() if len(counts) == 1 else "per model", "chunks_by_model": by_model,
+            "bench": bench if benched else None}
+
+
+def kept_rows(old: dict[str, Any], settings: dict[str, Any], run_models: list[str],
+              rebench: bool) -> list[dict[str, Any]]:
+    """The old output's rows that stay: all of them when corpus, ctx and imatrix settings match (none otherwise),
+    less the rows of a model of this run whose chunk count differs from the one asked for; speed columns from
+    other bench settings than this run's are dropped (a --no-bench run keeps them)."""
+    shared = {k: v for k, v in settings.items() if k not in PER_RUN}
+    if {k: v for k, v in old.get("settings", {}).items() if k not in PER_RUN} != shared:
+        return []
+    by_model = {m: old["settings"].get("chunks_by_model", {}).get(m, old["settings"].get("chunks")) for m in MODELS}
+    rows = [r for r in old["rows"] if r["model"] not in run_models or by_model[r["model"]] == settings["chunks"]]
+    if not rebench and settings["bench"] is not None and old["settings"].get("bench") != settings["bench"]:
+        for r in rows:
+            for k in SPEED_KEYS:
+                r.pop(k, None)
+    return rows
+
+
+def write(out: Path, settings: dict[str, Any], rows: list[dict[str, Any]], old: dict[str, Any] | None = None,
+          run_models: list[str] | None = None) -> None:
+    settings = merged_settings(settings, old, list(MODELS) if run_models is None else run_models, rows)
     front = {(r["model"], r["label"]) for r in pareto(rows)}
     for r in rows:
         r["pareto"] = (r["model"], r["label"]) in front
@@ -233,17 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     corpus = load_corpus(args.corpus)
     settings = settings_of(args, corpus)
     rows: list[dict[str, Any]] = []
+    old: dict[str, Any] | None = None
     if args.out.exists() and not args.redo:
-        old = json.loads(args.out.read_text(encoding="utf-8"))
-        same = {k: v for k, v in old.get("settings", {}).items() if k != "bench"} == \
-            {k: v for k, v in settings.items() if k != "bench"}
-        if same and (args.rebench or old["settings"].get("bench") == settings["bench"]):
-            rows = old["rows"]
+        doc = json.loads(args.out.read_text(encoding="utf-8"))
+        rows = kept_rows(doc, settings, args.models, args.rebench)
+        old = doc["settings"] if rows else None
     if args.table:
         print(markdown_table(json.loads(args.out.read_text(encoding="utf-8"))["rows"]))
         return 0
     if args.rebench:
-        return rebench(args, settings, rows)
+        return rebench(args, settings, rows, old)
     done = {(r["model"], r["label"]) for r in rows}
     for model in args.models:
         paths = build_artifacts(model, args.work, args.imatrix_text, args.imatrix_chunks)
@@ -263,11 +310,14 @@ def main(argv: list[str] | None = None) -> int:
             store_ok = store_ok or rebuild_store
             log(f"  PPL {row['ppl']:.3f}  BPB {row['bpb']:.4f}  KLD {row['kld_vs_f16']:.4f}  "
                 f"{row.get('decode_tok_s', float('nan')):.1f} tok/s")
-            write(args.out, settings, rows)
+            write(args.out, settings, rows, old, args.models)
     order = {(m, v.label): i for i, (m, v) in enumerate((m, v) for m in MODELS for v in VARIANTS)}
     rows.sort(key=lambda r: order.get((r["model"], r["label"]), 999))
-    write(args.out, settings, rows)
-    plot(rows, args.plot, f"WikiText-2, ctx {args.ctx}, {settings['chunks']} chunks: bits per byte vs memory "
+    write(args.out, settings, rows, old, args.models)
+    chunks = json.loads(args.out.read_text(encoding="utf-8"))["settings"]["chunks_by_model"]
+    counts = ", ".join(f"{m} {c}" for m, c in chunks.items()) if len(set(chunks.values())) > 1 else \
+        str(next(iter(chunks.values()), settings["chunks"]))
+    plot(rows, args.plot, f"WikiText-2, ctx {args.ctx}, chunks: {counts}\nbits per byte vs memory "
                           f"(edge-run GGUF, llama.cpp CPU)")
     log(f"wrote {args.out} and {args.plot}")
     return 0
