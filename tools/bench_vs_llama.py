@@ -174,6 +174,7 @@ def table_main(args: argparse.Namespace) -> int:
     from tools.zoo import zoo_checkpoint
 
     threads = args.threads or physical_cores()
+    rows.compile_sources()  # every row's edge-run process imports compiled modules, as an installed wheel does
     needs_tools = not args.only or any(not o.startswith(("run", "pick")) for o in args.only)
     tools = llama_tools() if needs_tools else None
     small = _zoo_files("smollm2-135m", "f16,q8_0,q4_k_m,q4_0")
