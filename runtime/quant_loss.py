@@ -28,8 +28,8 @@ from .quant_mix import QUANT_MIX, tensor_type
 # GGML type -> loss (nats/token) of a 1e8-block-weight model stored entirely in that type (fitted, see above)
 COST: dict[str, float] = {
     "F32": 0.0, "F16": 0.0, "BF16": 0.0,
-    "Q8_0": 0.002916, "Q6_K": 0.017481, "Q5_K": 0.038273, "Q5_1": 0.044814, "Q5_0": 0.059942, "Q4_K": 0.114031,
-    "Q4_1": 0.249723, "Q4_0": 0.257034, "Q3_K": 0.600092, "Q2_K": 2.175808,
+    "Q8_0": 0.002916, "Q6_K": 0.01748, "Q5_K": 0.038267, "Q5_1": 0.044816, "Q5_0": 0.060041, "Q4_K": 0.113992,
+    "Q4_1": 0.249723, "Q4_0": 0.256894, "Q3_K": 0.60167, "Q2_K": 2.189677
 }
 GAMMA = 0.3
 OUTPUT_WEIGHT = 0.0
@@ -63,8 +63,9 @@ def mix_of(tensors: Iterable[TensorInfo]) -> TypeMix:
 def retyped(shape: ModelShape, ftype: str) -> tuple[TensorInfo, ...]:
     """The model's tensors with the types llama.cpp would give them under file type ``ftype``."""
     has_output = any(t.name == "output.weight" for t in shape.tensors)
+    n_gqa = shape.n_head // max(shape.n_head_kv, 1)  # Q2_K's attn_v rule depends on it, as in estimate.py
     return tuple(TensorInfo(t.name, "F32" if t.ne1 <= 1 else tensor_type(ftype, t.name, t.ne0, shape.n_layer,
-                                                                          has_output), t.ne0, t.ne1, 0)
+                                                                          has_output, n_gqa), t.ne0, t.ne1, 0)
                  for t in shape.tensors)
 
 

@@ -79,7 +79,7 @@ def tensors(model: str, ftype: str, fallback: dict[str, str] | None = None) -> t
                    (f"blk.{i}.attn_v.weight", d, kv * hd), (f"blk.{i}.attn_output.weight", h * hd, d),
                    (f"blk.{i}.ffn_gate.weight", d, ff), (f"blk.{i}.ffn_up.weight", d, ff),
                    (f"blk.{i}.ffn_down.weight", ff, d)]
-    return tuple(TensorInfo(n, tensor_type(ftype, n, ne0, n_layer, not tied, fallback=fallback), ne0, ne1, 0)
+    return tuple(TensorInfo(n, tensor_type(ftype, n, ne0, n_layer, not tied, h // kv, fallback=fallback), ne0, ne1, 0)
                  for n, ne0, ne1 in shapes)
 
 
