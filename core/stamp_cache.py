@@ -38,15 +38,22 @@ class StampCache:
         return str(Path(path).resolve()), {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
     def get(self, path: Path) -> Any | None:
-        """The value stored for ``path`` while the file is unchanged, else None."""
-        key, stamp = self._key(path)
+        """The value stored for ``path`` while the file is unchanged, else None (also when ``path`` cannot be
+        looked at: the caller's own read reports that)."""
+        try:
+            key, stamp = self._key(path)
+        except (OSError, RuntimeError):  # missing, unreadable, a symlink loop
+            return None
         entry = self._load().get(key)
         if isinstance(entry, dict) and entry.get("stamp") == stamp:
             return entry.get("value")
         return None
 
     def put(self, path: Path, value: Any) -> None:
-        key, stamp = self._key(path)
+        try:
+            key, stamp = self._key(path)
+        except (OSError, RuntimeError):
+            return
         db = self._load()
         db.pop(key, None)
         db[key] = {"stamp": stamp, "value": value}  # insertion order = age

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_run.core.errors import ArtifactError
 from edge_run.core.stamp_cache import StampCache
 from edge_run.runtime import estimate
 
@@ -39,6 +40,17 @@ def test_corrupt_or_read_only_cache_counts_as_empty(tmp_path: Path) -> None:
     cache.path.mkdir()  # unwritable whoever runs the test (root ignores a read-only folder's mode)
     cache.put(f, 1)  # nothing raised, nothing stored
     assert cache.get(f) is None
+
+
+def test_a_path_that_cannot_be_looked_at_is_a_miss(tmp_path: Path) -> None:
+    cache = StampCache("t")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for bad in (tmp_path / "missing.gguf", loop):
+        assert cache.get(bad) is None
+        cache.put(bad, 1)  # nothing raised, nothing stored
+    with pytest.raises(ArtifactError, match="not a readable GGUF file"):
+        estimate.shape_from_gguf(tmp_path / "missing.gguf")  # the header read reports it, as before
 
 
 def test_oldest_entries_go_first(tmp_path: Path) -> None:
