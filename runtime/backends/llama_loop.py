@@ -115,4 +115,5 @@ class DecodeLoop:
 def _failed(rc: int, what: str) -> NoReturn:
     """llama_decode's non-zero result as an error: 1 = no room in the KV cache for the batch, < 0 = failure."""
     raise ArtifactError(f"llama.cpp failed to evaluate {what} (llama_decode returned {rc})",
-                        "lower --ctx or the prompt length; EDGE_RUN_DEBUG=1 shows llama.cpp's log")
+                        "shorten the prompt or raise --ctx (1: the context is full); EDGE_RUN_DEBUG=1 shows "
+                        "llama.cpp's log")
