@@ -1,7 +1,7 @@
-"""float32 -> float16 with ggml's own row converter, the one llama.cpp uses (F16C / AVX-512 on x86, NEON on
-ARM; round to nearest even, bit-identical to numpy's cast, about 15x faster on x86). It is loaded from the
-libggml-cpu that llama-cpp-python installed, without importing llama_cpp (that would load libllama too);
-numpy's cast stands in wherever the library cannot be loaded.
+"""float32 -> float16 with ggml's own row converter, the one llama.cpp uses (F16C / AVX-512 on x86, the
+hardware conversion where an ARM core has it; round to nearest even, bit-identical to numpy's cast, about 15x
+faster on x86). It is loaded from the libggml-cpu that llama-cpp-python installed, without importing llama_cpp
+(that would load libllama too); numpy's cast stands in wherever the library cannot be loaded.
 
     ggml-cpu.h:  void ggml_cpu_fp32_to_fp16(const float * x, ggml_fp16_t * y, int64_t n);
 """
