@@ -3,13 +3,15 @@
     <cache>/<name>.json = { "/resolved/path": {"stamp": {"size": S, "mtime_ns": T}, "value": <JSON>}, ... }
 
 A fact is reused only while the file's size and modification time are unchanged; a new or rewritten file is
-read again. The cache is an optimisation: unreadable, corrupt or read-only cache files count as empty, and at
-most ``max_entries`` files are remembered (the oldest entries go first).
+read again. A fact about several files (an ONNX artifact folder's payload) is keyed by the folder and stamped
+with each file's name, size and modification time. The cache is an optimisation: unreadable, corrupt or
+read-only cache files count as empty, and at most ``max_entries`` entries are remembered (the oldest go first).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +35,17 @@ class StampCache:
         return data if isinstance(data, dict) else {}
 
     @staticmethod
-    def _key(path: Path) -> tuple[str, dict[str, int]]:
-        st = Path(path).stat()
-        return str(Path(path).resolve()), {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    def _key(path: Path, files: Sequence[Path] | None) -> tuple[str, Any]:
+        if files is None:
+            st = Path(path).stat()
+            return str(Path(path).resolve()), {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        return str(Path(path).resolve()), [[f.name, (st := f.stat()).st_size, st.st_mtime_ns] for f in files]
 
-    def get(self, path: Path) -> Any | None:
-        """The value stored for ``path`` while the file is unchanged, else None (also when ``path`` cannot be
-        looked at: the caller's own read reports that)."""
+    def get(self, path: Path, files: Sequence[Path] | None = None) -> Any | None:
+        """The value stored for ``path`` while the file (or each of ``files``) is unchanged, else None (also when
+        a file cannot be looked at: the caller's own read reports that)."""
         try:
-            key, stamp = self._key(path)
+            key, stamp = self._key(path, files)
         except (OSError, RuntimeError):  # missing, unreadable, a symlink loop
             return None
         entry = self._load().get(key)
@@ -49,9 +53,9 @@ class StampCache:
             return entry.get("value")
         return None
 
-    def put(self, path: Path, value: Any) -> None:
+    def put(self, path: Path, value: Any, files: Sequence[Path] | None = None) -> None:
         try:
-            key, stamp = self._key(path)
+            key, stamp = self._key(path, files)
         except (OSError, RuntimeError):
             return
         db = self._load()

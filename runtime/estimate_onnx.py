@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from edge_run.core.errors import ArtifactError
 from edge_run.core.formats import ONNX_GRAPH, payload_files
+from edge_run.core.stamp_cache import StampCache
 
 from .estimate import MIB, MemoryEstimate
 
@@ -53,8 +54,8 @@ class OnnxFacts:
     tokenizer_bytes: int
 
 
-def _stamp(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    return tuple((p.name, (st := p.stat()).st_size, st.st_mtime_ns) for p in payload_files(folder))
+def _stamp(files: list[Path]) -> tuple[tuple[str, int, int], ...]:
+    return tuple((p.name, (st := p.stat()).st_size, st.st_mtime_ns) for p in files)
 
 
 @functools.lru_cache(maxsize=16)
@@ -93,11 +94,23 @@ def _prepacked_bytes(folder: Path) -> int:
     return total
 
 
+FACTS = StampCache("onnx-facts")  # folder + its payload files' stamps -> OnnxFacts: `run` parses no graph twice
+
+
 def onnx_facts(artifact: Path) -> OnnxFacts:
     """Dimensions (genai_config.json) and byte counts (the payload files) of an ONNX artifact, read once per
-    change of its files."""
+    change of its files (in this process and, through FACTS, across processes)."""
     folder = Path(artifact) if Path(artifact).is_dir() else Path(artifact).parent
-    return _facts(str(folder.resolve()), _stamp(folder))
+    files = payload_files(folder)
+    cached = FACTS.get(folder, files)
+    if isinstance(cached, dict):
+        try:
+            return OnnxFacts(**{f.name: int(cached[f.name]) for f in fields(OnnxFacts)})
+        except (KeyError, TypeError, ValueError):
+            pass  # a foreign or damaged entry: read the artifact
+    facts = _facts(str(folder.resolve()), _stamp(files))
+    FACTS.put(folder, asdict(facts), files)
+    return facts
 
 
 def onnx_trained_context(artifact: Path) -> int | None:

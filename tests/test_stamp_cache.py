@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,36 @@ def test_a_damaged_shape_entry_is_ignored(tiny_gguf: Path, tmp_path: Path) -> No
     first = estimate.shape_from_gguf(f)
     estimate.SHAPES.put(f, {"n_layer": "many", "tensors": [["x", "F16", 1]]})
     assert estimate.shape_from_gguf(f) == first
+
+
+def test_a_fact_about_several_files_lives_while_each_is_unchanged(tmp_path: Path) -> None:
+    files = [tmp_path / "a.onnx", tmp_path / "a.onnx.data"]
+    for f in files:
+        f.write_bytes(b"x")
+    cache = StampCache("t")
+    cache.put(tmp_path, {"n": 1}, files)
+    assert cache.get(tmp_path, files) == {"n": 1}
+    assert cache.get(tmp_path) is None  # the folder's own stamp is another key's
+    files[1].write_bytes(b"xy")  # one payload file rewritten: the fact is stale
+    assert cache.get(tmp_path, files) is None
+    assert cache.get(tmp_path, [*files, tmp_path / "gone"]) is None
+
+
+def test_onnx_facts_are_read_once_across_processes(tiny_checkpoint: Callable[[str], Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_run.converters.onnx.convert import OnnxOptions, convert_to_onnx
+    from edge_run.runtime import estimate_onnx
+
+    (art,) = convert_to_onnx(tiny_checkpoint("llama"), tmp_path, OnnxOptions(quant="int4", name="t"))
+    first = estimate_onnx.onnx_facts(art)
+    estimate_onnx._facts.cache_clear()  # what a new process starts with
+
+    def no_graph(folder: Path) -> int:
+        raise AssertionError("the graph was parsed again")
+
+    monkeypatch.setattr(estimate_onnx, "_prepacked_bytes", no_graph)
+    assert estimate_onnx.onnx_facts(art) == first
+    estimate_onnx.FACTS.put(Path(art), {"n_layer": "x"}, estimate_onnx.payload_files(Path(art)))  # damaged entry
+    estimate_onnx._facts.cache_clear()
+    with pytest.raises(AssertionError, match="parsed again"):
+        estimate_onnx.onnx_facts(art)
