@@ -5,7 +5,7 @@ its manifest lists in ``extra.files`` (model.onnx, model.onnx.data, genai_config
 manifests: model.onnx.data only). The size checked is ``artifact_size``, the row's payload files.
 
 When: the size is checked on every load (free). The sha256 is checked on first use and remembered in
-``cache_dir()/verified.json``, keyed by the file's path, size, mtime *and this boot's id*
+``cache_dir()/verified.json`` (core/stamp_cache.py), keyed by the file's path, size, mtime *and this boot's id*
 (/proc/sys/kernel/random/boot_id). Bit rot on an SD card or eMMC changes bytes without touching the mtime, so a
 cache keyed by mtime alone would never notice it; rehashing on the first use after each reboot catches it at
 the cost of one read of the file per boot (on an edge device a reboot is a power cycle, the moment flash
@@ -15,14 +15,14 @@ demand.
 
 from __future__ import annotations
 
-import json
 import stat as stat_module
 from pathlib import Path
 
 from edge_run.core.errors import ArtifactError, IntegrityError
 from edge_run.core.formats import artifact_size, hashed_files, what_to_pass
-from edge_run.core.fsutil import cache_dir, is_regular_or_folder, sha256_file, write_cache_text
+from edge_run.core.fsutil import is_regular_or_folder, sha256_file
 from edge_run.core.manifest import Manifest, read_manifest
+from edge_run.core.stamp_cache import StampCache
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
@@ -53,16 +53,7 @@ def payload_files(artifact: Path, manifest: Manifest) -> dict[str, str]:
     return {str(path): digest for path, digest in hashed_files(artifact, manifest).items()}
 
 
-def _verified_db() -> Path:
-    return cache_dir() / "verified.json"
-
-
-def _load_db() -> dict[str, dict[str, object]]:
-    try:
-        data = json.loads(_verified_db().read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError, RecursionError):
-        return {}
+VERIFIED = StampCache("verified")  # file (path, size, mtime) -> {"sha256", "boot_id"} it was verified with
 
 
 def verify_artifact(artifact: Path, full: bool | None = None) -> Manifest | None:
@@ -79,7 +70,7 @@ def verify_artifact(artifact: Path, full: bool | None = None) -> Manifest | None
     if size != manifest.file_size:
         raise IntegrityError(f"{artifact.name} is {size} bytes but its manifest says {manifest.file_size}",
                              "the file is truncated or was replaced: re-convert it")
-    db, changed, boot = _load_db(), False, boot_id()
+    boot = boot_id()
     for path_s, expected in payload_files(artifact, manifest).items():
         path = Path(path_s)
         try:
@@ -90,16 +81,13 @@ def verify_artifact(artifact: Path, full: bool | None = None) -> Manifest | None
         if not stat_module.S_ISREG(stat.st_mode):  # a FIFO would block the hash
             raise IntegrityError(f"{path.name} in {artifact.name} is not a regular file",
                                  "the artifact was tampered with: re-convert it")
-        key = str(path.resolve())
-        stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": expected, "boot_id": boot}
-        if full is False or (full is None and db.get(key) == stamp):
+        verified = {"sha256": expected, "boot_id": boot}
+        if full is False or (full is None and VERIFIED.get(path) == verified):
             continue
         digest = sha256_file(path)
         if digest != expected:
             what = artifact.name if path == artifact else f"{path.name} in {artifact.name}"
             raise IntegrityError(f"{what} does not match its manifest (sha256 {digest[:12]}... "
                                  f"!= {expected[:12]}...)", "the file is corrupt: re-convert it")
-        db[key], changed = stamp, True
-    if changed:
-        write_cache_text(_verified_db(), json.dumps(db, indent=1))  # skipped when the cache is read-only
+        VERIFIED.put(path, verified)  # skipped when the cache is read-only
     return manifest
