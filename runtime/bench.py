@@ -3,10 +3,14 @@ load time, peak RSS; repeated runs reported as median and spread.
 
 One repeat::
 
-    load (timed) ─> warm-up (16-token prompt, 2 tokens, untimed)
+    load (timed) ─> warm-up: the 512-token prompt, 2 tokens (untimed)
                  ─> prefill: a 512-token prompt, time until the first generated token   -> pp tok/s
                  ─> decode : a 32-token prompt, 128 greedy tokens                       -> ttft, tg tok/s
                  ─> close
+
+Every step starts from an empty KV cache (no prefix reuse between them: each prompt is evaluated whole). The
+warm-up is the full-size prompt, as llama-bench warms up with its test prompt: the first graph of a new context
+touches its compute buffers and maps the model's pages, which is load work, not prefill.
 
 Prompts are the first tokens of the built-in WikiText-2 text (real text, so greedy decoding rarely ends
 early; the number of tokens actually generated is reported). Anything that can load a model and
@@ -33,7 +37,7 @@ from .backends import Backend, GenerationParams, LoadOptions, open_backend
 from .backends.base import physical_cores
 
 SCHEMA = "edge-run-bench/1"
-WARMUP_PROMPT, WARMUP_TOKENS = 16, 2
+WARMUP_TOKENS = 2
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,8 @@ class BackendRunner:
 
     def __init__(self, path: Path, config: BenchConfig) -> None:
         self.backend: Backend = open_backend(path, LoadOptions(n_ctx=config.n_ctx, n_threads=config.n_threads,
-                                                               n_batch=config.n_batch, flash_attn=config.flash_attn))
+                                                               n_batch=config.n_batch, flash_attn=config.flash_attn,
+                                                               reuse_prefix=False))
         self.load_seconds = self.backend.load_seconds
 
     def tokenize(self, text: str) -> list[int]:
@@ -137,7 +142,7 @@ def measure_once(make_runner: Callable[[], Runner], config: BenchConfig, text: s
         tokens = runner.tokenize(text)
         if len(tokens) < config.n_prompt:
             raise UsageError(f"the benchmark prompt has only {len(tokens)} tokens, {config.n_prompt} were asked")
-        runner.generate(tokens[:WARMUP_PROMPT], WARMUP_TOKENS)
+        runner.generate(tokens[:config.n_prompt], WARMUP_TOKENS)
         prefill = runner.generate(tokens[:config.n_prompt], 1)
         decode = runner.generate(tokens[:config.ttft_prompt], config.n_gen)
         return RepeatResult(runner.load_seconds, prefill, decode)

@@ -91,3 +91,19 @@ def test_quantized_kv_cache_refuses_flash_attention_off(tiny_gguf: Path, cli: Ca
         open_backend(tiny_gguf, LoadOptions(n_ctx=64, n_threads=1, cache_type="q8_0", flash_attn="off"))
     r = cli("run", tiny_gguf, "-p", "hi", "-n", "2", "-t", "1", "--flash-attn", "sometimes")
     assert r.code == 2 and r.stderr.startswith("error: unknown flash attention mode"), r.stderr
+
+
+def test_bench_evaluates_every_prompt_token(tiny_gguf: Path) -> None:
+    """The warm-up runs the very prompt the prefill then times: with prefix reuse on, the timed prefill would
+    evaluate one token and report the speed of 64."""
+    from edge_run.runtime.bench import BackendRunner
+
+    runner = BackendRunner(tiny_gguf, BenchConfig(n_prompt=64, n_gen=4, threads=1))
+    try:
+        tokens = runner.tokenize("The quick brown fox jumps over the lazy dog. " * 8)[:64]
+        runner.generate(tokens, 2)
+        timing = runner.generate(tokens, 1)
+        assert timing.prompt_tokens == 64
+        assert runner.backend.last_result is not None and runner.backend.last_result.cached_tokens == 0
+    finally:
+        runner.close()
