@@ -130,7 +130,7 @@ def interleave(rounds: int, a: Callable[[], dict[str, float]], b: Callable[[], d
 # ---------------------------------------------------------------------------------------------- rows
 
 
-BENCH_REPEATS = 3  # repetitions inside each process (both tools), reported as their median
+BENCH_REPEATS = 5  # repetitions inside each process (both tools; llama-bench's default -r), reported as their median
 
 
 def bench_row(tools: Any, gguf: Path, threads: int, rounds: int, label: str) -> Row:
