@@ -5,17 +5,20 @@ One repeat::
 
     load (timed) ─> warm-up: the 512-token prompt, 2 tokens (untimed)
                  ─> prefill: a 512-token prompt, time until the first generated token   -> pp tok/s
-                 ─> decode : a 32-token prompt, 128 greedy tokens                       -> ttft, tg tok/s
+                 ─> ttft   : a 32-token prompt, time until the first generated token    -> ttft
+                 ─> decode : a 1-token prompt, 128 greedy tokens, end-of-text ignored   -> tg tok/s
                  ─> close
 
 Every step starts from an empty KV cache (no prefix reuse between them: each prompt is evaluated whole). The
 warm-up is the full-size prompt, as llama-bench warms up with its test prompt: the first graph of a new context
-touches its compute buffers and maps the model's pages, which is load work, not prefill.
+touches its compute buffers and maps the model's pages, which is load work, not prefill. The decode step is
+llama-bench's tg128: one token at position 0 (BOS where the model adds one), then 128 tokens that do not stop at
+end-of-text. Each generated token attends to every position before it, so the same 128 tokens after a longer
+prompt are slower (SmolLM2-135M Q4_0: 2-4% slower after a 32-token prompt, measured in one process).
 
-Prompts are the first tokens of the built-in WikiText-2 text (real text, so greedy decoding rarely ends
-early; the number of tokens actually generated is reported). Anything that can load a model and
-generate (an edge-run backend, or plain llama-cpp-python in tools/bench_vs_llama.py) is a
-:class:`Runner`, so the same measurements compare them side by side.
+Prompts are the first tokens of the built-in WikiText-2 text. Anything that can load a model and generate (an
+edge-run backend, or plain llama-cpp-python in tools/bench_vs_llama.py) is a :class:`Runner`, so the same
+measurements compare them side by side.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class BenchConfig:
     n_prompt: int = 512
     n_gen: int = 128
     ttft_prompt: int = 32
+    decode_prompt: int = 1
     repeats: int = 3
     threads: int | None = None
     n_batch: int = 512
@@ -52,7 +56,7 @@ class BenchConfig:
 
     @property
     def n_ctx(self) -> int:
-        return max(self.n_prompt, self.ttft_prompt + self.n_gen) + 16
+        return max(self.n_prompt, self.ttft_prompt + 1, self.decode_prompt + self.n_gen) + 16
 
     @property
     def n_threads(self) -> int:
@@ -77,7 +81,7 @@ class Runner(Protocol):
     def tokenize(self, text: str) -> list[int]: ...
 
     def generate(self, tokens: list[int], n: int) -> GenTiming:
-        """Greedy generation of up to ``n`` tokens after ``tokens`` (stops at end-of-generation)."""
+        """Greedy generation of ``n`` tokens after ``tokens``, past end-of-generation tokens."""
         ...
 
     def close(self) -> None: ...
@@ -96,7 +100,7 @@ class BackendRunner:
         return self.backend.tokenize(text, add_special=True)
 
     def generate(self, tokens: list[int], n: int) -> GenTiming:
-        for _ in self.backend.stream(tokens, GenerationParams(max_tokens=n, temperature=0.0)):
+        for _ in self.backend.stream(tokens, GenerationParams(max_tokens=n, temperature=0.0, ignore_eos=True)):
             pass
         r = self.backend.last_result
         assert r is not None
@@ -133,6 +137,7 @@ def prompt_text() -> str:
 class RepeatResult:
     load_s: float
     prefill: GenTiming
+    ttft: GenTiming
     decode: GenTiming
 
 
@@ -144,8 +149,9 @@ def measure_once(make_runner: Callable[[], Runner], config: BenchConfig, text: s
             raise UsageError(f"the benchmark prompt has only {len(tokens)} tokens, {config.n_prompt} were asked")
         runner.generate(tokens[:config.n_prompt], WARMUP_TOKENS)
         prefill = runner.generate(tokens[:config.n_prompt], 1)
-        decode = runner.generate(tokens[:config.ttft_prompt], config.n_gen)
-        return RepeatResult(runner.load_seconds, prefill, decode)
+        ttft = runner.generate(tokens[:config.ttft_prompt], 1)
+        decode = runner.generate(tokens[:config.decode_prompt], config.n_gen)
+        return RepeatResult(runner.load_seconds, prefill, ttft, decode)
     finally:
         runner.close()
 
@@ -157,7 +163,7 @@ def summarize(runs: list[RepeatResult], config: BenchConfig) -> dict[str, Any]:
                     "tokens_per_s": stats([config.n_prompt / r.prefill.first_token_s for r in runs])},
         "decode": {"n_tokens": config.n_gen, "generated": [r.decode.generated for r in runs],
                    "tokens_per_s": stats([r.decode.decode_tps for r in runs])},
-        "ttft_s": {"prompt_tokens": config.ttft_prompt, **stats([r.decode.first_token_s for r in runs])},
+        "ttft_s": {"prompt_tokens": config.ttft_prompt, **stats([r.ttft.first_token_s for r in runs])},
         "load_s": stats([r.load_s for r in runs]),
     }
 

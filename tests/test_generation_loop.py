@@ -102,3 +102,16 @@ def test_stop_matcher_holds_back_only_possible_prefixes() -> None:
     assert m.feed("x") == ("</x", False)
     assert m.feed(" EN") == (" ", False)
     assert m.feed("D tail") == ("", True)
+
+
+class EosInTheMiddle(ScriptedBackend):
+    def token_stream(self, prompt_tokens: list[int], params: GenerationParams) -> Iterator[int]:
+        yield from (1, EOS, 2, EOS)
+
+
+def test_ignore_eos_generates_past_end_of_generation() -> None:
+    """What `bench` decodes with, as llama-bench's tg never stops: the end-of-generation token counts and is passed."""
+    b = EosInTheMiddle([b"a", b"b"])
+    assert run(b, max_tokens=3, ignore_eos=True) == (["a", "b"], "length")
+    assert b.last_result is not None and b.last_result.completion_tokens == 3
+    assert run(EosInTheMiddle([b"a", b"b"]), max_tokens=3) == (["a"], "stop")

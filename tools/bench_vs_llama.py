@@ -60,7 +60,6 @@ class PlainRunner:
     def __init__(self, path: Path, config: BenchConfig) -> None:
         import llama_cpp
 
-        self._llama_cpp = llama_cpp
         t0 = time.perf_counter()
         with _quiet_stderr():
             self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=config.n_ctx, n_threads=config.n_threads,
@@ -74,17 +73,14 @@ class PlainRunner:
 
     def generate(self, tokens: list[int], n: int) -> GenTiming:
         p = self.params
-        vocab = self.llm._model.vocab
         t0 = time.perf_counter()
         t_first, count = t0, 0
         self.llm.reset()
-        for tok in self.llm.generate(tokens, temp=0.0, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p,
+        for _ in self.llm.generate(tokens, temp=0.0, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p,
                                      repeat_penalty=p.repeat_penalty, reset=True):
             if count == 0:
                 t_first = time.perf_counter()
-            if self._llama_cpp.llama_vocab_is_eog(vocab, tok):
-                break
-            count += 1
+            count += 1  # end-of-generation tokens too, as edge-run's runner (BackendRunner) counts them
             if count >= n:
                 break
         return GenTiming(len(tokens), count, t_first - t0, time.perf_counter() - t_first)

@@ -43,6 +43,7 @@ class GenerationParams:
     repeat_penalty: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # generate past end-of-generation tokens (benchmarks: always max_tokens tokens)
 
 
 @dataclass
@@ -173,7 +174,7 @@ class Backend(abc.ABC):
             for token in tokens:
                 if n_out == 0:
                     t_first = time.perf_counter()
-                if self.is_eog(token):
+                if self.is_eog(token) and not params.ignore_eos:
                     finish = "stop"
                     break
                 n_out += 1
