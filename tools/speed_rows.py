@@ -93,8 +93,13 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Run:
-    """Run ``cmd`` to completion; its wall time, peak RSS and stdout. A failure stops the benchmark."""
+def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None, poll_rss: bool = True) -> Run:
+    """Run ``cmd`` to completion; its wall time, peak RSS and stdout. A failure stops the benchmark.
+
+    ``poll_rss`` samples the RSS of the child's whole process tree every 20 ms (a converter's quantizer child is
+    part of its peak). Each sample costs ~1 ms of CPU (psutil walks /proc), ~5% of a core that the measured
+    process, on a 2-core machine, loses: rows that time only speed pass False and get the child's own
+    ru_maxrss."""
     out = tempfile.TemporaryFile()
     err = tempfile.TemporaryFile()
     t0 = time.perf_counter()
@@ -102,7 +107,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None 
     ps = psutil.Process(child.pid)
     peak = 0
     while True:
-        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG if poll_rss else 0)
         if pid:
             break
         peak = max(peak, _tree_rss(ps))
@@ -138,13 +143,14 @@ def bench_row(tools: Any, gguf: Path, threads: int, rounds: int, label: str) -> 
     r = str(BENCH_REPEATS)
 
     def edge() -> dict[str, float]:
-        b = json.loads(measure([*EDGE_RUN, "bench", str(gguf), "--json", "-r", r, "-t", str(threads)]).stdout)
+        b = json.loads(measure([*EDGE_RUN, "bench", str(gguf), "--json", "-r", r, "-t", str(threads)],
+                               poll_rss=False).stdout)
         return {"prefill_tps": b["prefill"]["tokens_per_s"]["median"],
                 "decode_tps": b["decode"]["tokens_per_s"]["median"]}
 
     def ref() -> dict[str, float]:
         out = measure([str(tools.binary("llama-bench")), "-m", str(gguf), "-p", "512", "-n", "128", "-t", str(threads),
-                       "-r", r, "-o", "json"]).stdout
+                       "-r", r, "-o", "json"], poll_rss=False).stdout
         tests = json.loads(out)
         pp = next(t for t in tests if t["n_prompt"] > 0 and t["n_gen"] == 0)
         tg = next(t for t in tests if t["n_gen"] > 0 and t["n_prompt"] == 0)
@@ -173,8 +179,8 @@ def run_row(gguf: Path, threads: int, rounds: int, label: str, n_ctx: int = 2048
     plain_cmd = [sys.executable, "-c", PLAIN_SCRIPT, str(gguf), str(threads), str(n_ctx), RUN_PROMPT, "8"]
     measure(edge_cmd)  # warm: integrity and preflight caches filled, file pages in the page cache
     measure(plain_cmd)
-    row = interleave(rounds, lambda: {"wall_s": measure(edge_cmd).wall_s},
-                     lambda: {"wall_s": measure(plain_cmd).wall_s},
+    row = interleave(rounds, lambda: {"wall_s": measure(edge_cmd, poll_rss=False).wall_s},
+                     lambda: {"wall_s": measure(plain_cmd, poll_rss=False).wall_s},
                      Row(f"run -n 8, whole process, {label}", reference_name="llama-cpp-python script",
                          goal="wall ratio <= 1.15"))
     row.notes["edge_run_text"] = measure(edge_cmd).stdout.strip()[-200:]
@@ -237,8 +243,8 @@ def pick_row(models: Path, rounds: int, profile: str = "pi5-8gb") -> Row:
         with tempfile.TemporaryDirectory(dir=_scratch()) as cache:
             env = {**os.environ, "EDGE_RUN_CACHE": cache}
             cmd = [*EDGE_RUN, "pick", "--profile", profile, "--models", str(models), "--json"]
-            cold = measure(cmd, env=env)
-            warm = measure(cmd, env=env)
+            cold = measure(cmd, env=env, poll_rss=False)
+            warm = measure(cmd, env=env, poll_rss=False)
         row.edge_run.append({"warm_s": warm.wall_s, "cold_s": cold.wall_s})
     return row
 
