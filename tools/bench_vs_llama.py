@@ -228,14 +228,17 @@ def _fmt(d: dict[str, float]) -> str:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    lines = [f"threads {doc['threads']}, {doc['rounds']} interleaved rounds, load average "
-             f"{doc['load_average_before'][0]} -> {doc['load_average_after'][0]}", "",
-             "| row | edge-run (median) | reference (median) | ratio (median of paired rounds) | goal | load avg |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"threads {doc['threads']}; rows run at different times (`--only`) keep their own rounds and load "
+             f"average; the latest run: load average {doc['load_average_before'][0]} -> "
+             f"{doc['load_average_after'][0]}", "",
+             "| row | edge-run (median) | reference (median) | ratio (median of paired rounds) | goal | rounds "
+             "| load avg |",
+             "|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         ref = f"{r['reference']}: {_fmt(r['reference_median'])}" if r["reference_median"] else r["reference"]
         load = "-".join(str(x) for x in r.get("load_average", []))
-        lines.append(f"| {r['row']} | {_fmt(r['edge_run'])} | {ref} | {_fmt(r['ratio'])} | {r['goal']} | {load} |")
+        lines.append(f"| {r['row']} | {_fmt(r['edge_run'])} | {ref} | {_fmt(r['ratio'])} | {r['goal']} | "
+                     f"{len(r['runs']['edge_run'])} | {load} |")
     return "\n".join(lines)
 
 
