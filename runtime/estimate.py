@@ -282,7 +282,7 @@ def estimate_memory(shape: ModelShape, n_ctx: int, simd: tuple[str, ...], cache_
 
 
 def host_simd() -> tuple[str, ...]:
-    from .profiles import host_features  # arm64: the kernel's hwcaps (right under qemu-user too)
+    from .host import host_features  # arm64: the kernel's hwcaps (right under qemu-user too)
 
     return host_features()
 
