@@ -315,6 +315,10 @@ def available_memory_bytes() -> float:
     avail = float(psutil.virtual_memory().available)
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
+        # every backend imports numpy before its model loads (llama-cpp-python, onnxruntime), and numpy's BLAS maps
+        # tens of MiB of address space: map it now, so the space left is what the model can actually have
+        import numpy  # noqa: F401
+
         avail = min(avail, soft - psutil.Process().memory_info().vms)
     return max(0.0, min(avail, _cgroup_headroom()))
 

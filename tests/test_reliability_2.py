@@ -151,7 +151,7 @@ def test_eval_prints_the_result_before_saying_the_manifest_is_read_only(
 
 def test_guard_honours_rlimit_as(tmp_path: Path) -> None:
     """Under `ulimit -v`, available memory is what the address-space limit leaves, not the machine's."""
-    code = ("import resource, psutil\n"
+    code = ("import resource, psutil, numpy\n"  # the guard maps numpy's libraries before it measures
             "from edge_run.runtime.estimate import available_memory_bytes\n"
             "vms = psutil.Process().memory_info().vms\n"
             "resource.setrlimit(resource.RLIMIT_AS, (vms + 200 * 2**20, resource.RLIM_INFINITY))\n"
@@ -183,8 +183,9 @@ def test_guard_honours_cgroup_memory_max(tiny_artifact: Path, tmp_path: Path,
 
 def test_out_of_memory_is_a_resource_error(art: Path) -> None:
     """Loading under an address-space limit the model does not fit in: exit 4 (memory), not 3 (corrupt file)."""
-    # what `run` imports before its memory guard (numpy comes with the profiles, on first use)
-    probe = ("import sys, psutil, edge_run.runtime.cli.main, edge_run.runtime.cli.run, edge_run.runtime.profiles\n"
+    # what `run` has mapped when its memory guard reads the address space left (under a limit it imports numpy
+    # first, as every backend will before the model loads)
+    probe = ("import sys, psutil, numpy, edge_run.runtime.cli.main, edge_run.runtime.cli.run\n"
              "from edge_run.runtime.estimate import shape_from_gguf\n"
              "shape_from_gguf(sys.argv[1])\n"
              "print(psutil.Process().memory_info().vms)\n")
