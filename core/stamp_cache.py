@@ -18,6 +18,12 @@ from typing import Any
 from .fsutil import cache_dir, write_cache_text
 
 
+def files_stamp(files: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime_ns) of each file: what says that a set of files is unchanged (hashable, for in-process
+    memos too)."""
+    return tuple((f.name, (st := f.stat()).st_size, st.st_mtime_ns) for f in files)
+
+
 class StampCache:
     def __init__(self, name: str, max_entries: int = 256) -> None:
         self.name = name
@@ -39,7 +45,7 @@ class StampCache:
         if files is None:
             st = Path(path).stat()
             return str(Path(path).resolve()), {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        return str(Path(path).resolve()), [[f.name, (st := f.stat()).st_size, st.st_mtime_ns] for f in files]
+        return str(Path(path).resolve()), [list(s) for s in files_stamp(files)]  # as JSON gives it back
 
     def get(self, path: Path, files: Sequence[Path] | None = None) -> Any | None:
         """The value stored for ``path`` while the file (or each of ``files``) is unchanged, else None (also when

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from edge_run.core.errors import ArtifactError
 from edge_run.core.formats import ONNX_GRAPH, payload_files
-from edge_run.core.stamp_cache import StampCache
+from edge_run.core.stamp_cache import StampCache, files_stamp
 
 from .estimate import MIB, MemoryEstimate
 
@@ -52,10 +52,6 @@ class OnnxFacts:
     graph_bytes: int  # model.onnx and its external data
     prepacked_bytes: int  # initializers MatMulNBits reads (onnxruntime prepacks them)
     tokenizer_bytes: int
-
-
-def _stamp(files: list[Path]) -> tuple[tuple[str, int, int], ...]:
-    return tuple((p.name, (st := p.stat()).st_size, st.st_mtime_ns) for p in files)
 
 
 @functools.lru_cache(maxsize=16)
@@ -108,7 +104,7 @@ def onnx_facts(artifact: Path) -> OnnxFacts:
             return OnnxFacts(**{f.name: int(cached[f.name]) for f in fields(OnnxFacts)})
         except (KeyError, TypeError, ValueError):
             pass  # a foreign or damaged entry: read the artifact
-    facts = _facts(str(folder.resolve()), _stamp(files))
+    facts = _facts(str(folder.resolve()), files_stamp(files))
     FACTS.put(folder, asdict(facts), files)
     return facts
 

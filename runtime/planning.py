@@ -20,6 +20,7 @@ from typing import Protocol
 
 from edge_run.core.errors import UsageError
 from edge_run.core.plan import CheckpointPlan
+from edge_run.core.stamp_cache import files_stamp
 
 Progress = Callable[[str, int, int], None]
 
@@ -66,8 +67,7 @@ def converter() -> Converter:
 
 def _stamp(folder: Path) -> tuple[tuple[str, int, int], ...]:
     try:
-        return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in folder.iterdir()
-                            if p.suffix in (".json", ".safetensors") and (st := p.stat())))
+        return files_stamp(sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors")))
     except OSError:  # the converter's plan() says what is wrong with the folder
         return ()
 
