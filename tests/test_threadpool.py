@@ -56,3 +56,33 @@ def test_params_struct_matches_ggml() -> None:
     _functions()["ggml_threadpool_params_init"](ctypes.byref(p), 3)
     assert (p.n_threads, p.prio, p.poll, p.strict_cpu, p.paused) == (3, 0, 50, False, False)
     assert not any(p.cpumask)
+
+
+ONE_COPY_PROBE = """
+import sys
+import numpy as np
+from pathlib import Path
+from edge_run.converters.gguf.half import _ggml_converter, to_f16
+from edge_run.runtime.backends import LoadOptions, open_backend
+assert _ggml_converter() is not None
+to_f16(np.ones(8, dtype=np.float32))  # the converter's libggml-cpu first, as `edge-run convert` loads it
+with open_backend(Path(sys.argv[1]), LoadOptions(n_ctx=32, n_threads=2)) as b:
+    assert b._pool is not None
+    b.tokenize("hello")
+    with open("/proc/self/maps") as f:
+        print("\\n".join(sorted({line.split()[-1] for line in f if "/libggml" in line})))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's mappings from /proc (Linux)")
+def test_one_copy_of_each_ggml_library(tiny_gguf: Path) -> None:
+    """The pool and the fp16 converter use the ggml libraries llama.cpp runs on: no second copy is mapped. The wheel
+    ships libggml-cpu.so and libggml-cpu.so.0 as separate files, and loading the first by path mapped both."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", ONE_COPY_PROBE, str(tiny_gguf)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    stems = [Path(p).name.split(".so")[0] for p in out]
+    assert {"libggml-base", "libggml-cpu"} <= set(stems)
+    assert len(stems) == len(set(stems)), out

@@ -20,15 +20,23 @@ LIBRARY_NAMES = ("libggml-cpu.so", "libggml-cpu.dylib", "ggml-cpu.dll")
 F16_EXPONENT = 0x7C00  # all exponent bits set: inf or NaN
 
 
+def _library_files(libdir: Path) -> list[Path]:
+    """Where to look for libggml-cpu, its soname file first (``libggml-cpu.so.0``): libllama links that name, so
+    a process that loads llama.cpp later shares this copy instead of mapping a second one (the wheel ships
+    ``.so``, ``.so.0`` and ``.so.0.x.y`` as separate files)."""
+    sonames = sorted(libdir.glob("libggml-cpu.so.*"), key=lambda p: (len(p.name), p.name))
+    return sonames[:1] + [libdir / name for name in LIBRARY_NAMES]
+
+
 @functools.cache
 def _ggml_converter() -> Callable[[int, int, int], None] | None:
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or spec.origin is None:
         return None
     libdir = Path(spec.origin).parent / "lib"
-    for name in LIBRARY_NAMES:
+    for path in _library_files(libdir):
         try:
-            lib = ctypes.CDLL(str(libdir / name))
+            lib = ctypes.CDLL(str(path))
         except OSError:
             continue
         try:

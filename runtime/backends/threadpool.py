@@ -3,8 +3,12 @@
 Without an attached pool, ggml makes a disposable one for every graph it computes (ggml-cpu.c,
 ggml_graph_compute): each decoded token starts and joins its worker threads again. llama-bench, llama-cli and
 llama-server create one pool per context (ggml_threadpool_new) and attach it (llama_attach_threadpool);
-llama-cpp-python 0.3.36 binds neither, so they are declared here with ctypes against the libraries its wheel
-installed (the same libllama / libggml-cpu the Llama object runs on).
+llama-cpp-python 0.3.36 binds neither, so they are declared here with ctypes, looked up through libllama's own
+handle. dlsym on that handle searches libllama and then the libraries it links (libggml-base.so.0, libggml.so.0 ->
+libggml-cpu.so.0), so the pool comes from the very copy of ggml-cpu that computes the context's graphs. Loading
+``lib/libggml-cpu.so`` by path instead maps a second copy: the wheel ships ``libggml-cpu.so``, ``.so.0`` and
+``.so.0.25.3`` as three separate files (a wheel holds no symlinks), and the dynamic loader only shares a library
+whose path or soname it already knows.
 
     struct ggml_threadpool_params {             ggml.h; 528 bytes on x86-64 and aarch64
         bool     cpumask[GGML_MAX_N_THREADS];     offset 0, 512 bytes: all zero = the inherited affinity
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from pathlib import Path
 from typing import Any
 
 GGML_MAX_N_THREADS = 512
@@ -36,25 +39,19 @@ class ThreadpoolParams(ctypes.Structure):
 
 @functools.cache
 def _functions() -> dict[str, Any]:
-    import llama_cpp
-    from llama_cpp import _ctypes_extensions
     from llama_cpp import llama_cpp as lc
 
-    libdir = Path(llama_cpp.__file__).parent / "lib"
-    base = _ctypes_extensions.load_shared_library("ggml-base", libdir)  # already loaded by libllama: same handle
-    cpu = _ctypes_extensions.load_shared_library("ggml-cpu", libdir)
-    llama = lc._lib
     params_p = ctypes.POINTER(ThreadpoolParams)
-    table = {  # name: (library, argument types, result type)
-        "ggml_threadpool_params_init": (base, [params_p, ctypes.c_int], None),
-        "ggml_threadpool_new": (cpu, [params_p], ctypes.c_void_p),
-        "ggml_threadpool_free": (cpu, [ctypes.c_void_p], None),
-        "llama_attach_threadpool": (llama, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p], None),
-        "llama_detach_threadpool": (llama, [ctypes.c_void_p], None),
+    table = {  # name: (argument types, result type); defined in ggml-base, ggml-cpu, ggml-cpu, llama, llama
+        "ggml_threadpool_params_init": ([params_p, ctypes.c_int], None),
+        "ggml_threadpool_new": ([params_p], ctypes.c_void_p),
+        "ggml_threadpool_free": ([ctypes.c_void_p], None),
+        "llama_attach_threadpool": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p], None),
+        "llama_detach_threadpool": ([ctypes.c_void_p], None),
     }
     out: dict[str, Any] = {}
-    for name, (lib, args, result) in table.items():
-        fn = getattr(lib, name)
+    for name, (args, result) in table.items():
+        fn = getattr(lc._lib, name)  # AttributeError where the loader can't find it: the backend runs without a pool
         fn.argtypes, fn.restype = args, result
         out[name] = fn
     return out
