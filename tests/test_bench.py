@@ -108,3 +108,19 @@ def test_bench_evaluates_every_prompt_token(tiny_gguf: Path) -> None:
         assert runner.backend.last_result is not None and runner.backend.last_result.cached_tokens == 0
     finally:
         runner.close()
+
+
+def test_speed_table_ratio_and_bootstrap_interval() -> None:
+    """A row's ratio is the median of per-round ratios; its 95% bootstrap interval holds that median, is ordered,
+    and collapses to a point when every round gives the same ratio."""
+    from tools.speed_rows import Row
+
+    row = Row("r", edge_run=[{"tps": v} for v in (90.0, 100.0, 99.0, 120.0, 95.0)],
+              reference=[{"tps": 100.0}] * 5)
+    d = row.to_dict()
+    assert d["ratio"] == {"tps": 0.99}
+    lo, hi = d["ratio_ci95"]["tps"]
+    assert 0.9 <= lo <= 0.99 <= hi <= 1.2 and lo < hi
+    refs = (1.0, 3.0, 5.0)
+    same = Row("s", edge_run=[{"tps": 2.0 * v} for v in refs], reference=[{"tps": v} for v in refs])
+    assert same.to_dict()["ratio_ci95"] == {"tps": [2.0, 2.0]}

@@ -1,6 +1,7 @@
 """Issue 13's speed table: every edge-run command next to llama.cpp's own tool on the same files and threads.
 
-    python -m tools.bench_vs_llama [--rounds 3] [--threads N] [--out results/speed.json]    # the whole table
+    python -m tools.bench_vs_llama [--rounds 3] [--bench-rounds N] [--threads N] [--out results/speed.json]
+                                                                                             # the whole table
     python -m tools.bench_vs_llama --table results/speed.json                                # print it again
     python -m tools.bench_vs_llama --plain [FILE.gguf ...]     # edge-run's runtime vs plain llama_cpp.Llama only
                                                                # (files given: --plain implied)
@@ -179,10 +180,11 @@ def table_main(args: argparse.Namespace) -> int:
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     n = args.rounds
+    nb = args.bench_rounds or n
     todo: list[tuple[str, Any]] = []
     for quant, f in small.items():
-        todo.append((f"bench {quant}", lambda f=f, q=quant: rows.bench_row(tools, f, threads, n, f"SmolLM2-135M {q}")))
-    todo.append(("bench big", lambda: rows.bench_row(tools, big["Q4_K_M"], threads, n, "Qwen2.5-0.5B Q4_K_M")))
+        todo.append((f"bench {quant}", lambda f=f, q=quant: rows.bench_row(tools, f, threads, nb, f"SmolLM2-135M {q}")))
+    todo.append(("bench big", lambda: rows.bench_row(tools, big["Q4_K_M"], threads, nb, "Qwen2.5-0.5B Q4_K_M")))
     todo.append(("run", lambda: rows.run_row(small["Q4_K_M"], threads, n, "SmolLM2-135M Q4_K_M")))
     todo.append(("eval small", lambda: rows.eval_row(tools, small["Q4_K_M"], corpus, 20, threads, n,
                                                      "SmolLM2-135M Q4_K_M")))
@@ -231,13 +233,16 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [f"threads {doc['threads']}; rows run at different times (`--only`) keep their own rounds and load "
              f"average; the latest run: load average {doc['load_average_before'][0]} -> "
              f"{doc['load_average_after'][0]}", "",
-             "| row | edge-run (median) | reference (median) | ratio (median of paired rounds) | goal | rounds "
-             "| load avg |",
+             "| row | edge-run (median) | reference (median) | ratio (median of paired rounds) [95% bootstrap] "
+             "| goal | rounds | load avg |",
              "|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         ref = f"{r['reference']}: {_fmt(r['reference_median'])}" if r["reference_median"] else r["reference"]
         load = "-".join(str(x) for x in r.get("load_average", []))
-        lines.append(f"| {r['row']} | {_fmt(r['edge_run'])} | {ref} | {_fmt(r['ratio'])} | {r['goal']} | "
+        ci = r.get("ratio_ci95", {})
+        ratio = ", ".join(f"{k} {v:g}" + (f" [{ci[k][0]:g}-{ci[k][1]:g}]" if k in ci else "")
+                          for k, v in r["ratio"].items())
+        lines.append(f"| {r['row']} | {_fmt(r['edge_run'])} | {ref} | {ratio} | {r['goal']} | "
                      f"{len(r['runs']['edge_run'])} | {load} |")
     return "\n".join(lines)
 
@@ -247,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("files", nargs="*", type=Path, help="GGUF files: compare them with --plain's method only")
     ap.add_argument("--plain", action="store_true", help="only edge-run's runtime vs plain llama_cpp.Llama")
     ap.add_argument("--rounds", "--repeats", type=int, default=3, help="interleaved rounds per row")
+    ap.add_argument("--bench-rounds", type=int, default=None,
+                    help="rounds of the bench rows (default --rounds): their ratios are a few percent from 1, and one "
+                         "round of a 2-core machine moves +-10%%")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--only", nargs="*", help="row name prefixes to run (bench, run, eval, convert, pick)")
     ap.add_argument("--table", type=Path, help="print the markdown table of a results JSON and exit")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import statistics
@@ -70,10 +71,25 @@ class Row:
         return {k: round(statistics.median(e[k] / r[k] for e, r in pairs), 3) for k in keys
                 if pairs and all(r.get(k) for _, r in pairs)}
 
+    def ratio_intervals(self, resamples: int = 2000, seed: int = 13) -> dict[str, list[float]]:
+        """A 95% percentile-bootstrap interval of each paired ratio's median (rounds resampled with replacement):
+        how far the median could move with other rounds from the same machine."""
+        rng = random.Random(seed)
+        keys = self.edge_run[0].keys() if self.edge_run else ()
+        pairs = list(zip(self.edge_run, self.reference, strict=False))
+        out: dict[str, list[float]] = {}
+        for k in keys:
+            if not pairs or not all(r.get(k) for _, r in pairs):
+                continue
+            ratios = [e[k] / r[k] for e, r in pairs]
+            meds = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+            out[k] = [round(meds[int(0.025 * resamples)], 3), round(meds[int(0.975 * resamples) - 1], 3)]
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         a, b = self.medians(self.edge_run), self.medians(self.reference)
         return {"row": self.name, "reference": self.reference_name, "goal": self.goal, "edge_run": a,
-                "reference_median": b, "ratio": self.paired_ratios(),
+                "reference_median": b, "ratio": self.paired_ratios(), "ratio_ci95": self.ratio_intervals(),
                 "ratio_of_medians": {k: round(a[k] / b[k], 3) for k in a if b.get(k)},
                 "runs": {"edge_run": self.edge_run, "reference": self.reference},
                 **({"notes": self.notes} if self.notes else {})}
