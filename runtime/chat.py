@@ -1,6 +1,7 @@
 """Chat templates rendered in a sandboxed jinja environment (a template cannot reach Python internals).
 
-jinja2 is imported when a template is rendered: it costs ~20 ms, which `edge-run run` without --chat never needs."""
+jinja2 is imported when a template is rendered: ~20 ms that `edge-run run` without --chat on an ONNX artifact never
+needs (llama-cpp-python imports jinja2 itself, so a GGUF run pays it either way)."""
 
 from __future__ import annotations
 

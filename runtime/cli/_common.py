@@ -1,4 +1,4 @@
-"""Small helpers shared by the command modules (console, progress bars, JSON output).
+"""Small helpers shared by the command modules (console, progress bars, JSON output, models left to the exit).
 
 ``console`` and ``err_console`` are made on first use (PEP 562 module ``__getattr__``): rich costs ~50 ms to import,
 which `edge-run run` (plain text or JSON on stdout) never needs."""
@@ -18,6 +18,25 @@ if TYPE_CHECKING:
     err_console: Console
 
 _consoles: dict[str, Any] = {}
+# set by the process entry (main.entry): the process ends as soon as the command returns, without tearing the
+# interpreter down; in-process callers of main() (tests, embedding) leave it False and every model is closed
+process_ends_after_command = False
+_left_to_exit: list[Any] = []
+
+
+@contextmanager
+def closed_or_left_to_exit(resource: Any) -> Iterator[Any]:
+    """``resource`` (a backend) for a command's body, then closed, unless the process ends right after the
+    command: then it stays open and the kernel reclaims it at exit. Freeing a model in llama.cpp takes its
+    destructors and munmaps (SmolLM2-135M: ~20 ms here, several times that on a Pi core) for memory the
+    process's exit frees anyway."""
+    try:
+        yield resource
+    finally:
+        if process_ends_after_command:
+            _left_to_exit.append(resource)  # referenced until the end: no finalizer frees it in between
+        else:
+            resource.close()
 
 
 def _make_console(name: str) -> Any:

@@ -15,7 +15,7 @@ from ..backends.base import physical_cores
 from ..chat import user_turn
 from ..prompt import check_prompt_size
 from ..session import DEFAULT_CTX, SessionOptions, open_session
-from ._common import print_json
+from ._common import closed_or_left_to_exit, print_json
 
 
 def peak_rss_mib() -> float:
@@ -56,7 +56,7 @@ def run(
         artifact, pick_info = picker.resolve_for_run(profile, models, artifact, ctx or DEFAULT_CTX)
     params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     options = SessionOptions(ctx=ctx, threads=n_threads, force=force, seed=seed, flash_attn=flash_attn)
-    with open_session(artifact, options) as backend:
+    with closed_or_left_to_exit(open_session(artifact, options)) as backend:
         rendered = backend.chat_prompt(text) if chat else text
         check_prompt_size(rendered, "the prompt rendered by the chat template")
         # with --chat the message's own text never becomes a control token of the template (e.g. "<|im_end|>")
