@@ -181,10 +181,12 @@ def table_main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     n = args.rounds
     nb = args.bench_rounds or n
+    reps = args.bench_repeats
     todo: list[tuple[str, Any]] = []
     for quant, f in small.items():
-        todo.append((f"bench {quant}", lambda f=f, q=quant: rows.bench_row(tools, f, threads, nb, f"SmolLM2-135M {q}")))
-    todo.append(("bench big", lambda: rows.bench_row(tools, big["Q4_K_M"], threads, nb, "Qwen2.5-0.5B Q4_K_M")))
+        todo.append((f"bench {quant}", lambda f=f, q=quant: rows.bench_row(tools, f, threads, nb, f"SmolLM2-135M {q}",
+                                                                          reps)))
+    todo.append(("bench big", lambda: rows.bench_row(tools, big["Q4_K_M"], threads, nb, "Qwen2.5-0.5B Q4_K_M", reps)))
     todo.append(("run", lambda: rows.run_row(small["Q4_K_M"], threads, nb, "SmolLM2-135M Q4_K_M")))
     todo.append(("eval small", lambda: rows.eval_row(tools, small["Q4_K_M"], corpus, 20, threads, n,
                                                      "SmolLM2-135M Q4_K_M")))
@@ -255,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bench-rounds", type=int, default=None,
                     help="rounds of the bench and run rows (default --rounds): short rows whose ratios sit within a "
                          "few percent of their goals, where one round of a 2-core machine moves +-10%%")
+    ap.add_argument("--bench-repeats", type=int, default=5,
+                    help="repetitions inside each bench process, both tools (default 5, llama-bench's -r)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--only", nargs="*", help="row name prefixes to run (bench, run, eval, convert, pick)")
     ap.add_argument("--table", type=Path, help="print the markdown table of a results JSON and exit")
