@@ -91,3 +91,14 @@ def test_model_closed_unless_the_process_ends(monkeypatch: pytest.MonkeyPatch, e
         raise RuntimeError("the command failed")
     assert model.closed is not ends_after
     assert (model in _common._left_to_exit) is ends_after
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)")
+def test_full_disk_at_the_last_flush_is_one_line_and_exit_4(tmp_path: Path) -> None:
+    prelude = "import sys\nfrom edge_run.runtime.cli.main import end_process\n"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-c", prelude + "sys.stdout.write('z' * 100)\nend_process(0)\n"],
+                           stdout=full, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert r.returncode == 4
+    assert r.stderr.startswith("error: could not write the output") and len(r.stderr.splitlines()) == 1

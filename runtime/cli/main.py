@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import typer
 
-from edge_run.core.errors import EdgeRunError
+from edge_run.core.errors import EdgeRunError, ResourceError
 from edge_run.core.fsutil import install_signal_handlers
 from edge_run.runtime import planning
 
@@ -111,13 +111,23 @@ def _usable_std_streams() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
-def _reader_went_away() -> int:
-    """stdout's reader closed the pipe (`| head`): a normal end. Point fd 1 at /dev/null so the interpreter's
-    final flush cannot fail again and print to stderr."""
+def _stdout_to_devnull() -> None:
+    """Point fd 1 at /dev/null, so that no later flush (the interpreter's last) fails again and prints to stderr."""
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     os.close(null)
+
+
+def _reader_went_away() -> int:
+    """stdout's reader closed the pipe (`| head`): a normal end."""
+    _stdout_to_devnull()
     return EXIT_BROKEN_PIPE
+
+
+def _output_lost() -> int:
+    """stdout could not take the output (a full disk): a resource error."""
+    _stdout_to_devnull()
+    return ResourceError.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,6 +197,9 @@ def end_process(code: int) -> NoReturn:
         sys.stdout.flush()
     except BrokenPipeError:
         code = _reader_went_away()
+    except OSError as e:  # `> file` on a full disk: the last buffered output could not be written
+        _say(f"error: could not write the output ({e.strerror or e}). free space, or write it elsewhere")
+        code = _output_lost()
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.flush()
     if threading.active_count() > 1:
