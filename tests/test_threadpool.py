@@ -74,7 +74,6 @@ with open_backend(Path(sys.argv[1]), LoadOptions(n_ctx=32, n_threads=2)) as b:
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's mappings from /proc (Linux)")
 def test_one_copy_of_each_ggml_library(tiny_gguf: Path) -> None:
     """The pool and the fp16 converter use the ggml libraries llama.cpp runs on: no second copy is mapped. The wheel
     ships libggml-cpu.so and libggml-cpu.so.0 as separate files, and loading the first by path mapped both."""

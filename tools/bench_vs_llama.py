@@ -181,7 +181,7 @@ def table_main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     n = args.rounds
     nb = args.bench_rounds or n
-    reps = args.bench_repeats
+    reps = args.bench_repeats or rows.BENCH_REPEATS
     todo: list[tuple[str, Any]] = []
     for quant, f in small.items():
         todo.append((f"bench {quant}", lambda f=f, q=quant: rows.bench_row(tools, f, threads, nb, f"SmolLM2-135M {q}",
@@ -257,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bench-rounds", type=int, default=None,
                     help="rounds of the bench and run rows (default --rounds): short rows whose ratios sit within a "
                          "few percent of their goals, where one round of a 2-core machine moves +-10%%")
-    ap.add_argument("--bench-repeats", type=int, default=5,
-                    help="repetitions inside each bench process, both tools (default 5, llama-bench's -r)")
+    ap.add_argument("--bench-repeats", type=int, default=None,
+                    help="repetitions inside each bench process, both tools (default tools/speed_rows.BENCH_REPEATS: "
+                         "5, llama-bench's -r)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--only", nargs="*", help="row name prefixes to run (bench, run, eval, convert, pick)")
     ap.add_argument("--table", type=Path, help="print the markdown table of a results JSON and exit")
