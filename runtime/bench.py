@@ -1,20 +1,23 @@
 """Speed and memory of one artifact on this machine: prefill (pp512), decode (tg128), time to first token,
 load time, peak RSS; repeated runs reported as median and spread.
 
-One repeat::
+The model is loaded once (timed) and its tests run in llama-bench's order, each test's untimed warm-up first and
+then its repetitions back to back::
 
-    load (timed) ─> warm-up: the 512-token prompt, 2 tokens (untimed)
-                 ─> prefill: a 512-token prompt, time until the first generated token   -> pp tok/s
-                 ─> ttft   : a 32-token prompt, time until the first generated token    -> ttft
-                 ─> decode : a 1-token prompt, 128 greedy tokens, end-of-text ignored   -> tg tok/s
-                 ─> close
+    load ─> warm-up: the 512-token prompt, 2 tokens
+         ─> prefill x R: a 512-token prompt, time until the first generated token   -> pp tok/s
+         ─> ttft    x R: a 32-token prompt, time until the first generated token    -> ttft
+         ─> warm-up: the 1-token prompt, 2 tokens
+         ─> decode  x R: a 1-token prompt, 128 greedy tokens, end-of-text ignored   -> tg tok/s
+         ─> close
 
 Every step starts from an empty KV cache (no prefix reuse between them: each prompt is evaluated whole). The
 warm-up is the full-size prompt, as llama-bench warms up with its test prompt: the first graph of a new context
 touches its compute buffers and maps the model's pages, which is load work, not prefill. The decode step is
 llama-bench's tg128: one token at position 0 (BOS where the model adds one), then 128 tokens that do not stop at
 end-of-text. Each generated token attends to every position before it, so the same 128 tokens after a longer
-prompt are slower (SmolLM2-135M Q4_0: 2-4% slower after a 32-token prompt, measured in one process).
+prompt are slower (SmolLM2-135M Q4_0: 2-4% slower after a 32-token prompt, measured in one process). One load
+instead of one per repetition also keeps a Pi's bench of a multi-GiB model from reading it R times.
 
 Prompts are the first tokens of the built-in WikiText-2 text. Anything that can load a model and generate (an
 edge-run backend, or plain llama-cpp-python in tools/bench_vs_llama.py) is a :class:`Runner`, so the same
@@ -134,37 +137,48 @@ def prompt_text() -> str:
 
 
 @dataclass
-class RepeatResult:
-    load_s: float
-    prefill: GenTiming
-    ttft: GenTiming
-    decode: GenTiming
+class Measurements:
+    load_s: list[float]
+    prefill: list[GenTiming]
+    ttft: list[GenTiming]
+    decode: list[GenTiming]
 
 
-def measure_once(make_runner: Callable[[], Runner], config: BenchConfig, text: str) -> RepeatResult:
-    runner = make_runner()
-    try:
-        tokens = runner.tokenize(text)
-        if len(tokens) < config.n_prompt:
-            raise UsageError(f"the benchmark prompt has only {len(tokens)} tokens, {config.n_prompt} were asked")
-        runner.generate(tokens[:config.n_prompt], WARMUP_TOKENS)
-        prefill = runner.generate(tokens[:config.n_prompt], 1)
-        ttft = runner.generate(tokens[:config.ttft_prompt], 1)
-        decode = runner.generate(tokens[:config.decode_prompt], config.n_gen)
-        return RepeatResult(runner.load_seconds, prefill, ttft, decode)
-    finally:
-        runner.close()
+def measure(runner: Runner, config: BenchConfig, text: str,
+            progress: Callable[[str, int, int], None] | None = None) -> Measurements:
+    """Every test of one loaded model, in llama-bench's order (the module's diagram)."""
+    tokens = runner.tokenize(text)
+    if len(tokens) < config.n_prompt:
+        raise UsageError(f"the benchmark prompt has only {len(tokens)} tokens, {config.n_prompt} were asked")
+    steps = 3 * config.repeats + 2
+    done = 0
+
+    def run(prompt: list[int], n: int) -> GenTiming:
+        nonlocal done
+        timing = runner.generate(prompt, n)
+        done += 1
+        if progress:
+            progress("bench", done, steps)
+        return timing
+
+    prompt, short, start = tokens[:config.n_prompt], tokens[:config.ttft_prompt], tokens[:config.decode_prompt]
+    run(prompt, WARMUP_TOKENS)
+    prefill = [run(prompt, 1) for _ in range(config.repeats)]
+    ttft = [run(short, 1) for _ in range(config.repeats)]
+    run(start, WARMUP_TOKENS)
+    decode = [run(start, config.n_gen) for _ in range(config.repeats)]
+    return Measurements([runner.load_seconds], prefill, ttft, decode)
 
 
-def summarize(runs: list[RepeatResult], config: BenchConfig) -> dict[str, Any]:
+def summarize(m: Measurements, config: BenchConfig) -> dict[str, Any]:
     return {
-        "threads": config.n_threads, "n_ctx": config.n_ctx, "repeats": len(runs),
+        "threads": config.n_threads, "n_ctx": config.n_ctx, "repeats": len(m.prefill),
         "prefill": {"n_tokens": config.n_prompt,
-                    "tokens_per_s": stats([config.n_prompt / r.prefill.first_token_s for r in runs])},
-        "decode": {"n_tokens": config.n_gen, "generated": [r.decode.generated for r in runs],
-                   "tokens_per_s": stats([r.decode.decode_tps for r in runs])},
-        "ttft_s": {"prompt_tokens": config.ttft_prompt, **stats([r.ttft.first_token_s for r in runs])},
-        "load_s": stats([r.load_s for r in runs]),
+                    "tokens_per_s": stats([config.n_prompt / t.first_token_s for t in m.prefill])},
+        "decode": {"n_tokens": config.n_gen, "generated": [t.generated for t in m.decode],
+                   "tokens_per_s": stats([t.decode_tps for t in m.decode])},
+        "ttft_s": {"prompt_tokens": config.ttft_prompt, **stats([t.first_token_s for t in m.ttft])},
+        "load_s": stats(m.load_s),
     }
 
 
@@ -186,13 +200,13 @@ def bench(artifact: Path, config: BenchConfig | None = None,
     artifact = Path(artifact)
     manifest = read_manifest(artifact)
     text = prompt_text()
-    runs: list[RepeatResult] = []
-    for i in range(config.repeats):
-        if progress:
-            progress("bench", i, config.repeats)
-        runs.append(measure_once(lambda: BackendRunner(artifact, config), config, text))
     if progress:
-        progress("bench", config.repeats, config.repeats)
+        progress("bench", 0, 3 * config.repeats + 2)
+    runner = BackendRunner(artifact, config)
+    try:
+        runs = measure(runner, config, text, progress)
+    finally:
+        runner.close()
     size = artifact_size(artifact)  # core/formats.py: what manifest.file_size counts
     return {
         "schema": SCHEMA, "tool_version": __version__, "artifact": artifact.name,

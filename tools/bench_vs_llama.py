@@ -7,6 +7,7 @@
                                                                # (files given: --plain implied)
 
 Rows (tools/speed_rows.py; each side a separate process, alternating A B / B A per round):
+  bench calibration        llama-bench                   vs llama-bench          (SmolLM2 Q8_0: the method's noise)
   bench pp512 / tg128      `edge-run bench`              vs llama-bench          (SmolLM2 F16/Q8_0/Q4_K_M/Q4_0,
                                                                                   0.5B Q4_K_M)
   run, whole process       `edge-run run -n 8`           vs a 6-line llama-cpp-python script
@@ -32,6 +33,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +44,9 @@ from edge_run.runtime.bench import (
     BackendRunner,
     BenchConfig,
     GenTiming,
-    RepeatResult,
+    Measurements,
     machine_info,
-    measure_once,
+    measure,
     prompt_text,
     summarize,
 )
@@ -91,12 +93,20 @@ class PlainRunner:
 
 
 def compare(path: Path, config: BenchConfig, text: str) -> dict[str, Any]:
-    runs: dict[str, list[RepeatResult]] = {"edge_run": [], "plain": []}
+    """One side loaded at a time (an idle pool of the other cannot take a core): each repetition loads each side
+    and runs bench.measure on it once, the sides in alternating order."""
     makers = {"edge_run": lambda: BackendRunner(path, config), "plain": lambda: PlainRunner(path, config)}
+    runs = {side: Measurements([], [], [], []) for side in makers}
+    once = replace(config, repeats=1)
     for i in range(config.repeats):
-        order = ("edge_run", "plain") if i % 2 == 0 else ("plain", "edge_run")
-        for side in order:
-            runs[side].append(measure_once(makers[side], config, text))
+        for side in (("edge_run", "plain") if i % 2 == 0 else ("plain", "edge_run")):
+            runner = makers[side]()
+            try:
+                m = measure(runner, once, text)
+            finally:
+                runner.close()
+            for field in fields(Measurements):
+                getattr(runs[side], field.name).extend(getattr(m, field.name))
     sides = {side: summarize(r, config) for side, r in runs.items()}
 
     def ratio(metric: str) -> float:
@@ -182,7 +192,8 @@ def table_main(args: argparse.Namespace) -> int:
     n = args.rounds
     nb = args.bench_rounds or n
     reps = args.bench_repeats or rows.BENCH_REPEATS
-    todo: list[tuple[str, Any]] = []
+    todo: list[tuple[str, Any]] = [("bench calibration", lambda: rows.calibration_row(
+        tools, small["Q8_0"], threads, nb, "SmolLM2-135M Q8_0", reps))]
     for quant, f in small.items():
         todo.append((f"bench {quant}", lambda f=f, q=quant: rows.bench_row(tools, f, threads, nb, f"SmolLM2-135M {q}",
                                                                           reps)))

@@ -154,28 +154,43 @@ def interleave(rounds: int, a: Callable[[], dict[str, float]], b: Callable[[], d
 BENCH_REPEATS = 5  # repetitions inside each process (both tools; llama-bench's default -r), reported as their median
 
 
+def _llama_bench(tools: Any, gguf: Path, threads: int, repeats: int) -> dict[str, float]:
+    out = measure([str(tools.binary("llama-bench")), "-m", str(gguf), "-p", "512", "-n", "128", "-t", str(threads),
+                   "-r", str(repeats), "-o", "json"], poll_rss=False).stdout
+    tests = json.loads(out)
+    pp = next(t for t in tests if t["n_prompt"] > 0 and t["n_gen"] == 0)
+    tg = next(t for t in tests if t["n_gen"] > 0 and t["n_prompt"] == 0)
+    return {"prefill_tps": round(statistics.median(pp["samples_ts"]), 2),
+            "decode_tps": round(statistics.median(tg["samples_ts"]), 2)}
+
+
 def bench_row(tools: Any, gguf: Path, threads: int, rounds: int, label: str, repeats: int = BENCH_REPEATS) -> Row:
     """pp512 / tg128 tokens/s: `edge-run bench` vs `llama-bench`, ``repeats`` repetitions per process (fewer:
     the two sides alternate more often, so drifting machine speed splits less unevenly between them)."""
-    r = str(repeats)
 
     def edge() -> dict[str, float]:
-        b = json.loads(measure([*EDGE_RUN, "bench", str(gguf), "--json", "-r", r, "-t", str(threads)],
+        b = json.loads(measure([*EDGE_RUN, "bench", str(gguf), "--json", "-r", str(repeats), "-t", str(threads)],
                                poll_rss=False).stdout)
         return {"prefill_tps": b["prefill"]["tokens_per_s"]["median"],
                 "decode_tps": b["decode"]["tokens_per_s"]["median"]}
 
-    def ref() -> dict[str, float]:
-        out = measure([str(tools.binary("llama-bench")), "-m", str(gguf), "-p", "512", "-n", "128", "-t", str(threads),
-                       "-r", r, "-o", "json"], poll_rss=False).stdout
-        tests = json.loads(out)
-        pp = next(t for t in tests if t["n_prompt"] > 0 and t["n_gen"] == 0)
-        tg = next(t for t in tests if t["n_gen"] > 0 and t["n_prompt"] == 0)
-        return {"prefill_tps": round(statistics.median(pp["samples_ts"]), 2),
-                "decode_tps": round(statistics.median(tg["samples_ts"]), 2)}
+    return interleave(rounds, edge, lambda: _llama_bench(tools, gguf, threads, repeats),
+                      Row(f"bench pp512/tg128 {label}", reference_name="llama-bench", goal="tokens/s ratio >= 0.97",
+                          notes={"repeats_per_process": repeats}))
 
-    return interleave(rounds, edge, ref, Row(f"bench pp512/tg128 {label}", reference_name="llama-bench",
-                                             goal="tokens/s ratio >= 0.97", notes={"repeats_per_process": repeats}))
+
+def calibration_row(tools: Any, gguf: Path, threads: int, rounds: int, label: str,
+                    repeats: int = BENCH_REPEATS) -> Row:
+    """llama-bench against itself, interleaved as bench_row interleaves: the same program on both sides, so any
+    distance of its ratio from 1.00 (and the width of its interval) is the method's noise on this machine, the
+    resolution the bench rows' ratios are read at."""
+
+    def run() -> dict[str, float]:
+        return _llama_bench(tools, gguf, threads, repeats)
+
+    return interleave(rounds, run, run, Row(f"bench calibration: llama-bench vs itself, {label}",
+                                            reference_name="llama-bench", goal="none: 1.00 is exact, the rest noise",
+                                            notes={"repeats_per_process": repeats}))
 
 
 def compile_sources() -> None:
