@@ -62,6 +62,11 @@ class BenchConfig:
         return max(self.n_prompt, self.ttft_prompt + 1, self.decode_prompt + self.n_gen) + 16
 
     @property
+    def steps(self) -> int:
+        """Generations in a bench: the two warm-ups and three tests of ``repeats`` each."""
+        return 3 * self.repeats + 2
+
+    @property
     def n_threads(self) -> int:
         return self.threads or physical_cores()
 
@@ -150,7 +155,6 @@ def measure(runner: Runner, config: BenchConfig, text: str,
     tokens = runner.tokenize(text)
     if len(tokens) < config.n_prompt:
         raise UsageError(f"the benchmark prompt has only {len(tokens)} tokens, {config.n_prompt} were asked")
-    steps = 3 * config.repeats + 2
     done = 0
 
     def run(prompt: list[int], n: int) -> GenTiming:
@@ -158,7 +162,7 @@ def measure(runner: Runner, config: BenchConfig, text: str,
         timing = runner.generate(prompt, n)
         done += 1
         if progress:
-            progress("bench", done, steps)
+            progress("bench", done, config.steps)
         return timing
 
     prompt, short, start = tokens[:config.n_prompt], tokens[:config.ttft_prompt], tokens[:config.decode_prompt]
@@ -201,7 +205,7 @@ def bench(artifact: Path, config: BenchConfig | None = None,
     manifest = read_manifest(artifact)
     text = prompt_text()
     if progress:
-        progress("bench", 0, 3 * config.repeats + 2)
+        progress("bench", 0, config.steps)
     runner = BackendRunner(artifact, config)
     try:
         runs = measure(runner, config, text, progress)
