@@ -1,16 +1,22 @@
 """The GGUF backend's own generation loop (runtime/backends/llama_loop.py) against llama-cpp-python's high-level
 ``Llama.generate``, which builds the same llama.cpp sampler chain: the same tokens, greedy and seeded, for a prompt
-longer than one batch, and with the KV cache of a shared prefix reused."""
+longer than one batch, and with the KV cache of a shared prefix reused; plain greedy's in-place argmax against the
+chain's greedy link."""
 
 from __future__ import annotations
 
+import ctypes
 import itertools
+from collections.abc import Generator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from edge_run.core.errors import ArtifactError
 from edge_run.runtime.backends import GenerationParams, LoadOptions, open_backend
 from edge_run.runtime.backends.gguf import GGUFBackend
+from edge_run.runtime.backends.llama_loop import GreedyPick, SamplerChain, make_sampler
 
 CTX, BATCH = 256, 32
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs back home again. " * 6
@@ -102,3 +108,68 @@ def test_stream_text_is_the_detokenized_tokens(backend: GGUFBackend) -> None:
     assert r is not None and r.completion_tokens + (r.finish_reason == "stop") >= 1
     eog = next((i for i, t in enumerate(tokens) if backend.is_eog(t)), len(tokens))
     assert text == backend.detokenize(tokens[:eog])
+
+
+class _FakeLogits:
+    """llama_get_logits_ith over numpy rows: the row handed out can be swapped, as llama.cpp's buffer moves when a
+    batch needs more output rows."""
+
+    def __init__(self, row: np.ndarray) -> None:
+        self.row = row
+
+    def llama_get_logits_ith(self, ctx: object, i: int) -> object:
+        assert i == -1
+        if self.row.size == 0:
+            return ctypes.POINTER(ctypes.c_float)()  # NULL
+        return self.row.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+
+
+def test_greedy_pick_takes_the_first_maximum_and_follows_a_moved_buffer() -> None:
+    row = np.zeros(50_000, np.float32)
+    row[[7, 123, 49_999]] = 3.5  # a three-way tie: llama.cpp's greedy link keeps the lowest id
+    fake = _FakeLogits(row)
+    pick = GreedyPick(fake, row.size)
+    assert pick.sample(None) == 7
+    row[7] = -1.0  # written in place: the next token's logits land in the same buffer
+    assert pick.sample(None) == 123
+    moved = np.full(row.size, -2.0, np.float32)
+    moved[40_000] = np.float32(np.finfo(np.float32).max)
+    fake.row = moved  # a new buffer at another address
+    assert pick.sample(None) == 40_000
+    fake.row = np.empty(0, np.float32)
+    with pytest.raises(ArtifactError, match="no logits"):
+        pick.sample(None)
+    pick.close()
+
+
+@pytest.mark.parametrize(("params", "kind"), [
+    (GenerationParams(temperature=0.0), GreedyPick),
+    (GenerationParams(temperature=0.0, repeat_penalty=1.1), SamplerChain),
+    (GenerationParams(temperature=0.7), SamplerChain),
+])
+def test_only_plain_greedy_skips_the_chain(backend: GGUFBackend, params: GenerationParams, kind: type) -> None:
+    import llama_cpp
+
+    sampler = make_sampler(llama_cpp, backend.n_vocab, params)
+    try:
+        assert isinstance(sampler, kind)
+    finally:
+        sampler.close()
+
+
+def test_greedy_pick_agrees_with_the_chain_token_by_token(backend: GGUFBackend) -> None:
+    """Both samplers on the same logits rows of a 64-token greedy run: the same token at every step."""
+    import llama_cpp
+
+    chain = SamplerChain(llama_cpp, backend.n_vocab, GenerationParams(temperature=0.0))
+    pick = GreedyPick(llama_cpp, backend.n_vocab)
+    ctx = backend.llm.ctx
+    try:
+        stream = backend.token_stream(backend.tokenize(TEXT)[:20], GenerationParams(max_tokens=64, temperature=0.0))
+        assert isinstance(stream, Generator)
+        for token in itertools.islice(stream, 64):  # each token was picked from the row both samplers read now
+            assert chain.sample(ctx) == pick.sample(ctx) == token
+        stream.close()
+    finally:
+        chain.close()
+        pick.close()

@@ -188,7 +188,8 @@ class GGUFBackend(Backend):
         return min(n, len(prompt_tokens) - 1)  # the last prompt token is always evaluated (fresh logits)
 
     def token_stream(self, prompt_tokens: list[int], params: GenerationParams) -> Iterator[int]:
-        """llama.cpp's own loop (llama_loop.py): the sampler chain reads the logits in C, none are copied to Python.
+        """llama.cpp's own loop (llama_loop.py): the sampler chain reads the logits in C (plain greedy reads them in
+        place), none are copied to Python.
         It keeps the KV cache of the common prefix with the previous call and evaluates only the rest."""
         self.cached_tokens = self.cached_prefix(prompt_tokens)
         return self._loop.generate(prompt_tokens, self.cached_tokens, params)
