@@ -127,6 +127,22 @@ def test_speed_table_ratio_and_bootstrap_interval() -> None:
     assert same.to_dict()["ratio_ci95"] == {"tps": [2.0, 2.0]}
 
 
+def test_pooled_bench_line_sets_the_rows_beside_the_calibration() -> None:
+    """The bench rows' rounds pooled into one paired median, and the share of single rounds under 0.97 on each
+    side; no calibration row, no pooled line."""
+    from tools.bench_vs_llama import pooled_bench
+
+    def row(name: str, ratios: list[float]) -> dict:
+        return {"row": name, "runs": {"edge_run": [{"tps": r} for r in ratios], "reference": [{"tps": 1.0}] * 4}}
+
+    rows = [row("bench calibration: x", [1.0, 0.96, 1.0, 1.0]), row("bench pp512/tg128 a", [0.9, 0.95, 1.0, 1.0]),
+            row("bench pp512/tg128 b", [0.98, 0.99, 1.0, 1.1]), row("eval c", [0.1, 0.1, 0.1, 0.1])]
+    line = pooled_bench(rows)[-1]
+    assert line.startswith("bench rows pooled (2 rows x their rounds): tps 0.995 [")
+    assert "single rounds under 0.97: 25%; calibration's: 25%" in line  # 2 of the 8 pooled rounds, 1 of 4
+    assert pooled_bench([r for r in rows if "calibration" not in r["row"]]) == []
+
+
 def test_bench_runs_each_test_back_to_back_after_its_warm_up() -> None:
     """llama-bench's order on one loaded model: prefill warm-up, R prefills, R time-to-first-token prompts,
     decode warm-up, R decodes."""

@@ -257,7 +257,30 @@ def markdown(doc: dict[str, Any]) -> str:
                           for k, v in r["ratio"].items())
         lines.append(f"| {r['row']} | {_fmt(r['edge_run'])} | {ref} | {ratio} | {r['goal']} | "
                      f"{len(r['runs']['edge_run'])} | {load} |")
-    return "\n".join(lines)
+    return "\n".join(lines + pooled_bench(doc["rows"]))
+
+
+def pooled_bench(rows: list[dict[str, Any]], below: float = 0.97) -> list[str]:
+    """The bench rows' rounds taken together, beside the calibration row: the median paired ratio with its
+    bootstrap interval, and how often a single round reads under ``below`` on each side. Where llama-bench
+    against itself falls under the goal as often as edge-run does, a row under it is the machine, not edge-run."""
+    from tools.speed_rows import Row
+
+    bench = [r for r in rows if r["row"].startswith("bench pp")]
+    calibration = next((r for r in rows if r["row"].startswith("bench calibration")), None)
+    if not bench or calibration is None:
+        return []
+    pooled = Row("pooled", edge_run=[x for r in bench for x in r["runs"]["edge_run"]],
+                 reference=[x for r in bench for x in r["runs"]["reference"]])
+    ratio, ci = pooled.paired_ratios(), pooled.ratio_intervals()
+
+    def share(r: dict[str, Any], k: str) -> str:
+        pairs = list(zip(r["runs"]["edge_run"], r["runs"]["reference"], strict=False))
+        return f"{sum(e[k] / ref[k] < below for e, ref in pairs) / len(pairs):.0%}"
+
+    parts = [f"{k} {v:g} [{ci[k][0]:g}-{ci[k][1]:g}] (single rounds under {below:g}: {share(pooled.to_dict(), k)}; "
+             f"calibration's: {share(calibration, k)})" for k, v in ratio.items()]
+    return ["", f"bench rows pooled ({len(bench)} rows x their rounds): " + ", ".join(parts)]
 
 
 def main(argv: list[str] | None = None) -> int:
