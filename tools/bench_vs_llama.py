@@ -273,12 +273,13 @@ def pooled_bench(rows: list[dict[str, Any]], below: float = 0.97) -> list[str]:
     pooled = Row("pooled", edge_run=[x for r in bench for x in r["runs"]["edge_run"]],
                  reference=[x for r in bench for x in r["runs"]["reference"]])
     ratio, ci = pooled.paired_ratios(), pooled.ratio_intervals()
+    together = {"runs": {"edge_run": pooled.edge_run, "reference": pooled.reference}}
 
     def share(r: dict[str, Any], k: str) -> str:
         pairs = list(zip(r["runs"]["edge_run"], r["runs"]["reference"], strict=False))
         return f"{sum(e[k] / ref[k] < below for e, ref in pairs) / len(pairs):.0%}"
 
-    parts = [f"{k} {v:g} [{ci[k][0]:g}-{ci[k][1]:g}] (single rounds under {below:g}: {share(pooled.to_dict(), k)}; "
+    parts = [f"{k} {v:g} [{ci[k][0]:g}-{ci[k][1]:g}] (single rounds under {below:g}: {share(together, k)}; "
              f"calibration's: {share(calibration, k)})" for k, v in ratio.items()]
     return ["", f"bench rows pooled ({len(bench)} rows x their rounds): " + ", ".join(parts)]
 
