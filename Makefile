@@ -30,4 +30,4 @@ arm-check:
 	$(PY) -m tools.arm_check
 
 lint:
-	$(PY) -m ruff check core runtime converters tests tools
+	$(PY) -m ruff check src tests tools

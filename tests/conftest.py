@@ -114,7 +114,7 @@ class CliResult:
 @pytest.fixture
 def cli() -> Callable[..., CliResult]:
     """Run `edge-run ARGS` in-process and capture its exit code and output."""
-    from edge_run.runtime.cli.main import main
+    from edge_run.cli.main import main
 
     def run(*args: str) -> CliResult:
         out, err = io.StringIO(), io.StringIO()

@@ -65,7 +65,7 @@ def start_server(artifact: Path, *args: str, env: dict[str, str] | None = None, 
         env["EDGE_RUN_CACHE"] = str(cache)
     env.pop("EDGE_RUN_DEBUG", None)
     extra = ["--api-key", api_key] if api_key else []
-    proc = subprocess.Popen([sys.executable, "-m", "edge_run.runtime.cli.main", "serve", str(artifact),
+    proc = subprocess.Popen([sys.executable, "-m", "edge_run.cli.main", "serve", str(artifact),
                              "--port", str(port), *extra, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     server = Server(proc, port, Path(artifact).name, api_key)

@@ -165,7 +165,7 @@ def _low_memory(mp: pytest.MonkeyPatch) -> None:
 
     real = psutil.virtual_memory()
     fake = real._replace(available=16 * 2**20)
-    mp.setattr("edge_run.runtime.estimate.psutil.virtual_memory", lambda: fake)
+    mp.setattr("edge_run.runtime.estimate.gguf.psutil.virtual_memory", lambda: fake)
 
 
 # ---------------------------------------------------------------------------------------------- the table
@@ -424,7 +424,7 @@ def _cli_subprocess(*args: str | Path, debug: bool = False, **kwargs: object) ->
     env = {k: v for k, v in os.environ.items() if k != "EDGE_RUN_DEBUG"}
     if debug:
         env["EDGE_RUN_DEBUG"] = "1"
-    return subprocess.run([sys.executable, "-m", "edge_run.runtime.cli.main", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "edge_run.cli.main", *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=300, **kwargs)  # type: ignore[call-overload]
 
 

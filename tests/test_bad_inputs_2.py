@@ -223,7 +223,7 @@ def _cli_child(*args: str | Path, limit_bytes: int | None = None, timeout: float
 
     full_env = {k: v for k, v in os.environ.items() if k != "EDGE_RUN_DEBUG"}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "edge_run.runtime.cli.main", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "edge_run.cli.main", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, preexec_fn=preexec, env=full_env,  # type: ignore[call-overload]
                           **kwargs)
 

@@ -422,7 +422,7 @@ def test_interrupted_bundle_leaves_nothing(armv8a_wheel: Path, tiny_gguf: Path, 
     import time
 
     out = tmp_path / "deploy" / "b"
-    proc = subprocess.Popen([sys.executable, "-m", "edge_run.runtime.cli.main", "bundle", str(tiny_gguf),
+    proc = subprocess.Popen([sys.executable, "-m", "edge_run.cli.main", "bundle", str(tiny_gguf),
                              "--profile", "pi4-4gb", "--out", str(out)], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not _leftovers(out.parent) and time.monotonic() < deadline:  # wait until it is writing
@@ -434,7 +434,7 @@ def test_interrupted_bundle_leaves_nothing(armv8a_wheel: Path, tiny_gguf: Path, 
     assert proc.returncode == 130 and "interrupted" in err
     assert not out.exists() and not out.with_name("b.tar.gz").exists() and not _leftovers(out.parent)
     # SIGKILL (of the whole process group: pip children too) leaves the temp folder; the next bundle removes it
-    proc = subprocess.Popen([sys.executable, "-m", "edge_run.runtime.cli.main", "bundle", str(tiny_gguf),
+    proc = subprocess.Popen([sys.executable, "-m", "edge_run.cli.main", "bundle", str(tiny_gguf),
                              "--profile", "pi4-4gb", "--out", str(out)], stderr=subprocess.DEVNULL,
                             start_new_session=True)
     while not _leftovers(out.parent) and time.monotonic() < deadline + 60:
@@ -443,7 +443,7 @@ def test_interrupted_bundle_leaves_nothing(armv8a_wheel: Path, tiny_gguf: Path, 
     proc.wait()
     time.sleep(0.5)  # the killed group's processes are gone
     assert _leftovers(out.parent)
-    r = subprocess.run([sys.executable, "-m", "edge_run.runtime.cli.main", "bundle", str(tiny_gguf),
+    r = subprocess.run([sys.executable, "-m", "edge_run.cli.main", "bundle", str(tiny_gguf),
                         "--profile", "laptop-x86-8gb", "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 3 and not _leftovers(out.parent) and not out.exists()
 

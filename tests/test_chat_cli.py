@@ -24,7 +24,7 @@ def spawn_chat(artifact: Path, tmp_path: Path, *args: str) -> object:
 
     env = {**os.environ, "EDGE_RUN_CACHE": str(tmp_path / "cache"), "TERM": "dumb"}
     env.pop("EDGE_RUN_DEBUG", None)
-    child = pexpect.spawn(sys.executable, ["-m", "edge_run.runtime.cli.main", "chat", str(artifact), *args],
+    child = pexpect.spawn(sys.executable, ["-m", "edge_run.cli.main", "chat", str(artifact), *args],
                           cwd=str(REPO), env=env, encoding="utf-8", timeout=120, dimensions=(50, 400))
     child.expect_exact(PROMPT)
     return child

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_run.runtime.cli import main as cli_main
+from edge_run.cli import main as cli_main
 
 PROBE = """
 import sys
-from edge_run.runtime.cli.main import build_app, invoked_command
+from edge_run.cli.main import build_app, invoked_command
 build_app(invoked_command(sys.argv[1:]))
-print(" ".join(sorted(m for m in sys.modules if m.startswith("edge_run.runtime.cli."))))
+print(" ".join(sorted(m for m in sys.modules if m.startswith("edge_run.cli."))))
 """
 
 
@@ -51,14 +51,14 @@ print(" ".join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)
 def test_building_the_run_command_imports_no_heavy_library() -> None:
     """`edge-run run` parses its options before anything heavy is imported (rich only for tables and bars,
     gguf-py only for conversion and inspection, numpy/llama_cpp when a model is opened)."""
-    probe = "import sys\nfrom edge_run.runtime.cli.main import build_app\nbuild_app('run')\n" + MODULES
+    probe = "import sys\nfrom edge_run.cli.main import build_app\nbuild_app('run')\n" + MODULES
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stderr.split() == []
 
 
 def test_a_whole_run_never_imports_gguf_py_rich_or_pydantic(tiny_gguf: Path) -> None:
     """The memory guard and context check read the header with core's reader; errors and text need no rich."""
-    probe = ("import sys\nfrom edge_run.runtime.cli.main import main\n"
+    probe = ("import sys\nfrom edge_run.cli.main import main\n"
              f"assert main(['run', {str(tiny_gguf)!r}, '-p', 'hi', '-n', '2', '-t', '1']) == 0\n" + MODULES)
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     loaded = set(out.stderr.split())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_run.runtime.cli import main as cli_main
+from edge_run.cli import main as cli_main
 
 
 def test_every_command_module_registers() -> None:

@@ -34,7 +34,7 @@ def _variant(src: Path, dest: Path, key: str, value: object) -> Path:
 @pytest.mark.parametrize("fmt", ["gguf", "onnx"])
 def test_no_config_value_is_an_internal_error(fmt: str, tiny_checkpoint: Callable[[str], Path], tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge_run.runtime.cli.main import main
+    from edge_run.cli.main import main
 
     monkeypatch.setenv("EDGE_RUN_CACHE", str(tmp_path / "cache"))
     src = tiny_checkpoint("llama")
@@ -57,7 +57,7 @@ def test_no_config_value_is_an_internal_error(fmt: str, tiny_checkpoint: Callabl
 def test_no_tokenizer_json_value_is_an_internal_error(tiny_checkpoint: Callable[[str], Path], tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The same for tokenizer.json: every top-level section and every key of its model set to odd values."""
-    from edge_run.runtime.cli.main import main
+    from edge_run.cli.main import main
 
     monkeypatch.setenv("EDGE_RUN_CACHE", str(tmp_path / "cache"))
     src = tiny_checkpoint("llama")

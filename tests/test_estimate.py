@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_run.core.errors import InsufficientMemoryError
-from edge_run.runtime.estimate import (
+from edge_run.runtime.estimate.gguf import (
     MIB,
     check_memory,
     estimate_memory,

@@ -14,15 +14,8 @@ import pytest
 
 from edge_run.core.manifest import read_manifest
 from edge_run.runtime.backends.base import Backend, GenerationParams
-from edge_run.runtime.eval_math import KLD_FLOOR, LogprobStore, decode_logprobs, encode_logprobs, log_softmax
-from edge_run.runtime.evaluate import (
-    LiveReference,
-    StoredReference,
-    evaluate,
-    load_corpus,
-    plan_chunks,
-    score,
-)
+from edge_run.runtime.eval.perplexity import LiveReference, StoredReference, evaluate, load_corpus, plan_chunks, score
+from edge_run.runtime.eval.scoring import KLD_FLOOR, LogprobStore, decode_logprobs, encode_logprobs, log_softmax
 
 # ---- a backend with hand-set logits --------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The artifact-format registry: one row per format (core/formats.py + runtime/format_rows.py).
+"""The artifact-format registry: one row per format (src/edge_run/core/formats.py +
+src/edge_run/runtime/artifacts/formats.py).
 
 The proof that adding a format is its module plus one row: a third format, "ggbin" (a folder holding a
 renamed GGUF, weights.bin), is defined in this file alone: its two rows, its backend (the GGUF backend on
@@ -21,9 +22,9 @@ from edge_run.core import formats
 from edge_run.core.errors import ArtifactError, InsufficientMemoryError, UsageError
 from edge_run.core.formats import ArtifactFormat, ConvertRequest, folder_payload
 from edge_run.core.manifest import Manifest, read_manifest, write_manifest
-from edge_run.runtime import format_rows
+from edge_run.runtime.artifacts import formats as format_rows
 from edge_run.runtime.backends.base import Backend, LoadOptions
-from edge_run.runtime.estimate import MIB, MemoryEstimate, ModelShape
+from edge_run.runtime.estimate.gguf import MIB, MemoryEstimate, ModelShape
 
 from .conftest import CliResult
 
@@ -77,7 +78,7 @@ def _estimate(path: Path | None, shape: ModelShape | None, n_ctx: int, simd: tup
 
 
 def _inspect(path: Path, with_tensors: bool) -> dict[str, Any]:
-    from edge_run.runtime.gguf_info import gguf_summary
+    from edge_run.runtime.artifacts.gguf_info import gguf_summary
 
     return gguf_summary(_inner(path), with_tensors)
 
@@ -167,7 +168,7 @@ def test_a_third_format_is_two_rows(ggbin: None, tiny_checkpoint: Callable[[str]
     with pytest.raises(InsufficientMemoryError, match="needs about"):
         format_rows.check_memory(art, 512, available_mib=1)
 
-    from edge_run.runtime.picker import candidate_for_artifact, pick
+    from edge_run.runtime.pick.picker import candidate_for_artifact, pick
     from edge_run.runtime.profiles import get_profile
 
     result = pick(get_profile("pi4-4gb"), [candidate_for_artifact(art)], ctx=512)
@@ -203,8 +204,8 @@ def test_onnx_rows_estimate_and_pick(onnx_art: Path) -> None:
     import onnx
     from onnx import numpy_helper
 
-    from edge_run.runtime import estimate_onnx
-    from edge_run.runtime.picker import candidate_for_artifact, pick
+    from edge_run.runtime.estimate import onnx as estimate_onnx
+    from edge_run.runtime.pick.picker import candidate_for_artifact, pick
     from edge_run.runtime.profiles import get_profile
 
     art = onnx_art

@@ -297,10 +297,10 @@ def gguf_mutations(draw: st.DrawFn, blob: bytes, header_end: int) -> bytes:
 
 def test_fuzz_gguf_header(small_gguf: tuple[bytes, int], tmp_path: Path, counter: Counter) -> None:
     """`edge-run inspect`'s reader and the memory estimate `run` makes before loading."""
-    from edge_run.runtime.inspection import describe_artifact
+    from edge_run.runtime.artifacts.inspection import describe_artifact
 
     try:
-        from edge_run.runtime.estimate import shape_from_gguf
+        from edge_run.runtime.estimate.gguf import shape_from_gguf
     except ImportError:  # the estimator is issue 3's; until it lands only inspect is fuzzed
         shape_from_gguf = None
     blob, header_end = small_gguf
@@ -338,8 +338,8 @@ def test_gguf_array_count_past_the_end_fails_fast(small_gguf: tuple[bytes, int],
     path.write_bytes(bytes(data))
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
             "from edge_run.core.errors import ArtifactError\n"
-            "from edge_run.runtime.inspection import describe_artifact\n"
-            "from edge_run.runtime.estimate import shape_from_gguf\n"
+            "from edge_run.runtime.artifacts.inspection import describe_artifact\n"
+            "from edge_run.runtime.estimate.gguf import shape_from_gguf\n"
             "for fn in (describe_artifact, shape_from_gguf):\n"
             "    try:\n        fn(sys.argv[1])\n    except ArtifactError as e:\n        print(e.one_line())\n")
     res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)

@@ -1,4 +1,5 @@
-"""The bounded GGUF header reader (runtime/gguf_header.py) against gguf-py's GGUFReader, the reference we did not
+"""The bounded GGUF header reader (src/edge_run/runtime/gguf_header.py) against gguf-py's GGUFReader, the reference we
+did not
 write: every key-value and every tensor's type, shape, size and data offset are equal on synthetic files of every
 value type and on the real zoo artifacts; skipped arrays keep their counts; corrupt headers are refused fast with
 one ArtifactError line."""

@@ -1,4 +1,5 @@
-"""converters/gguf/half.py: ggml's float32 -> float16 row converter, bit for bit numpy's cast (round to nearest
+"""src/edge_run/converters/gguf/half.py: ggml's float32 -> float16 row converter, bit for bit numpy's cast (round to
+nearest
 even, subnormals, overflow to inf, signed zeros), and the finite check on float16 bits."""
 
 from __future__ import annotations

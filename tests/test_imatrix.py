@@ -10,8 +10,8 @@ import gguf
 import numpy as np
 import pytest
 
-from edge_run.runtime.evaluate import evaluate, load_corpus
-from edge_run.runtime.imatrix import compute_imatrix, load_imatrix, save_imatrix, weight_name
+from edge_run.runtime.eval.imatrix import compute_imatrix, load_imatrix, save_imatrix, weight_name
+from edge_run.runtime.eval.perplexity import evaluate, load_corpus
 
 HF_TO_GGUF = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
               "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",

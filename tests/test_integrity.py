@@ -9,7 +9,7 @@ import pytest
 
 from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
 from edge_run.core.errors import IntegrityError
-from edge_run.runtime.integrity import verify_artifact
+from edge_run.runtime.artifacts.integrity import verify_artifact
 
 from .conftest import CliResult
 

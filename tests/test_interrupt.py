@@ -54,7 +54,7 @@ def _everything_under(folder: Path) -> list[str]:
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_signal_midway_leaves_nothing(stage: str, signum: signal.Signals, smollm2: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "edge_run.runtime.cli.main", "convert", str(smollm2), "--quant", "q8_0,q4_k_m",
+    cmd = [sys.executable, "-m", "edge_run.cli.main", "convert", str(smollm2), "--quant", "q8_0,q4_k_m",
            "--out", str(out), "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     caught = False
@@ -85,11 +85,11 @@ def test_signal_midway_leaves_nothing(stage: str, signum: signal.Signals, smollm
 
 def test_interrupt_keeps_finished_artifacts(smollm2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A signal during the second quantization keeps the first, complete artifact and its manifest."""
-    from edge_run.runtime.integrity import verify_artifact
+    from edge_run.runtime.artifacts.integrity import verify_artifact
 
     monkeypatch.setenv("EDGE_RUN_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "edge_run.runtime.cli.main", "convert", str(smollm2), "--quant", "q8_0,q4_k_m",
+    cmd = [sys.executable, "-m", "edge_run.cli.main", "convert", str(smollm2), "--quant", "q8_0,q4_k_m",
            "--out", str(out), "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + DEADLINE_S

@@ -136,7 +136,7 @@ def test_sigkill_midway_then_rerun_leaves_nothing(tmp_path: Path) -> None:
     ckpt = zoo_checkpoint("smollm2-135m")
     out = tmp_path / "out"
     env = {**os.environ, "EDGE_RUN_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "edge_run.runtime.cli.main", "convert", str(ckpt), "--quant", "q8_0", "--out",
+    cmd = [sys.executable, "-m", "edge_run.cli.main", "convert", str(ckpt), "--quant", "q8_0", "--out",
            str(out), "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 120

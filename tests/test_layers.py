@@ -3,8 +3,8 @@
     edge_run.core        errors, files, manifests, quant types: imports no other edge_run package
     edge_run.converters  HF checkpoint -> GGUF / ONNX: imports core, never runtime
     edge_run.runtime     estimate, pick, run: imports core, never converters (a planned pairing's shape and
-                         conversion come through runtime/planning.py's interface, plugged in from above)
-    edge_run.runtime.cli (and tools/) compose both
+                         conversion come through src/edge_run/runtime/planning.py's interface, plugged in from above)
+    edge_run.cli (and tools/) compose both
 
 Every import statement counts, also one inside a function; a module-level import cycle is an error, and so
 is a cycle through deferred (function-level) imports.
@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = {"core": "edge_run.core", "converters": "edge_run.converters", "runtime": "edge_run.runtime",
-            "profiles": "edge_run.profiles"}
+SRC = ROOT / "src"
 # converters -> runtime edges still to remove (a debt list that may only shrink: a listed edge that no longer
-# exists fails too, so the list is kept exact). Empty: the importance matrix moved to runtime/imatrix.py.
+# exists fails too, so the list is kept exact). Empty: the importance matrix moved to
+# src/edge_run/runtime/eval/imatrix.py.
 CONVERTER_DEBTS: frozenset[tuple[str, str]] = frozenset()
 
 
@@ -39,11 +39,9 @@ class Edge:
 
 def all_modules() -> dict[str, Path]:
     mods = {}
-    for folder, package in PACKAGES.items():
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            rel = path.relative_to(ROOT / folder).with_suffix("")
-            parts = [p for p in rel.parts if p != "__init__"]
-            mods[".".join([package, *parts])] = path
+    for path in sorted((SRC / "edge_run").rglob("*.py")):
+        parts = [p for p in path.relative_to(SRC).with_suffix("").parts if p != "__init__"]
+        mods[".".join(parts)] = path
     return mods
 
 
@@ -86,9 +84,8 @@ def import_edges(mods: dict[str, Path]) -> list[Edge]:
 
 
 def package_of(mod: str) -> str:
-    if mod.startswith("edge_run.runtime.cli"):
-        return "cli"
-    return mod.split(".")[1]
+    parts = mod.split(".")
+    return parts[1] if len(parts) > 1 else ""
 
 
 def find_cycle(nodes: list[str], edges: list[Edge]) -> list[str] | None:
@@ -121,8 +118,8 @@ EDGES = import_edges(MODULES)
 
 
 def test_the_graph_is_read() -> None:
-    assert "edge_run.core.quants" in MODULES and "edge_run.runtime.cli.main" in MODULES
-    assert any(e.src == "edge_run.runtime.quant_mix" and e.dst == "edge_run.core.quants" for e in EDGES)
+    assert "edge_run.core.quants" in MODULES and "edge_run.cli.main" in MODULES
+    assert any(e.src == "edge_run.runtime.estimate.quant_mix" and e.dst == "edge_run.core.quants" for e in EDGES)
 
 
 def test_core_imports_no_other_package() -> None:
@@ -156,7 +153,7 @@ def test_the_planning_interface_is_plugged_in_from_above() -> None:
     assert set(methods) == {"plan", "convert", "artifact_path", "f16"}
     assert all(callable(getattr(impl, m, None)) for m in methods)
     users = {e.src for e in EDGES if e.dst == "edge_run.runtime.planning" and package_of(e.src) in ("cli",)}
-    assert "edge_run.runtime.cli.main" in users
+    assert "edge_run.cli.main" in users
 
 
 # deferred edges tolerated for now (each closes a cycle through a function-level import); new ones fail
@@ -196,7 +193,7 @@ CHILD = textwrap.dedent("""
 def test_every_module_imports_alone() -> None:
     """Each module imported first, in an interpreter that has imported nothing of edge_run (a forked child of
     a bare one): catches import cycles and modules that only work after another one was imported."""
-    names = sorted(m for m in MODULES if m != "edge_run.runtime.cli.__main__")
+    names = sorted(m for m in MODULES if m != "edge_run.cli.__main__")
     out = subprocess.run([sys.executable, "-c", CHILD, *names], capture_output=True, text=True, timeout=600,
                          cwd=ROOT)
     assert out.stdout.strip().endswith("FAILED:"), out.stdout[-2000:] + out.stderr[-4000:]

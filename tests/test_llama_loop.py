@@ -1,4 +1,5 @@
-"""The GGUF backend's own generation loop (runtime/backends/llama_loop.py) against llama-cpp-python's high-level
+"""The GGUF backend's own generation loop (src/edge_run/runtime/backends/llama_loop.py) against llama-cpp-python's
+high-level
 ``Llama.generate``, which builds the same llama.cpp sampler chain: the same tokens, greedy and seeded, for a prompt
 longer than one batch, and with the KV cache of a shared prefix reused; plain greedy's in-place argmax against the
 chain's greedy link."""
@@ -85,7 +86,7 @@ def test_prefix_reuse_gives_what_a_fresh_context_gives(tiny_gguf: Path) -> None:
 
 def test_a_cache_cleared_by_the_eval_scorer_is_not_trusted(tiny_gguf: Path) -> None:
     """eval's scorer clears the context's KV cache directly; the loop must notice and evaluate the whole prompt."""
-    from edge_run.runtime.eval_llama import LlamaChunkLogits
+    from edge_run.runtime.eval.llama_scorer import LlamaChunkLogits
 
     params = GenerationParams(max_tokens=8, temperature=0.0)
     with open_backend(tiny_gguf, LoadOptions(n_ctx=CTX, n_batch=BATCH, n_threads=2, reuse_prefix=True)) as b:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge_run.runtime.backends import GenerationParams, LoadOptions, open_backend
-from edge_run.runtime.evaluate import evaluate, load_corpus
+from edge_run.runtime.eval.perplexity import evaluate, load_corpus
 
 from .conftest import CliResult
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from edge_run.core.errors import NothingFitsError
-from edge_run.runtime.pick_quality import candidate_quality
-from edge_run.runtime.picker import Candidate, pick
+from edge_run.runtime.pick.picker import Candidate, pick
+from edge_run.runtime.pick.quality import candidate_quality
 from edge_run.runtime.profiles import get_profile, list_profiles
 
 from .test_picker import CANDIDATES, FAMILY, GOLDEN, synthetic
@@ -113,8 +113,8 @@ def test_a_planned_imatrix_pairing_converts_beside_the_plain_one(tiny_checkpoint
     """`run --profile` converts an imatrix pick with its importance matrix into <model>-imat.<QUANT>.gguf; the
     next scan lists it as that artifact (imatrix, same model name), not as a planned pairing again."""
     from edge_run.core.manifest import read_manifest
-    from edge_run.runtime.picker import convert_planned, gather_candidates
-    from edge_run.runtime.quality_store import QualityStore
+    from edge_run.runtime.eval.store import QualityStore
+    from edge_run.runtime.pick.picker import convert_planned, gather_candidates
 
     shutil.copytree(tiny_checkpoint("qwen3"), tmp_path / "models" / "tiny")
     store = QualityStore(tmp_path / "store")

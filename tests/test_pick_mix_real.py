@@ -1,4 +1,5 @@
-"""The tensor-type mix the quant-loss prediction uses (runtime/quant_mix.py) against real llama.cpp files: the
+"""The tensor-type mix the quant-loss prediction uses (src/edge_run/runtime/estimate/quant_mix.py) against real
+llama.cpp files: the
 k-quant types whose fallbacks on SmolLM2's 576-wide rows decide its predicted loss (Q2_K / Q3_K -> Q4_0,
 Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0)."""
 
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_run.runtime.estimate import shape_from_gguf
-from edge_run.runtime.quant_loss import mix_of, retyped
+from edge_run.runtime.estimate.gguf import shape_from_gguf
+from edge_run.runtime.pick.quant_loss import mix_of, retyped
 
 
 @pytest.mark.zoo

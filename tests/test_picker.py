@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from edge_run.core.errors import NothingFitsError
-from edge_run.runtime.estimate import ModelShape, TensorInfo
-from edge_run.runtime.picker import Candidate, pick
+from edge_run.runtime.estimate.gguf import ModelShape, TensorInfo
+from edge_run.runtime.estimate.quant_mix import tensor_bytes, tensor_type
+from edge_run.runtime.pick.picker import Candidate, pick
 from edge_run.runtime.profiles import get_profile, list_profiles
-from edge_run.runtime.quant_mix import tensor_bytes, tensor_type
 
 from .conftest import CliResult
 

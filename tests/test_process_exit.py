@@ -1,5 +1,5 @@
-"""The process entry ends the process without the interpreter's teardown (runtime/cli/main.end_process), and
-`run` leaves its model to the exit (runtime/cli/_common.closed_or_left_to_exit). What an exit must still do is
+"""The process entry ends the process without the interpreter's teardown (src/edge_run/cli/main.end_process), and
+`run` leaves its model to the exit (src/edge_run/cli/_common.closed_or_left_to_exit). What an exit must still do is
 checked here: every byte written reaches its reader (Python's buffers and C stdio's), the exit code is kept,
 atexit handlers run, a thread still at work finishes, a reader that went away gives 141, and a model is closed
 whenever main() runs in-process."""
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from edge_run.runtime.cli import _common
+from edge_run.cli import _common
 
-ENTRY = [sys.executable, "-m", "edge_run.runtime.cli.main"]
+ENTRY = [sys.executable, "-m", "edge_run.cli.main"]
 
 
 def _end(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """``code`` in a fresh process, its output buffered (as in a pipe without PYTHONUNBUFFERED)."""
-    prelude = "import sys, os, atexit, threading, time, ctypes\nfrom edge_run.runtime.cli.main import end_process\n"
+    prelude = "import sys, os, atexit, threading, time, ctypes\nfrom edge_run.cli.main import end_process\n"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, cwd=tmp_path,
                           timeout=60, env=env)
@@ -51,7 +51,7 @@ def test_atexit_handlers_run_and_a_working_thread_finishes(tmp_path: Path) -> No
 def test_reader_gone_is_141(tmp_path: Path) -> None:
     """The last flush into a pipe nobody reads: 141, as for a write during the command, and nothing on stderr."""
     code = "sys.stdout.write('y' * 1000)\nend_process(0)\n"
-    prelude = "import sys\nfrom edge_run.runtime.cli.main import end_process\n"
+    prelude = "import sys\nfrom edge_run.cli.main import end_process\n"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # the text waits in the buffer
     p = subprocess.Popen([sys.executable, "-c", prelude + code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          cwd=tmp_path, env=env)
@@ -95,7 +95,7 @@ def test_model_closed_unless_the_process_ends(monkeypatch: pytest.MonkeyPatch, e
 
 def test_full_disk_at_the_last_flush_is_one_line_and_exit_4(tmp_path: Path) -> None:
     """/dev/full (Linux, the platform edge-run targets) fails every write with ENOSPC."""
-    prelude = "import sys\nfrom edge_run.runtime.cli.main import end_process\n"
+    prelude = "import sys\nfrom edge_run.cli.main import end_process\n"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     with open("/dev/full", "w") as full:
         r = subprocess.run([sys.executable, "-c", prelude + "sys.stdout.write('z' * 100)\nend_process(0)\n"],

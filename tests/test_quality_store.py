@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from edge_run.core.errors import UsageError
-from edge_run.runtime.pick_quality import reference_corpus_sha256, store_references
-from edge_run.runtime.quality_store import QualityStore, StoreKey
+from edge_run.runtime.eval.store import QualityStore, StoreKey
+from edge_run.runtime.pick.quality import reference_corpus_sha256, store_references
 
 
 def key(quant: str = "Q8_0", chunks: int = 20, digest: str = "d1", ctx: int = 512) -> StoreKey:

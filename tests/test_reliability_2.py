@@ -26,7 +26,7 @@ def _child(*args: str | bytes | Path, env: dict[str, str] | None = None, **kwarg
     full = {k: v for k, v in os.environ.items() if k != "EDGE_RUN_DEBUG"}
     full.update(env or {})
     argv = [a if isinstance(a, bytes) else str(a) for a in args]
-    return subprocess.Popen([sys.executable, "-m", "edge_run.runtime.cli.main", *argv], env=full,
+    return subprocess.Popen([sys.executable, "-m", "edge_run.cli.main", *argv], env=full,
                             **kwargs)  # type: ignore[call-overload]
 
 
@@ -152,7 +152,7 @@ def test_eval_prints_the_result_before_saying_the_manifest_is_read_only(
 def test_guard_honours_rlimit_as(tmp_path: Path) -> None:
     """Under `ulimit -v`, available memory is what the address-space limit leaves, not the machine's."""
     code = ("import resource, psutil, numpy\n"  # the guard maps numpy's libraries before it measures
-            "from edge_run.runtime.estimate import available_memory_bytes\n"
+            "from edge_run.runtime.estimate.gguf import available_memory_bytes\n"
             "vms = psutil.Process().memory_info().vms\n"
             "resource.setrlimit(resource.RLIMIT_AS, (vms + 200 * 2**20, resource.RLIM_INFINITY))\n"
             "print(available_memory_bytes() / 2**20)\n")
@@ -163,7 +163,7 @@ def test_guard_honours_rlimit_as(tmp_path: Path) -> None:
 def test_guard_honours_cgroup_memory_max(tiny_artifact: Path, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """cgroup v2: the tightest memory.max - memory.current on the way from this process's group to the root."""
-    from edge_run.runtime import estimate
+    from edge_run.runtime.estimate import gguf as estimate
 
     membership = tmp_path / "cgroup"
     membership.write_text("0::/user.slice/job.scope\n")
@@ -185,8 +185,8 @@ def test_out_of_memory_is_a_resource_error(art: Path) -> None:
     """Loading under an address-space limit the model does not fit in: exit 4 (memory), not 3 (corrupt file)."""
     # what `run` has mapped when its memory guard reads the address space left (under a limit it imports numpy
     # first, as every backend will before the model loads)
-    probe = ("import sys, psutil, numpy, edge_run.runtime.cli.main, edge_run.runtime.cli.run\n"
-             "from edge_run.runtime.estimate import shape_from_gguf\n"
+    probe = ("import sys, psutil, numpy, edge_run.cli.main, edge_run.cli.run\n"
+             "from edge_run.runtime.estimate.gguf import shape_from_gguf\n"
              "shape_from_gguf(sys.argv[1])\n"
              "print(psutil.Process().memory_info().vms)\n")
     vms = int(subprocess.run([sys.executable, "-c", probe, str(art)], capture_output=True, text=True, check=True,
@@ -207,7 +207,7 @@ def test_out_of_memory_is_a_resource_error(art: Path) -> None:
 def test_a_library_that_cannot_be_mapped_is_out_of_memory(monkeypatch: pytest.MonkeyPatch,
                                                           capfd: pytest.CaptureFixture[str]) -> None:
     """Under `ulimit -v`, a library imported on first use (numpy's BLAS) fails in dlopen: exit 4, one line."""
-    from edge_run.runtime.cli import main as cli_main
+    from edge_run.cli import main as cli_main
 
     def no_room(only: str | None = None) -> None:
         raise ImportError("libscipy_openblas64_.so: failed to map segment from shared object")
@@ -244,7 +244,7 @@ def test_a_context_that_does_not_fit_is_a_memory_error(art: Path, cli: Callable[
 ], ids=["MemoryError", "mmap-of-a-library", "bad_alloc", "SIGKILL", "assert", "corrupt-header"])
 def test_header_check_tells_memory_from_corruption(returncode: int, stderr: str, code: int) -> None:
     """The header-check child inherits the memory limit: running out of it is not a corrupt file."""
-    from edge_run.runtime.preflight import _failure
+    from edge_run.runtime.artifacts.preflight import _failure
 
     assert _failure(Path("x.gguf"), returncode, stderr).exit_code == code
 
@@ -256,7 +256,7 @@ def test_verify_rehashes_and_boot_id_keys_the_cache(art: Path, cli: Callable[...
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Bit rot keeps size and mtime: the cached check misses it within a boot, `verify` and the first use after a
     reboot (a new boot id) catch it."""
-    from edge_run.runtime import integrity
+    from edge_run.runtime.artifacts import integrity
 
     assert cli("verify", art).code == 0
     st = art.stat()
@@ -308,7 +308,7 @@ def test_a_corpus_named_like_the_builtin_is_not_stored_as_it(art: Path, tmp_path
 
 def test_a_non_finite_measurement_is_never_stored(art: Path, tmp_path: Path) -> None:
     from edge_run.core.errors import ArtifactError
-    from edge_run.runtime.evaluate import evaluate, load_corpus, save_quality
+    from edge_run.runtime.eval.perplexity import evaluate, load_corpus, save_quality
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 400)

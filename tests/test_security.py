@@ -22,7 +22,7 @@ from edge_run.core.errors import ArtifactError, CheckpointError
 from .conftest import CliResult
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGE_DIRS = ("runtime", "converters", "profiles")
+PACKAGE_DIRS = ("src/edge_run/runtime", "src/edge_run/converters", "src/edge_run/profiles", "src/edge_run/cli")
 
 
 class _Trap:
@@ -82,7 +82,7 @@ def _calls_and_imports(path: Path) -> tuple[set[str], list[ast.Call]]:
 
 
 # the one module that opens a socket: `edge-run serve` binds its listener (test_server_only_listens_on_loopback)
-LISTENERS = {"runtime/serve/server.py": {"socket"}}
+LISTENERS = {"src/edge_run/runtime/serve/server.py": {"socket"}}
 
 
 def test_package_has_no_unpickling_or_network_code() -> None:
@@ -113,7 +113,7 @@ ESCAPES = {
 
 @pytest.mark.parametrize("template", list(ESCAPES.values()), ids=list(ESCAPES))
 def test_template_cannot_reach_python_internals(template: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge_run.runtime.chat import render_chat
+    from edge_run.runtime.chat.template import render_chat
 
     monkeypatch.chdir(tmp_path)
     messages = [{"role": "user", "content": "hi"}]
@@ -228,7 +228,7 @@ def test_no_network_in_any_process(no_network_env: tuple[dict[str, str], Path], 
     out, models = tmp_path / "out", tmp_path / "models"
 
     def edge_run(*args: str | Path) -> str:
-        res = subprocess.run([sys.executable, "-m", "edge_run.runtime.cli.main", *map(str, args)], env=env,
+        res = subprocess.run([sys.executable, "-m", "edge_run.cli.main", *map(str, args)], env=env,
                              capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, f"{args[0]} failed without network: {res.stderr[-2000:]}"
         return res.stdout

@@ -133,7 +133,7 @@ def test_busy_port_is_one_line_and_exit_4(tiny_server: Server, tmp_path: Path) -
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, "-m", "edge_run.runtime.cli.main", "serve", "nope.gguf", "--port",
+    res = subprocess.run([sys.executable, "-m", "edge_run.cli.main", "serve", "nope.gguf", "--port",
                           str(tiny_server.port)], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "EDGE_RUN_CACHE": str(tmp_path)})
     assert res.returncode == 4, res.stderr
@@ -154,7 +154,7 @@ def test_missing_serve_extra_is_one_line(tmp_path: Path) -> None:
     import sys
 
     code = ("import sys; sys.modules['sse_starlette'] = None\n"
-            "from edge_run.runtime.cli.main import main\nsys.exit(main(['serve', 'x.gguf']))")
+            "from edge_run.cli.main import main\nsys.exit(main(['serve', 'x.gguf']))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "EDGE_RUN_CACHE": str(tmp_path)})
     assert res.returncode == 2

@@ -1,4 +1,4 @@
-"""The load sequence (runtime/session.py): every command that opens an artifact checks its integrity first;
+"""The load sequence (src/edge_run/runtime/session.py): every command that opens an artifact checks its integrity first;
 the context is resolved against the trained context; the memory guard runs before loading."""
 
 from __future__ import annotations

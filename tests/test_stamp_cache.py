@@ -1,5 +1,6 @@
-"""core/stamp_cache.py: facts cached per file identity (path, size, mtime), and the GGUF shape cache that lets
-`run`'s memory guard skip the header read (runtime/estimate.py)."""
+"""src/edge_run/core/stamp_cache.py: facts cached per file identity (path, size, mtime), and the GGUF shape cache that
+lets
+`run`'s memory guard skip the header read (src/edge_run/runtime/estimate/gguf.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from edge_run.core.errors import ArtifactError
 from edge_run.core.stamp_cache import StampCache
-from edge_run.runtime import estimate
+from edge_run.runtime.estimate import gguf as estimate
 
 
 def test_value_lives_while_the_file_is_unchanged(tmp_path: Path) -> None:
@@ -105,7 +106,7 @@ def test_a_fact_about_several_files_lives_while_each_is_unchanged(tmp_path: Path
 def test_onnx_facts_are_read_once_across_processes(tiny_checkpoint: Callable[[str], Path], tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from edge_run.converters.onnx.convert import OnnxOptions, convert_to_onnx
-    from edge_run.runtime import estimate_onnx
+    from edge_run.runtime.estimate import onnx as estimate_onnx
 
     (art,) = convert_to_onnx(tiny_checkpoint("llama"), tmp_path, OnnxOptions(quant="int4", name="t"))
     first = estimate_onnx.onnx_facts(art)

@@ -1,5 +1,6 @@
 """The GGUF backend attaches one persistent ggml threadpool to its llama.cpp context, as llama-bench and llama-cli
-do (runtime/backends/threadpool.py). The numbers must not change: with the same thread count ggml splits every
+do (src/edge_run/runtime/backends/threadpool.py). The numbers must not change: with the same thread count ggml splits
+every
 graph the same way, so the logits equal plain llama-cpp-python's (no pool: a fresh set of threads per graph)
 bit for bit, for a batch and for single-token decodes."""
 

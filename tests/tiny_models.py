@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge_run.runtime.datasets import builtin_corpus_path
+from edge_run.runtime.eval.corpora import builtin_corpus_path
 
 SPECIALS = ("<s>", "</s>", "<pad>")
 

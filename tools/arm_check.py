@@ -15,7 +15,7 @@ What it does (see tools/arm_rootfs.py for the rootfs and how commands run in it)
  4. The negative: the Pi 5 bundle's install.sh on cortex-a72 refuses with one line (exit 3), and the Pi 5
     build run there anyway dies with SIGILL.
  5. Peak RSS of the Q4_0 / Q4_K_M / Q8_0 runs at ctx 512 and 2048 (guest memory only: tools/arm_rss.py)
-    against runtime/estimate.py for pi4-4gb (cortex-a72) and pi5-8gb (cortex-a76).
+    against src/edge_run/runtime/estimate/gguf.py for pi4-4gb (cortex-a72) and pi5-8gb (cortex-a76).
 A table is printed at the end; exit status 0 only when every row passes. Emulated timings mean nothing and are
 not reported, except the leg's own wall time.
 """
@@ -95,7 +95,7 @@ def logged(row: Row) -> Row:
 
 
 def edge_run_cmd() -> list[str]:
-    return [sys.executable, "-m", "edge_run.runtime.cli.main"]
+    return [sys.executable, "-m", "edge_run.cli.main"]
 
 
 # ------------------------------------------------------------------------------------- artifacts + x86
@@ -278,7 +278,7 @@ def group_rows(pristine: Path, profile: str, boards: list[Board], arts: dict[str
 # ------------------------------------------------------------------------------------------------- rss
 
 def rss_table(rows: list[Row], arts: dict[str, Path], idle_qemu_mib: float) -> list[dict[str, Any]]:
-    from edge_run.runtime.estimate import estimate_memory, shape_from_gguf
+    from edge_run.runtime.estimate.gguf import estimate_memory, shape_from_gguf
     from edge_run.runtime.profiles import get_profile
 
     table = []

@@ -90,5 +90,5 @@ def run_sampled(cmd: Sequence[str], env: Mapping[str, str], timeout: float, inte
 
 def idle_python_cmd(chroot: Path, python: str) -> list[str]:
     """An emulated python that has imported what ``edge-run run`` imports, then sleeps while it is sampled."""
-    code = "import numpy, llama_cpp, edge_run.runtime.cli.main, time; time.sleep(3)"
+    code = "import numpy, llama_cpp, edge_run.cli.main, time; time.sleep(3)"
     return chroot_cmd(chroot, [python, "-c", code])

@@ -65,7 +65,7 @@ def main() -> None:
         ckpt = zoo_checkpoint(model)
         size = sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "edge_run.runtime.cli.main", "convert", str(ckpt), "--quant", args.quant,
+            cmd = [sys.executable, "-m", "edge_run.cli.main", "convert", str(ckpt), "--quant", args.quant,
                    "--out", tmp, "--json"]
             stats = measure(cmd)
             out_size = sum(f.stat().st_size for f in Path(tmp).glob("*.gguf"))

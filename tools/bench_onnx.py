@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge_run.cli.main import main as edge_run
 from edge_run.runtime.backends import GenerationParams, LoadOptions, open_backend
 from edge_run.runtime.backends.base import physical_cores
-from edge_run.runtime.cli.main import main as edge_run
-from edge_run.runtime.evaluate import evaluate, load_corpus
+from edge_run.runtime.eval.perplexity import evaluate, load_corpus
 from tools.zoo import zoo_checkpoint
 
 ONNX_VARIANTS: tuple[tuple[str, int, bool], ...] = (  # (scheme, block size, symmetric)

@@ -1,6 +1,6 @@
 """Greedy decoding's two samplers side by side, in one process on one context: llama.cpp's sampler chain
 (penalties off -> greedy, through ``llama_sampler_sample``) and GreedyPick (numpy's argmax on llama.cpp's logits
-row in place; runtime/backends/llama_loop.py).
+row in place; src/edge_run/runtime/backends/llama_loop.py).
 
     per-token cost: the same logits row sampled K times by each, alternating blocks    -> us per token
     decode:         tg128 (a 1-token prompt, 128 tokens, end-of-text ignored) with each, alternating -> tok/s

@@ -131,7 +131,7 @@ def idle_rss_mib(pid: int) -> float:
 
 
 def run_peak_rss(path: Path, threads: int, env: dict[str, str]) -> float:
-    res = subprocess.run([sys.executable, "-m", "edge_run.runtime.cli.main", "run", str(path), "-p", QUESTIONS[0],
+    res = subprocess.run([sys.executable, "-m", "edge_run.cli.main", "run", str(path), "-p", QUESTIONS[0],
                           "--chat", "-n", "32", "--json", "--threads", str(threads)], capture_output=True, text=True,
                          env=env, check=True)
     return float(json.loads(res.stdout)["peak_rss_mib"])
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
 
     ours_port, theirs_port = free_port(), free_port()
-    ours = start([sys.executable, "-m", "edge_run.runtime.cli.main", "serve", str(path), "--port", str(ours_port),
+    ours = start([sys.executable, "-m", "edge_run.cli.main", "serve", str(path), "--port", str(ours_port),
                   "--threads", str(args.threads), "--ctx", str(args.ctx)], ours_port, env)
     theirs = None
     note = None

@@ -21,7 +21,7 @@ recorded: numbers from a machine shared with other jobs are ratios of interleave
 ratio is the median over rounds of edge-run / reference within the round (its two runs are adjacent in time);
 the ratio of the two sides' medians is kept beside it.
 
-``--plain``: edge-run's runtime vs plain llama-cpp-python ``Llama`` in one process (runtime/bench.py's
+``--plain``: edge-run's runtime vs plain llama-cpp-python ``Llama`` in one process (src/edge_run/runtime/bench.py's
 measurement for both), ratio edge-run / plain (>= 0.97 is the goal).
 """
 
@@ -175,7 +175,7 @@ def _zoo_files(model: str, quants: str) -> dict[str, Path]:
 
 def table_main(args: argparse.Namespace) -> int:
     from edge_run.runtime.backends.base import physical_cores
-    from edge_run.runtime.datasets import builtin_corpus_path
+    from edge_run.runtime.eval.corpora import builtin_corpus_path
     from tools import speed_rows as rows
     from tools.llama_tools import installed_version, llama_tools
     from tools.zoo import zoo_checkpoint

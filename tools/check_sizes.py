@@ -12,7 +12,7 @@ from pathlib import Path
 
 MAX_LINES = 500
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ("core", "runtime", "converters", "profiles", "tools", "tests")
+FOLDERS = ("src", "tools", "tests")
 
 
 def module_sizes(root: Path = ROOT) -> dict[Path, int]:

@@ -5,8 +5,8 @@
 
 A block is ``<!-- gen:NAME -->`` ... ``<!-- /gen -->`` in README.md; NAME is a key of GENERATORS:
 
-    archs     converters/architectures.py ARCHITECTURES (one row per architecture)
-    quants    core/quants.py QUANTS (one row per quant type)
+    archs     src/edge_run/converters/architectures.py ARCHITECTURES (one row per architecture)
+    quants    src/edge_run/core/quants.py QUANTS (one row per quant type)
     profiles  the shipped profiles/*.toml
 """
 

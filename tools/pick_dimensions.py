@@ -29,7 +29,7 @@ from edge_run.converters.gguf.quant_types import QUANT_TYPES
 from edge_run.core.fsutil import atomic_write_text, cache_dir
 from edge_run.core.manifest import read_manifest
 from edge_run.core.quants import PLANNED_QUANTS
-from edge_run.runtime.evaluate import evaluate, load_corpus
+from edge_run.runtime.eval.perplexity import evaluate, load_corpus
 from tools.zoo import zoo_checkpoint
 
 MODELS = ("smollm2-135m", "gemma3-270m")

@@ -6,12 +6,14 @@ Qwen2.5-Coder-0.5B 12; each row's "chunks"),
 the imatrix variants of Q4_K_M / Q3_K_M / Q2_K included, each with an f16 KV cache and (``--cache-type auto``)
 with a q8_0 one, whose BPB is the f16 one's plus the model's measured KV effect (results/pick_dimensions.json,
 tools/pick_dimensions.py: the paired difference on the same chunks at ctx 512; a model without one gets the
-picker's default, runtime/quality.py KV_DELTA_BPB, listed in "kv_effect_assumed"). Memory: the estimator
-(runtime/estimate.py) on each model's shapes (public config values, types from runtime/quant_mix.py). The
+picker's default, src/edge_run/runtime/pick/prior.py KV_DELTA_BPB, listed in "kv_effect_assumed"). Memory: the estimator
+(src/edge_run/runtime/estimate/gguf.py) on each model's shapes (public config values, types from
+src/edge_run/runtime/estimate/quant_mix.py). The
 oracle knows every measured BPB; the picker is run twice per cache mode:
 
     anchor    it knows each model's Q8_0 measurement only (what `pick --measure` gives it first); every other
-              type is predicted from the pairing's tensor-type mix (runtime/quant_loss.py), an imatrix variant
+              type is predicted from the pairing's tensor-type mix (src/edge_run/runtime/pick/quant_loss.py), an
+              imatrix variant
               with the fitted imatrix ratio, a q8_0 KV cache with the zoo's mean effect
     measured  it knows every measurement (after `pick --measure` measured every pairing and the KV effect)
 
@@ -35,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from edge_run.core.errors import NothingFitsError
-from edge_run.runtime.estimate import ModelShape, TensorInfo
-from edge_run.runtime.picker import Candidate, pick
+from edge_run.runtime.estimate.gguf import ModelShape, TensorInfo
+from edge_run.runtime.estimate.quant_mix import tensor_bytes, tensor_type
+from edge_run.runtime.pick.picker import Candidate, pick
+from edge_run.runtime.pick.prior import KV_DELTA_BPB
 from edge_run.runtime.profiles import get_profile, list_profiles
-from edge_run.runtime.quality import KV_DELTA_BPB
-from edge_run.runtime.quant_mix import tensor_bytes, tensor_type
 from tools.quant_loss_fit import HPARAMS
 
 CTXS = (512, 2048, 8192)

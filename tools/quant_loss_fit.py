@@ -1,16 +1,17 @@
-"""Fit runtime/quant_loss.py's per-type costs on measured data; report leave-one-model-out error.
+"""Fit src/edge_run/runtime/pick/quant_loss.py's per-type costs on measured data; report leave-one-model-out error.
 
 Data (no model is run here):
     - results/tradeoff.json: SmolLM2-135M, Gemma3-270M (40 chunks x 512) and Qwen2.5-Coder-0.5B (fewer chunks,
       see its settings "chunks_by_model"), every plain quant type measured on WikiText-2 against the same
       model's F16: loss = ln(PPL_q / PPL_F16) nats per token (minus the row of the type the zoo checkpoint
       was dequantized from, see SOURCE_FTYPE);
-    - llama.cpp's published Llama-3-8B deltas (runtime/quality.py PUBLISHED_PPL_DELTA, same corpus).
+    - llama.cpp's published Llama-3-8B deltas (src/edge_run/runtime/pick/prior.py PUBLISHED_PPL_DELTA, same corpus).
 Each model's tensor shapes come from its public config (HPARAMS, one row per model) and the type mix
-from runtime/quant_mix.py, so every row is described by what the predictor sees at pick time.
+from src/edge_run/runtime/estimate/quant_mix.py, so every row is described by what the predictor sees at pick time.
 
 Fit: for each (GAMMA, OUTPUT_WEIGHT) on a grid, the costs by non-negative least squares on relative
-errors (each model weighted equally); the best grid point wins. The shipped fit ("fit", runtime/quant_loss.py's
+errors (each model weighted equally); the best grid point wins. The shipped fit ("fit",
+src/edge_run/runtime/pick/quant_loss.py's
 costs) leaves out the HELD_OUT models, so they check it; "fit_all" is the fit on every model. Leave-one-model-out:
 fit on all the other models, predict every row of the one left out (a type it never saw is interpolated from bits, as at
 pick time); the error is reported in nats/token and, for measured models, in BPB. The baseline is
@@ -31,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_run.runtime.estimate import TensorInfo
-from edge_run.runtime.quality import LLAMA3_8B_F16_PPL, PUBLISHED_PPL_DELTA, penalty_nats
-from edge_run.runtime.quant_loss import BLOCK_SCALE, TypeMix, loss_nats, mix_of
-from edge_run.runtime.quant_mix import K_FALLBACK, QUANT_MIX, tensor_type
+from edge_run.runtime.estimate.gguf import TensorInfo
+from edge_run.runtime.estimate.quant_mix import K_FALLBACK, QUANT_MIX, tensor_type
+from edge_run.runtime.pick.prior import LLAMA3_8B_F16_PPL, PUBLISHED_PPL_DELTA, penalty_nats
+from edge_run.runtime.pick.quant_loss import BLOCK_SCALE, TypeMix, loss_nats, mix_of
 
 # name -> (layers, n_embd, n_ff, heads, kv heads, head dim, vocab, tied embeddings): public config.json values
 HPARAMS: dict[str, tuple[int, int, int, int, int, int, int, bool]] = {
@@ -213,7 +214,8 @@ def lomo(obs: list[Obs], pool_held_out: bool = False) -> dict[str, Any]:
 
 def imatrix_ratios(tradeoff: dict[str, Any]) -> dict[str, Any]:
     """Loss with an importance matrix over loss without, per measured (model, file type) pair (the source type's
-    row left out, as above); the geometric mean is runtime/quality.py's IMATRIX_LOSS_RATIO. Leave-one-model-out:
+    row left out, as above); the geometric mean is src/edge_run/runtime/pick/prior.py's IMATRIX_LOSS_RATIO.
+    Leave-one-model-out:
     each model's imatrix losses predicted with the other models' mean ratio, error in BPB. "ratio" and every
     prediction leave the HELD_OUT models' pairs out; "ratio_all" is the mean over every pair."""
     rows = {(r["model"], r["quant"], r["imatrix"]): r for r in tradeoff["rows"]}

@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-EDGE_RUN = [sys.executable, "-m", "edge_run.runtime.cli.main"]
+EDGE_RUN = [sys.executable, "-m", "edge_run.cli.main"]
 RUN_PROMPT = "The capital of France is"
 # the plain llama-cpp-python script `edge-run run` is compared with (7 lines, as a user would write it), with the same
 # threads for prompt and generation and flash attention on, as edge-run (and llama.cpp's own tools) load models

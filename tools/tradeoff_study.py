@@ -5,7 +5,7 @@ F16, Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K, plus Q4_K_M / Q3_K_M / Q2_K
 (measured on a calibration text that is not the evaluation text: Tiny Shakespeare by default). Each
 artifact gets: file size, real bits per weight, PPL and BPB on WikiText-2 (ctx 512; the first 40 chunks,
 or all with --full), KL divergence and top-1 agreement vs the F16 of the same model, decode and prefill
-tokens/s (runtime/bench.py, median of repeated runs).
+tokens/s (src/edge_run/runtime/bench.py, median of repeated runs).
 
     work dir (default <edge-run cache>/tradeoff)/<model>/
         plain/    <model>.<QUANT>.gguf + manifests
@@ -40,8 +40,8 @@ from edge_run.core.fsutil import atomic_write_text, cache_dir
 from edge_run.core.manifest import read_manifest
 from edge_run.core.quants import PLANNED_QUANTS
 from edge_run.runtime.bench import BenchConfig, bench, machine_info
-from edge_run.runtime.evaluate import evaluate, load_corpus
-from edge_run.runtime.imatrix import imatrix_for_checkpoint
+from edge_run.runtime.eval.imatrix import imatrix_for_checkpoint
+from edge_run.runtime.eval.perplexity import evaluate, load_corpus
 from tools.zoo import zoo_checkpoint
 
 MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b")

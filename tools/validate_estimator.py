@@ -16,7 +16,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from edge_run.runtime.estimate import estimate_memory, host_simd, shape_from_gguf
+from edge_run.runtime.estimate.gguf import estimate_memory, host_simd, shape_from_gguf
 from tools.rss_probe import run_probe
 
 _PROBE = r"""
@@ -36,7 +36,7 @@ GOAL_REL, GOAL_ABS_MIB = 0.05, 16.0
 
 def measure(path: Path, ctx: int, n_prompt: int, flash_attn: bool = True) -> dict[str, float]:
     """Peak RSS of a fresh process; flash attention on as edge-run loads GGUFs (llama.cpp's default)."""
-    from edge_run.runtime.datasets import builtin_corpus_path
+    from edge_run.runtime.eval.corpora import builtin_corpus_path
 
     return run_probe(_PROBE, str(path), str(ctx), str(n_prompt), str(builtin_corpus_path("wikitext-2-raw-test")),
                      "on" if flash_attn else "off")

@@ -1,4 +1,4 @@
-"""Check the ONNX memory estimator (runtime/estimate_onnx.py) against measured peak RSS.
+"""Check the ONNX memory estimator (src/edge_run/runtime/estimate/onnx.py) against measured peak RSS.
 
 For every artifact x context, a fresh process opens the artifact with edge-run's ONNX backend, runs a prompt of
 min(512, ctx - 16) tokens in one call, then decodes until the context is full (the KV cache buffers are
@@ -21,9 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edge_run.runtime.estimate import MIB
-from edge_run.runtime.estimate_onnx import onnx_facts
-from edge_run.runtime.format_rows import estimate_artifact
+from edge_run.runtime.artifacts.formats import estimate_artifact
+from edge_run.runtime.estimate.gguf import MIB
+from edge_run.runtime.estimate.onnx import onnx_facts
 from tools.rss_probe import run_probe
 
 _PROBE = r"""
@@ -44,7 +44,7 @@ GOAL_REL, GOAL_ABS_MIB = 0.05, 16.0
 
 
 def measure(path: Path, ctx: int, n_prompt: int) -> dict[str, float]:
-    from edge_run.runtime.datasets import builtin_corpus_path
+    from edge_run.runtime.eval.corpora import builtin_corpus_path
 
     return run_probe(_PROBE, str(path), str(ctx), str(n_prompt), str(builtin_corpus_path("wikitext-2-raw-test")))
 

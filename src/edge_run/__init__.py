@@ -1,0 +1,1 @@
+"""edge-run: offline edge inference (convert, pick, run) for small CPU devices."""

@@ -1,0 +1,106 @@
+"""`edge-run pick`: the best model x quant pairing for a device profile, with the whole table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from edge_run.cli._common import console, err_console, print_json, progress_bars
+from edge_run.runtime.eval.store import QualityStore
+from edge_run.runtime.pick.picker import PickResult, gather_candidates, pick
+from edge_run.runtime.pick.quality import measure_command
+from edge_run.runtime.profiles import get_profile
+
+
+def pick_cmd(
+    profile: str = typer.Option(..., "--profile", help="profile name, a .toml path, or 'auto'"),
+    ctx: int = typer.Option(2048, "--ctx", min=16, help="context the pairing must hold"),
+    min_tps: float = typer.Option(0.0, "--min-tps", min=0.0, help="minimum predicted decode tokens/s"),
+    models: Path = typer.Option(Path("models"), "--models", help="folder of .gguf artifacts and HF checkpoints"),
+    cache_type: str = typer.Option("f16", "--cache-type",
+                                   help="KV cache type: f16 | q8_0 | q4_0 | f32, or auto: f16 unless a q8_0 cache "
+                                        "(with flash attention) makes a better pairing fit"),
+    min_ctx: int = typer.Option(None, "--min-ctx", min=16,
+                                help="allow trading context for quality: rank pairings that fit only at a shorter "
+                                     "context, down to this one (default: --ctx is a requirement)"),
+    as_json: bool = typer.Option(False, "--json"),
+    plot: Path = typer.Option(None, "--plot", help="write quality vs memory (PNG) with budget and Pareto frontier"),
+    measure: bool = typer.Option(False, "--measure", help="measure the quality the ranking needs first (stored)"),
+    budget_seconds: float = typer.Option(None, "--budget-seconds", min=1.0, help="with --measure: time budget"),
+    chunks: int = typer.Option(20, "--chunks", min=1, help="with --measure: chunks of 512 tokens per model"),
+    slice_chunks: int = typer.Option(4, "--slice-chunks", min=1, help="with --measure: chunks per pairing"),
+) -> None:
+    """Show every candidate (memory, fit, quality, speed) and pick the best one that fits."""
+    store = QualityStore.default()
+    dev = get_profile(profile)
+    result = pick(dev, gather_candidates(models, store=store), ctx=ctx, min_tps=min_tps, cache_type=cache_type,
+                  min_ctx=min_ctx)
+    if measure:
+        _measure(result, store, chunks, min(slice_chunks, chunks), budget_seconds, quiet=as_json)
+        result = pick(dev, gather_candidates(models, store=store), ctx=ctx, min_tps=min_tps, cache_type=cache_type,
+                      min_ctx=min_ctx)
+    for problem in dict.fromkeys(store.problems):
+        err_console.print(f"note: {problem}", markup=False)
+    if plot is not None:
+        from edge_run.runtime.pick.plot import plot_pick
+
+        plot_pick(result, plot)
+    if as_json:
+        commands = list(dict.fromkeys(measure_command(r.candidate, dev.name, str(models))
+                                      for r in result.rows if r.quality.unmeasured))
+        print_json({**result.to_dict(), "measure_commands": commands,
+                    "quality_store_notes": list(dict.fromkeys(store.problems))})
+        return
+    _print(result, str(models))
+
+
+def _measure(result: PickResult, store: QualityStore, chunks: int, slice_chunks: int, budget: float | None,
+             quiet: bool) -> None:
+    from edge_run.runtime.pick.measure import plan, run
+
+    report = plan(result, store, chunks, slice_chunks, budget)
+    out = err_console if quiet else console
+    if not report.planned:
+        out.print("measure: nothing to do, the quality store already has what the ranking needs")
+    else:
+        out.print(f"measure: {len(report.planned)} steps, about {report.est_seconds / 60:.1f} min: "
+                  + ", ".join(s.label for s in report.planned), markup=False)
+    if report.over_budget:
+        out.print(f"measure: {len(report.over_budget)} steps left out by --budget-seconds: "
+                  + ", ".join(s.label for s in report.over_budget), markup=False)
+    if not report.planned:
+        return
+    with progress_bars(enabled=not quiet) as progress:
+        run(report, store, progress=progress)
+    for step, seconds, bpb in report.done:
+        out.print(f"  {step.label}: BPB {bpb:.4f} ({seconds:.0f} s)", markup=False)
+
+
+def _print(r: PickResult, models: str) -> None:
+    table = Table("pairing", "weights", "KV", "compute", "total MiB", "fits", "BPB", "tok/s", "max ctx", "why not",
+                  title=f"{r.profile.description}: budget {r.budget_mib:.0f} MiB at ctx {r.ctx}")
+    for row in r.rows:
+        e = row.estimate
+        assert e is not None  # pick() estimates every row it returns
+        mark = "->" if row is r.pick else ""
+        at = f" @ctx {row.ctx}" if row.ctx else ""
+        table.add_row(f"{mark}{row.candidate.label}{at}", f"{e.weights_file_mib:.0f}", f"{e.kv_mib:.0f}",
+                      f"{e.compute_mib:.0f}", f"{e.total_mib:.0f}", "yes" if row.fits else "no",
+                      row.quality.label, f"{row.tps:.1f}", str(row.max_ctx or ""), row.reason)
+    console.print(table)
+    console.print("BPB* = predicted from the same model's measured quality and the pairing's tensor-type mix; "
+                  "unmeasured = nothing of that model is measured (ranked below every measured model)")
+    for cmd in dict.fromkeys(measure_command(row.candidate, r.profile.name, models)
+                             for row in r.rows if row.quality.unmeasured):
+        console.print(f"measure the unmeasured: {cmd}", markup=False)
+    at = f" at ctx {r.pick.ctx} (--min-ctx)" if r.pick.ctx else ""
+    console.print(f"pick: {r.pick.candidate.label}{at}, BPB {r.pick.quality.label} ({r.pick.quality.basis}), "
+                  f"binding constraint: {r.binding}", markup=False)
+    for note in r.counterfactuals:
+        console.print(f"  - {note}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pick")(pick_cmd)

@@ -1,0 +1,57 @@
+"""`edge-run serve`: an OpenAI-compatible HTTP server (chat completions, completions, models, health)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from edge_run.core.errors import UsageError
+
+
+def serve_command(
+    artifact: Path = typer.Argument(None, help=".gguf file or ONNX artifact folder (omit with --profile)"),
+    profile: str = typer.Option(None, "--profile", help="serve the best artifact for this device profile"),
+    models: Path = typer.Option(None, "--models", help="with --profile: folder of artifacts/checkpoints"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(8080, "--port", help="TCP port (0: any free port)"),
+    api_key: str = typer.Option(None, "--api-key", envvar="EDGE_RUN_API_KEY",
+                                help="require 'Authorization: Bearer KEY' on /v1/* (or set EDGE_RUN_API_KEY)"),
+    ctx: int = typer.Option(None, "--ctx", "-c", min=16, help="context length (default 2048 or the trained one)"),
+    threads: int = typer.Option(None, "--threads", "-t", min=1, help="default: physical cores"),
+    queue: int = typer.Option(16, "--queue", min=0, help="requests that may wait while one generates"),
+    force: bool = typer.Option(False, "--force", help="load even if the memory estimate exceeds available memory"),
+) -> None:
+    """Serve one model over an OpenAI-compatible HTTP API (needs `pip install 'edge-run[serve]'`)."""
+    try:
+        from edge_run.runtime.serve.app import ServerConfig, ServerState
+        from edge_run.runtime.serve.server import bind, run_server, startup_lines
+    except ImportError as e:
+        raise UsageError(f"edge-run serve needs the serve extra ({e.name} is not installed)",
+                         "pip install 'edge-run[serve]'") from e
+    from edge_run.runtime.session import SessionOptions, open_session, resolve_artifact
+
+    if api_key is not None and not api_key.strip():
+        raise UsageError("--api-key is empty", "pass a non-empty key or leave --api-key out")
+    path, _ = resolve_artifact(artifact, profile, models, ctx)
+    sock = bind(host, port)  # before loading: a busy port fails fast
+    try:
+        with open_session(path, SessionOptions(ctx=ctx, threads=threads, force=force)) as backend:
+            model_id = path.name
+            state = ServerState(backend, ServerConfig(model_id=model_id, api_key=api_key, max_waiting=queue))
+            bound_host, bound_port = sock.getsockname()[:2]
+            url = f"http://{'[' + bound_host + ']' if ':' in bound_host else bound_host}:{bound_port}"
+
+            def ready() -> None:
+                for line in startup_lines(host, url, model_id, backend.n_ctx, queue, api_key):
+                    print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout, flush=True)
+
+            run_server(state, sock, ready)
+    finally:
+        sock.close()
+    print("edge-run serve: stopped", flush=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_command)

@@ -1,0 +1,2 @@
+"""Measuring quality: perplexity, bits per byte and KL divergence on the shipped corpora, the llama.cpp scorer, the
+importance matrix, the quality store."""

@@ -1,0 +1,294 @@
+"""The OpenAI-compatible HTTP API over one loaded model (Starlette routes, sse-starlette streams).
+
+    GET  /health                 model loaded, RSS, queue depth (no key needed: for probes)
+    GET  /v1/models[/{id}]       the one model
+    POST /v1/chat/completions    messages -> the model's chat template -> generation (SSE stream or one JSON)
+    POST /v1/completions         raw prompt -> generation
+
+Every error is OpenAI's ``{"error": {...}}`` JSON with its status; nothing a client sends stops the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from edge_run.core.errors import EdgeRunError
+from edge_run.runtime.backends import Backend, GenerationParams, GenerationResult
+from edge_run.runtime.serve.schema import (
+    MAX_BODY_BYTES,
+    ApiError,
+    ChatRequest,
+    SamplingRequest,
+    parse_chat,
+    parse_completion,
+    parse_json,
+)
+from edge_run.runtime.serve.worker import Job, QueueFull, ShuttingDown, Worker
+
+SHUTDOWN_GRACE_S = 5.0  # how long a stream may take to end after shutdown began (it ends within one token)
+INLINE_TOKENIZE_CHARS = 8192
+FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "length"}  # cut short = truncated
+
+
+@dataclass
+class ServerConfig:
+    model_id: str
+    api_key: str | None = None
+    max_waiting: int = 16
+    max_body_bytes: int = MAX_BODY_BYTES
+
+
+class ServerState:
+    def __init__(self, backend: Backend, config: ServerConfig) -> None:
+        self.backend = backend
+        self.config = config
+        self.worker = Worker(backend, config.max_waiting)
+        self.created = int(time.time())
+        self.process = psutil.Process()
+
+    # -- checks -----------------------------------------------------------------------------------
+    def check_auth(self, request: Request) -> None:
+        key = self.config.api_key
+        if key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", "invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    def check_model(self, model: str) -> None:
+        if model != self.config.model_id:
+            raise ApiError(404, f"the model '{model}' does not exist; this server has '{self.config.model_id}'",
+                           "model_not_found", "model")
+
+    async def read_json(self, request: Request) -> dict[str, Any]:
+        limit = self.config.max_body_bytes
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise ApiError(413, f"the request body is {int(length)} bytes; the limit is {limit}",
+                           "request_too_large")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"the request body is over the limit of {limit} bytes", "request_too_large")
+            chunks.append(chunk)
+        return parse_json(b"".join(chunks))
+
+    def params(self, req: SamplingRequest, n_prompt: int) -> GenerationParams:
+        n_ctx = self.backend.n_ctx
+        room = n_ctx - n_prompt
+        if room <= 0 or (req.max_tokens is not None and req.max_tokens > room):
+            wanted = f" + {req.max_tokens} to generate" if req.max_tokens is not None else ""
+            raise ApiError(400, f"the prompt has {n_prompt} tokens{wanted}, but the context holds {n_ctx} tokens; "
+                           "shorten the messages or lower max_tokens", "context_length_exceeded",
+                           "max_tokens" if room > 0 else "messages")
+        return GenerationParams(max_tokens=req.max_tokens or room, temperature=req.temperature, top_p=req.top_p,
+                                seed=req.seed, stop=req.stop)
+
+    def enqueue(self, tokens: list[int], params: GenerationParams) -> Job:
+        job = Job(tokens=tokens, params=params, loop=asyncio.get_running_loop())
+        try:
+            self.worker.submit(job)
+        except QueueFull as e:
+            raise ApiError(503, f"the server is busy ({self.worker.max_waiting} requests waiting); retry later",
+                           "queue_full", type_="server_error", headers={"Retry-After": str(e.retry_after_s)}) from e
+        except ShuttingDown as e:
+            raise _shutting_down() from e
+        return job
+
+    async def tokens_for(self, size: int, fn: Callable[..., list[int]], *args: Any) -> list[int]:
+        """Tokenize on the event loop when the text is small (a thread hop costs more than the work), else in a
+        worker thread so a long prompt does not stall other connections."""
+        try:
+            return fn(*args) if size <= INLINE_TOKENIZE_CHARS else await run_in_threadpool(fn, *args)
+        except EdgeRunError as e:  # e.g. a chat template refusing the conversation (roles must alternate)
+            raise ApiError(400, e.one_line(), "invalid_prompt", "messages") from e
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.config.model_id, "model_loaded": True,
+                "rss_mib": round(self.process.memory_info().rss / 2**20, 1), "queue_depth": self.worker.queue_depth,
+                "generating": self.worker.busy, "completed": self.worker.completed, "n_ctx": self.backend.n_ctx}
+
+    def model_card(self) -> dict[str, Any]:
+        return {"id": self.config.model_id, "object": "model", "created": self.created, "owned_by": "edge-run"}
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down", "shutting_down", type_="server_error",
+                    headers={"Retry-After": "5"})
+
+
+def _usage(result: GenerationResult | None, n_prompt: int) -> dict[str, Any]:
+    completion = result.completion_tokens if result else 0
+    cached = result.cached_tokens if result else 0
+    return {"prompt_tokens": n_prompt, "completion_tokens": completion, "total_tokens": n_prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def _finish(result: GenerationResult | None) -> str:
+    return FINISH_REASONS.get(result.finish_reason, "stop") if result else "length"
+
+
+async def _watch_disconnect(request: Request, state: ServerState, job: Job) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            state.worker.cancel(job)
+            job.emit("done", None)  # wakes the waiting handler if the job never started
+            return
+
+
+async def _collect(request: Request, state: ServerState, job: Job) -> tuple[str, GenerationResult | None]:
+    """Wait for a non-streamed job; a client that leaves cancels it."""
+    watcher = asyncio.create_task(_watch_disconnect(request, state, job))
+    parts: list[str] = []
+    try:
+        while True:
+            kind, value = await job.events.get()
+            if kind == "text":
+                parts.append(value)
+            elif kind == "done":
+                return "".join(parts), value
+            else:
+                raise _job_error(value)
+    finally:
+        watcher.cancel()
+
+
+def _job_error(error: Exception) -> ApiError:
+    if isinstance(error, ShuttingDown):
+        return _shutting_down()
+    if isinstance(error, EdgeRunError):
+        return ApiError(400, error.one_line(), "invalid_request")
+    return ApiError(500, f"internal error ({type(error).__name__}: {error})", "internal_error", type_="server_error")
+
+
+async def _events(state: ServerState, job: Job, chunk: Callable[..., dict[str, Any]], first: dict[str, Any] | None,
+                  include_usage: bool) -> AsyncIterator[dict[str, str]]:
+    """SSE events of one streamed job: chunks, the final chunk, usage if asked, then [DONE]."""
+    finished = False
+    try:
+        if first is not None:
+            yield {"data": json.dumps(first)}
+        while True:
+            kind, value = await job.events.get()
+            if kind == "text":
+                yield {"data": json.dumps(chunk(value, None))}
+            elif kind == "done":
+                yield {"data": json.dumps(chunk(None, _finish(value)))}
+                if include_usage:
+                    yield {"data": json.dumps({**chunk(None, None), "choices": [],
+                                               "usage": _usage(value, len(job.tokens))})}
+                break
+            else:
+                yield {"data": json.dumps(_job_error(value).body())}
+                break
+        finished = True
+        yield {"data": "[DONE]"}
+    finally:
+        if not finished:  # the client went away (or the response was torn down): free the worker
+            state.worker.cancel(job)
+
+
+def _sse(events: AsyncIterator[dict[str, str]]) -> EventSourceResponse:
+    return EventSourceResponse(events, sep="\n", ping=15, shutdown_grace_period=SHUTDOWN_GRACE_S)
+
+
+def build_app(state: ServerState) -> Starlette:
+    async def health(request: Request) -> Response:
+        return JSONResponse(state.health())
+
+    async def models(request: Request) -> Response:
+        state.check_auth(request)
+        return JSONResponse({"object": "list", "data": [state.model_card()]})
+
+    async def model(request: Request) -> Response:
+        state.check_auth(request)
+        state.check_model(request.path_params["model"])
+        return JSONResponse(state.model_card())
+
+    async def chat_completions(request: Request) -> Response:
+        state.check_auth(request)
+        req: ChatRequest = parse_chat(await state.read_json(request))
+        state.check_model(req.model)
+        size = sum(len(m["content"]) for m in req.messages)
+        tokens = await state.tokens_for(size, state.backend.chat_prompt_messages, req.messages)
+        job = state.enqueue(tokens, state.params(req, len(tokens)))
+        rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        head = {"id": rid, "created": created, "model": req.model}
+        if req.stream:
+            def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
+                delta = {"content": text} if text is not None else {}
+                return {**head, "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+            first = {**chunk(None, None)}
+            first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+            return _sse(_events(state, job, chunk, first, req.include_usage))
+        text, result = await _collect(request, state, job)
+        return JSONResponse({**head, "object": "chat.completion", "choices": [{
+            "index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            "finish_reason": _finish(result)}], "usage": _usage(result, len(tokens))})
+
+    async def completions(request: Request) -> Response:
+        state.check_auth(request)
+        req = parse_completion(await state.read_json(request))
+        state.check_model(req.model)
+        tokens = await state.tokens_for(len(req.prompt), state.backend.tokenize, req.prompt, True)
+        job = state.enqueue(tokens, state.params(req, len(tokens)))
+        head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": req.model,
+                "object": "text_completion"}
+        if req.stream:
+            def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
+                return {**head, "choices": [{"index": 0, "text": text or "", "logprobs": None,
+                                             "finish_reason": finish}]}
+
+            return _sse(_events(state, job, chunk, None, req.include_usage))
+        text, result = await _collect(request, state, job)
+        return JSONResponse({**head, "choices": [{"index": 0, "text": text, "logprobs": None,
+                                                  "finish_reason": _finish(result)}],
+                             "usage": _usage(result, len(tokens))})
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = {404: f"no such endpoint: {request.method} {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, exc.detail)
+        return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                       "code": code}}, status_code=exc.status_code, headers=exc.headers)
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        return JSONResponse(ApiError(500, f"internal error ({type(exc).__name__})", "internal_error",
+                                     type_="server_error").body(), status_code=500)
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model, methods=["GET"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={
+        ApiError: api_error, HTTPException: http_error, Exception: internal_error})

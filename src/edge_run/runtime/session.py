@@ -1,0 +1,92 @@
+"""The load sequence every command that opens a model goes through, written once:
+
+    verify integrity (artifact vs its manifest)
+      -> resolve the context (default capped at the trained context; more than trained is a usage error)
+      -> memory guard (the estimate must fit the memory available now, unless forced)
+      -> open the backend for the artifact's format
+
+`run`, `chat` and `serve` use :func:`open_session`; `bench` and `eval`, which choose their own context,
+use :func:`verify` alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edge_run.core.errors import UsageError
+from edge_run.runtime.backends import Backend, LoadOptions, open_backend
+from edge_run.runtime.backends.base import physical_cores
+
+if TYPE_CHECKING:
+    from edge_run.core.manifest import Manifest
+
+DEFAULT_CTX = 2048
+# the checks import their modules when called: `edge-run --help` and the commands that load nothing stay fast
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    ctx: int | None = None  # None: DEFAULT_CTX capped at the trained context
+    threads: int | None = None  # None: physical cores
+    force: bool = False  # load even when the memory estimate exceeds available memory
+    seed: int = 0
+    n_batch: int = 512
+    cache_type: str = "f16"
+    flash_attn: str = "auto"  # GGUF: auto | on | off (LoadOptions.flash_attn)
+
+
+def verify(artifact: Path) -> Manifest | None:
+    """Integrity: the artifact must match its manifest (IntegrityError otherwise); None without a manifest."""
+    from edge_run.runtime.artifacts.integrity import verify_artifact
+
+    return verify_artifact(Path(artifact))
+
+
+def resolve_context(artifact: Path, ctx: int | None, default: int = DEFAULT_CTX) -> int:
+    """``ctx``, or ``default`` capped at the model's trained context; more than the model supports is an error."""
+    from edge_run.runtime.artifacts.formats import trained_context
+
+    limit = trained_context(Path(artifact))
+    if ctx is None:
+        return min(default, limit) if limit else default
+    if limit and ctx > limit:
+        raise UsageError(f"--ctx {ctx} is more than the {limit} tokens {Path(artifact).name} was trained for",
+                         f"pass --ctx {limit} or less")
+    return ctx
+
+
+def memory_guard(artifact: Path, ctx: int, force: bool = False) -> None:
+    """InsufficientMemoryError when the estimate at ``ctx`` exceeds the memory available now (skipped if forced)."""
+    from edge_run.runtime.artifacts.formats import check_memory
+
+    if not force:
+        check_memory(Path(artifact), ctx)
+
+
+def prepare(artifact: Path, options: SessionOptions) -> LoadOptions:
+    """Every check before loading, in order; the LoadOptions to open the artifact with."""
+    verify(artifact)
+    ctx = resolve_context(artifact, options.ctx)
+    memory_guard(artifact, ctx, options.force)
+    return LoadOptions(n_ctx=ctx, n_threads=options.threads or physical_cores(), n_batch=options.n_batch,
+                       seed=options.seed, cache_type=options.cache_type, flash_attn=options.flash_attn)
+
+
+def open_session(artifact: Path, options: SessionOptions | None = None) -> Backend:
+    """Verify, resolve the context, guard memory, then open the backend (use it as a context manager)."""
+    load = prepare(artifact, options or SessionOptions())
+    return open_backend(Path(artifact), load)
+
+
+def resolve_artifact(artifact: Path | None, profile: str | None, models: Path | None,
+                     ctx: int | None) -> tuple[Path, dict[str, object] | None]:
+    """ARTIFACT, or the pick for a device profile (``--profile NAME --models DIR``), converted if it is planned."""
+    if profile is not None:
+        from edge_run.runtime.pick import picker
+
+        return picker.resolve_for_run(profile, models, artifact, ctx or DEFAULT_CTX)
+    if artifact is None:
+        raise UsageError("no artifact given", "pass an artifact path or --profile NAME --models DIR")
+    return Path(artifact), None
