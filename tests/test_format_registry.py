@@ -103,7 +103,7 @@ def ggbin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_every_format_has_both_halves() -> None:
     assert list(formats.FORMATS) == list(format_rows.ROWS) == ["gguf", "onnx"]
-    with pytest.raises(ValueError, match="no row in core"):
+    with pytest.raises(ValueError, match="no row in src/edge_run/core"):
         format_rows.register_row(GGBIN_ROW)  # a runtime row needs its bottom row first
     with pytest.raises(ValueError, match="registered twice"):
         formats.register_format(formats.GGUF)
