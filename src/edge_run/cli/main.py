@@ -36,6 +36,25 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("edge-run")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            number = "unknown (not installed)"
+        print(f"edge-run {number}")
+        raise typer.Exit()
+
+
+def _root(
+    show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="Print edge-run's version and exit."),
+) -> None:
+    """The options before the command."""
+
+
 def _say(line: str) -> None:
     """One line on stderr (errors): plain text, so nothing heavier than the standard library is imported."""
     sys.stderr.write(line + "\n")
@@ -59,11 +78,8 @@ def build_app(only: str | None = None) -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
-    if only is not None:
-
-        @app.callback()
-        def _group() -> None:  # with a single command registered, typer would otherwise run it without its name
-            """Offline edge inference: convert, pick, run, evaluate."""
+    # the callback also keeps a single registered command a sub-command (typer would run it without its name)
+    app.callback()(_root)
 
     planning.use(planning.GGUF_CONVERTER)  # the command layer composes runtime and converters (imported if used)
     # a missing or mistyped command module is a bug: it fails loudly
@@ -78,6 +94,22 @@ def build_app(only: str | None = None) -> typer.Typer:
 
 def debug_enabled() -> bool:
     return os.environ.get("EDGE_RUN_DEBUG", "") not in ("", "0")
+
+
+# Libraries whose log warnings speak to their own developers, not to an edge-run user (EDGE_RUN_DEBUG=1 shows
+# them): gguf-py's SpecialVocab warns about tokenizer.json's pair template ("Unknown separator token '<bos>' in
+# TemplateProcessing<pair>", Gemma 3), which only matters for encoding sentence pairs; edge-run never does.
+QUIET_LOGGERS: tuple[str, ...] = ("gguf",)
+
+
+def _quiet_library_logs() -> None:
+    """Without a handler, Python's logging prints a library's warnings on stderr (its last-resort handler)."""
+    if debug_enabled():
+        return
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 OUT_OF_MEMORY = (b"error: out of memory. free memory, raise the memory limit (ulimit -v, the container's "
@@ -132,6 +164,7 @@ def _output_lost() -> int:
 def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     _usable_std_streams()
+    _quiet_library_logs()
     try:
         app = build_app(invoked_command(argv))
         app(args=argv, standalone_mode=False)

@@ -23,7 +23,7 @@ def serve_command(
     queue: int = typer.Option(16, "--queue", min=0, help="requests that may wait while one generates"),
     force: bool = typer.Option(False, "--force", help="load even if the memory estimate exceeds available memory"),
 ) -> None:
-    """Serve one model over an OpenAI-compatible HTTP API (needs `pip install 'edge-run[serve]'`)."""
+    """Serve one model over an OpenAI-compatible HTTP API (needs `pip install 'edge-run\\[serve]'`)."""
     try:
         from edge_run.runtime.serve.app import ServerConfig, ServerState
         from edge_run.runtime.serve.server import bind, run_server, startup_lines
