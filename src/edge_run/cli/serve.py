@@ -17,7 +17,14 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
     port: int = typer.Option(8080, "--port", help="TCP port (0: any free port)"),
     api_key: str = typer.Option(None, "--api-key", envvar="EDGE_RUN_API_KEY",
-                                help="require 'Authorization: Bearer KEY' on /v1/* (or set EDGE_RUN_API_KEY)"),
+                                help="require 'Authorization: Bearer KEY' on /v1/* (or set EDGE_RUN_API_KEY); "
+                                     "printable ASCII"),
+    allow_host: list[str] = typer.Option(None, "--allow-host", metavar="NAME",
+                                         help="also answer requests for this Host name (repeatable; *.lan "
+                                              "patterns; loopback names and the bound address always work)"),
+    cors: list[str] = typer.Option(None, "--cors", metavar="ORIGIN",
+                                   help="let web pages from this origin call the API, e.g. http://localhost:3000 "
+                                        "(repeatable; * for any)"),
     ctx: int = typer.Option(None, "--ctx", "-c", min=16, help="context length (default 2048 or the trained one)"),
     threads: int = typer.Option(None, "--threads", "-t", min=1, help="default: physical cores"),
     queue: int = typer.Option(16, "--queue", min=0, help="requests that may wait while one generates"),
@@ -26,20 +33,23 @@ def serve_command(
     """Serve one model over an OpenAI-compatible HTTP API (needs `pip install 'edge-run\\[serve]'`)."""
     try:
         from edge_run.runtime.serve.app import ServerConfig, ServerState
+        from edge_run.runtime.serve.guard import access_policy, check_api_key
         from edge_run.runtime.serve.server import bind, run_server, startup_lines
     except ImportError as e:
         raise UsageError(f"edge-run serve needs the serve extra ({e.name} is not installed)",
                          "pip install 'edge-run[serve]'") from e
     from edge_run.runtime.session import SessionOptions, open_session, resolve_artifact
 
-    if api_key is not None and not api_key.strip():
-        raise UsageError("--api-key is empty", "pass a non-empty key or leave --api-key out")
+    if api_key is not None:
+        check_api_key(api_key)
     path, _ = resolve_artifact(artifact, profile, models, ctx)
-    sock = bind(host, port)  # before loading: a busy port fails fast
+    sock = bind(host, port)  # before loading: a busy port (or a malformed name) fails fast
     try:
+        access = access_policy(sock.getsockname()[0], allow_host, cors, api_key)
         with open_session(path, SessionOptions(ctx=ctx, threads=threads, force=force)) as backend:
             model_id = path.name
-            state = ServerState(backend, ServerConfig(model_id=model_id, api_key=api_key, max_waiting=queue))
+            state = ServerState(backend, ServerConfig(model_id=model_id, api_key=api_key, max_waiting=queue,
+                                                      access=access))
             bound_host, bound_port = sock.getsockname()[:2]
             url = f"http://{'[' + bound_host + ']' if ':' in bound_host else bound_host}:{bound_port}"
 

@@ -6,43 +6,51 @@
     POST /v1/completions         raw prompt -> generation
 
 Every error is OpenAI's ``{"error": {...}}`` JSON with its status; nothing a client sends stops the server.
+The event loop only moves bytes: parsing, the chat template and tokenizing run on preparation threads
+(worker.Preparer), generation on the worker thread, so /health answers while either is busy. Host and Origin
+are checked before any route (guard.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import psutil
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from edge_run.core.errors import EdgeRunError
 from edge_run.runtime.backends import Backend, GenerationParams, GenerationResult
+from edge_run.runtime.serve.guard import AccessGuard, AccessPolicy
 from edge_run.runtime.serve.schema import (
     MAX_BODY_BYTES,
+    MAX_MESSAGES,
     ApiError,
     ChatRequest,
+    CompletionRequest,
     SamplingRequest,
     parse_chat,
     parse_completion,
     parse_json,
 )
-from edge_run.runtime.serve.worker import Job, QueueFull, ShuttingDown, Worker
+from edge_run.runtime.serve.worker import Job, Preparer, QueueFull, ShuttingDown, Worker
 
 SHUTDOWN_GRACE_S = 5.0  # how long a stream may take to end after shutdown began (it ends within one token)
-INLINE_TOKENIZE_CHARS = 8192
+PREPARE_THREADS = 2  # requests parsed / rendered / tokenized at once; more wait (up to the queue size)
 FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "length"}  # cut short = truncated
 
 
@@ -52,6 +60,7 @@ class ServerConfig:
     api_key: str | None = None
     max_waiting: int = 16
     max_body_bytes: int = MAX_BODY_BYTES
+    access: AccessPolicy = field(default_factory=lambda: AccessPolicy(bound="127.0.0.1"))
 
 
 class ServerState:
@@ -59,29 +68,40 @@ class ServerState:
         self.backend = backend
         self.config = config
         self.worker = Worker(backend, config.max_waiting)
+        self.preparer = Preparer(PREPARE_THREADS, config.max_waiting)
+        # compared as digests: constant time whatever the header's length or bytes
+        self._key_digest = hashlib.sha256(config.api_key.encode()).digest() if config.api_key else None
         self.created = int(time.time())
         self.process = psutil.Process()
 
     # -- checks -----------------------------------------------------------------------------------
     def check_auth(self, request: Request) -> None:
-        key = self.config.api_key
-        if key is None:
+        if self._key_digest is None:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        digest = hashlib.sha256(token.strip().encode("latin-1")).digest()  # headers arrive as latin-1
+        if not hmac.compare_digest(digest, self._key_digest) or scheme.lower() != "bearer":
             raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", "invalid_api_key",
                            headers={"WWW-Authenticate": "Bearer"})
 
     def check_model(self, model: str) -> None:
         if model != self.config.model_id:
-            raise ApiError(404, f"the model '{model}' does not exist; this server has '{self.config.model_id}'",
+            shown = model if len(model) <= 80 else model[:80] + "..."
+            raise ApiError(404, f"the model '{shown}' does not exist; this server has '{self.config.model_id}'",
                            "model_not_found", "model")
 
-    async def read_json(self, request: Request) -> dict[str, Any]:
+    async def read_body(self, request: Request) -> bytes:
+        """The raw body of a JSON POST: Content-Type application/json (a browser cannot send that cross-site
+        without a preflight), at most max_body_bytes."""
+        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type != "application/json":
+            shown = media_type[:60] or "none"
+            raise ApiError(415, f"the request body must be sent as 'Content-Type: application/json' (got {shown})",
+                           "unsupported_media_type")
         limit = self.config.max_body_bytes
         length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:
+        if _DIGITS.fullmatch(length) and int(length) > limit:
             raise ApiError(413, f"the request body is {int(length)} bytes; the limit is {limit}",
                            "request_too_large")
         chunks, size = [], 0
@@ -90,7 +110,7 @@ class ServerState:
             if size > limit:
                 raise ApiError(413, f"the request body is over the limit of {limit} bytes", "request_too_large")
             chunks.append(chunk)
-        return parse_json(b"".join(chunks))
+        return b"".join(chunks)
 
     def params(self, req: SamplingRequest, n_prompt: int) -> GenerationParams:
         n_ctx = self.backend.n_ctx
@@ -114,13 +134,41 @@ class ServerState:
             raise _shutting_down() from e
         return job
 
-    async def tokens_for(self, size: int, fn: Callable[..., list[int]], *args: Any) -> list[int]:
-        """Tokenize on the event loop when the text is small (a thread hop costs more than the work), else in a
-        worker thread so a long prompt does not stall other connections."""
+    async def prepare(self, fn: Callable[[bytes], T], raw: bytes) -> T:
+        """``fn(raw)`` on a preparation thread: the event loop never parses, renders or tokenizes."""
         try:
-            return fn(*args) if size <= INLINE_TOKENIZE_CHARS else await run_in_threadpool(fn, *args)
+            return await self.preparer.run(fn, raw)
+        except QueueFull as e:
+            raise ApiError(503, "the server is busy preparing other requests; retry later", "queue_full",
+                           type_="server_error", headers={"Retry-After": str(e.retry_after_s)}) from e
+        except ShuttingDown as e:
+            raise _shutting_down() from e
+
+    def prepare_chat(self, raw: bytes) -> tuple[ChatRequest, list[int]]:
+        """(preparation thread) The request checked, its messages rendered with the chat template and tokenized;
+        at most one message per context token (each costs at least one), the prompt checked against the
+        context afterwards (``params``)."""
+        req = parse_chat(parse_json(raw), min(MAX_MESSAGES, self.backend.n_ctx))
+        self.check_model(req.model)
+        return req, self._tokens("messages", self.backend.chat_prompt_messages, req.messages)
+
+    def prepare_completion(self, raw: bytes) -> tuple[CompletionRequest, list[int]]:
+        req = parse_completion(parse_json(raw))
+        self.check_model(req.model)
+        return req, self._tokens("prompt", self.backend.tokenize, req.prompt, True)
+
+    def _tokens(self, param: str, fn: Callable[..., list[int]], *args: Any) -> list[int]:
+        if self.preparer.closing:  # the model is about to be closed
+            raise ShuttingDown
+        try:
+            return fn(*args)
         except EdgeRunError as e:  # e.g. a chat template refusing the conversation (roles must alternate)
-            raise ApiError(400, e.one_line(), "invalid_prompt", "messages") from e
+            raise ApiError(400, e.one_line(), "invalid_prompt", param) from e
+
+    def close(self) -> None:
+        """Shutdown began (maybe in a signal handler): no new work, pending requests end with 503."""
+        self.preparer.close()
+        self.worker.close()
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "model": self.config.model_id, "model_loaded": True,
@@ -129,6 +177,10 @@ class ServerState:
 
     def model_card(self) -> dict[str, Any]:
         return {"id": self.config.model_id, "object": "model", "created": self.created, "owned_by": "edge-run"}
+
+
+_DIGITS = re.compile(r"[0-9]{1,20}")
+T = TypeVar("T")
 
 
 def _shutting_down() -> ApiError:
@@ -212,7 +264,7 @@ def _sse(events: AsyncIterator[dict[str, str]]) -> EventSourceResponse:
     return EventSourceResponse(events, sep="\n", ping=15, shutdown_grace_period=SHUTDOWN_GRACE_S)
 
 
-def build_app(state: ServerState) -> Starlette:
+def build_app(state: ServerState) -> ASGIApp:
     async def health(request: Request) -> Response:
         return JSONResponse(state.health())
 
@@ -227,10 +279,7 @@ def build_app(state: ServerState) -> Starlette:
 
     async def chat_completions(request: Request) -> Response:
         state.check_auth(request)
-        req: ChatRequest = parse_chat(await state.read_json(request))
-        state.check_model(req.model)
-        size = sum(len(m["content"]) for m in req.messages)
-        tokens = await state.tokens_for(size, state.backend.chat_prompt_messages, req.messages)
+        req, tokens = await state.prepare(state.prepare_chat, await state.read_body(request))
         job = state.enqueue(tokens, state.params(req, len(tokens)))
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = {"id": rid, "created": created, "model": req.model}
@@ -250,9 +299,7 @@ def build_app(state: ServerState) -> Starlette:
 
     async def completions(request: Request) -> Response:
         state.check_auth(request)
-        req = parse_completion(await state.read_json(request))
-        state.check_model(req.model)
-        tokens = await state.tokens_for(len(req.prompt), state.backend.tokenize, req.prompt, True)
+        req, tokens = await state.prepare(state.prepare_completion, await state.read_body(request))
         job = state.enqueue(tokens, state.params(req, len(tokens)))
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": req.model,
                 "object": "text_completion"}
@@ -290,5 +337,7 @@ def build_app(state: ServerState) -> Starlette:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers={
+    app = Starlette(routes=routes, exception_handlers={
         ApiError: api_error, HTTPException: http_error, Exception: internal_error})
+    guarded: ASGIApp = AccessGuard(app, state.config.access)
+    return guarded

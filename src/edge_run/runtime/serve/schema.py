@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,11 @@ MAX_STOP = 4
 MAX_TEMPERATURE = 2.0
 MAX_SEED = 2**63 - 1
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: far more text than any context of a small model holds
+MAX_DEPTH = 64  # nesting of arrays/objects; OpenAI requests (tool schemas included) stay far below
+MAX_INT_DIGITS = 64  # Python refuses ints over 4,300 digits with a ValueError; no field needs more than 20
+MAX_MESSAGES = 4096  # also at most one per context token: every message costs at least one
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # \uD800-\uDFFF: the only way JSON text spells a surrogate
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ApiError(Exception):
@@ -60,13 +66,60 @@ class CompletionRequest(SamplingRequest):
     prompt: str = ""
 
 
+def _brief(value: Any, limit: int = 40) -> str:
+    """A value for an error message: its repr, cut short (a client may send a megabyte where a name belongs)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise ApiError(400, f"the request body holds an integer of {len(digits)} digits; at most {MAX_INT_DIGITS} "
+                       "are accepted", "invalid_json")
+    return int(digits)
+
+
+def _constant(name: str) -> Any:
+    raise ApiError(400, f"the request body holds {name}, which JSON does not allow", "invalid_json")
+
+
+def _check_values(data: Any) -> None:
+    """Nesting at most MAX_DEPTH deep (walked without recursion) and no lone surrogate in any string or key
+    (one cannot be encoded as UTF-8: not for the tokenizer, not for a reply that quotes it)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise ApiError(400, "the request body holds a lone UTF-16 surrogate (\\uD800-\\uDFFF) in a string",
+                               "invalid_json")
+        elif isinstance(value, (list, dict)):
+            if depth > MAX_DEPTH:
+                raise ApiError(400, f"the request body is nested more than {MAX_DEPTH} levels deep", "invalid_json")
+            items = value.values() if isinstance(value, dict) else value
+            if isinstance(value, dict):
+                stack.extend((key, depth) for key in value)
+            stack.extend((v, depth + 1) for v in items if isinstance(v, (str, list, dict)))
+
+
 def parse_json(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object. Whatever the bytes, the outcome is a dict or an ApiError (400): never a
+    RecursionError, a ValueError from a 5,000-digit integer, NaN, or a string that cannot be encoded."""
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = raw.decode("utf-8")
+        data = json.loads(text, parse_int=_int, parse_constant=_constant)
+    except RecursionError as e:
+        raise ApiError(400, f"the request body is nested more than {MAX_DEPTH} levels deep", "invalid_json") from e
+    except UnicodeDecodeError as e:
+        raise ApiError(400, f"the request body is not UTF-8 (byte {e.start})", "invalid_json") from e
+    except json.JSONDecodeError as e:
         raise ApiError(400, f"the request body is not valid JSON ({e})", "invalid_json") from e
+    except ValueError as e:  # json's own limits (e.g. a float literal it cannot convert)
+        raise ApiError(400, f"the request body is not valid JSON ({_brief(str(e), 80)})", "invalid_json") from e
     if not isinstance(data, dict):
         raise ApiError(400, f"the request body must be a JSON object, not {type(data).__name__}", "invalid_json")
+    if text.count("[") + text.count("{") > MAX_DEPTH or _SURROGATE_ESCAPE.search(text):
+        _check_values(data)
     return data
 
 
@@ -159,7 +212,8 @@ def _content(message: dict[str, Any], i: int) -> str:
                   "invalid_type")
 
 
-def parse_chat(data: dict[str, Any]) -> ChatRequest:
+def parse_chat(data: dict[str, Any], max_messages: int = MAX_MESSAGES) -> ChatRequest:
+    """The chat request; more than ``max_messages`` messages is refused before any of them is looked at."""
     req = ChatRequest(model="")
     _sampling(data, req)
     messages = data.get("messages")
@@ -169,13 +223,17 @@ def parse_chat(data: dict[str, Any]) -> ChatRequest:
         raise invalid("'messages' must be a list of message objects", "messages", "invalid_type")
     if not messages:
         raise invalid("'messages' must not be empty", "messages")
+    if len(messages) > max_messages:
+        raise ApiError(400, f"'messages' holds {len(messages)} messages; this server takes at most {max_messages}",
+                       "context_length_exceeded", "messages")
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise invalid(f"messages[{i}] must be an object with 'role' and 'content'", f"messages[{i}]",
                           "invalid_type")
         role = m.get("role")
         if role not in ROLES:
-            raise invalid(f"messages[{i}].role {role!r} is not one of {', '.join(ROLES)}", f"messages[{i}].role")
+            raise invalid(f"messages[{i}].role {_brief(role)} is not one of {', '.join(ROLES)}",
+                          f"messages[{i}].role")
         req.messages.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
     return req
 

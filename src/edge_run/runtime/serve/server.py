@@ -1,8 +1,11 @@
 """Run the app under uvicorn on a socket bound here (so a busy port is one clear error, and --port 0 works).
 
 Shutdown (SIGTERM / SIGINT): uvicorn stops accepting; before that our hook closes the worker, so the running
-generation stops at its next token and its stream ends with a final chunk and ``[DONE]``; waiting requests get
-503; uvicorn then waits for the open responses (all ending within one token) and returns.
+generation stops at its next token and its stream ends with a final chunk and ``[DONE]``; waiting requests and
+requests still being prepared (a chat template that takes its time) get 503 at once; uvicorn then waits for the
+open responses (all ending within one token) and returns. The signal always ends the process: from the first
+one on, a second SIGTERM / SIGINT is left to the kernel (the default action: the process ends, whatever Python
+is doing), and so is SIGALRM, armed for STOP_DEADLINE_S: a shutdown that hangs ends there.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import uvicorn
 
 from edge_run.core.errors import ResourceError, UsageError
 from edge_run.runtime.serve.app import SHUTDOWN_GRACE_S, ServerState, build_app
+
+STOP_DEADLINE_S = 30  # uvicorn waits up to 2 x SHUTDOWN_GRACE_S for responses, then the threads' joins
+EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
@@ -74,6 +80,10 @@ class _Server(uvicorn.Server):
         self._on_exit, self._on_ready = on_exit, on_ready
 
     def handle_exit(self, sig: int, frame: Any) -> None:
+        for other in EXIT_SIGNALS:  # the next one is not for Python to handle: it ends the process
+            signal.signal(other, signal.SIG_DFL)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(STOP_DEADLINE_S)
         self._on_exit()
         super().handle_exit(sig, frame)
 
@@ -87,16 +97,18 @@ def run_server(state: ServerState, sock: socket.socket, on_ready: Callable[[], N
     """Serve until SIGTERM / SIGINT; returns normally after a clean shutdown."""
     config = uvicorn.Config(build_app(state), log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S * 2), server_header=False)
-    server = _Server(config, on_exit=state.worker.close, on_ready=on_ready)
+    server = _Server(config, on_exit=state.close, on_ready=on_ready)
     # uvicorn re-raises the signal it caught once it has shut down; with the signals ignored until then, that
     # re-raise is a no-op and the process exits 0 (edge-run's own handlers would turn it into exit 130)
-    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (*EXIT_SIGNALS, signal.SIGALRM)}
     state.worker.start()
     try:
         asyncio.run(server.serve(sockets=[sock]))
     finally:
-        state.worker.close()
+        state.close()
         state.worker.join(timeout=SHUTDOWN_GRACE_S)
+        state.preparer.join(timeout=SHUTDOWN_GRACE_S)  # a thread still tokenizing uses the model
+        signal.alarm(0)
         for sig, handler in saved.items():
             signal.signal(sig, handler)
         sock.close()
