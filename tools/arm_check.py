@@ -290,9 +290,9 @@ def rss_table(rows: list[Row], arts: dict[str, Path], idle_qemu_mib: float) -> l
                                   n_prompt=r.extra["prompt_tokens"])
             measured = r.extra["guest_peak_mib"]
             table.append({"profile": prof.name, "cpu": r.cpu, "quant": r.extra["quant"], "ctx": r.extra["ctx"],
-                          "measured_mib": measured, "estimate_mib": round(est.total_mib, 1),
+                          "measured_mib": measured, "estimate_mib": round(est.rss_mib, 1), "load_mode": est.load_mode,
                           "repacked_mib": round(est.weights_repacked_mib, 1),
-                          "error_pct": round(100 * (est.total_mib - measured) / measured, 1),
+                          "error_pct": round(100 * (est.rss_mib - measured) / measured, 1),
                           "qemu_run_mib": r.extra["qemu_mib"], "qemu_idle_mib": round(idle_qemu_mib, 1)})
     return table
 

@@ -79,14 +79,15 @@ def _measure(result: PickResult, store: QualityStore, chunks: int, slice_chunks:
 
 
 def _print(r: PickResult, models: str) -> None:
-    table = Table("pairing", "weights", "KV", "compute", "total MiB", "fits", "BPB", "tok/s", "max ctx", "why not",
+    table = Table("pairing", "load", "weights", "KV", "compute", "total MiB", "fits", "BPB", "tok/s", "max ctx",
+                  "why not",
                   title=f"{r.profile.description}: budget {r.budget_mib:.0f} MiB at ctx {r.ctx}")
     for row in r.rows:
         e = row.estimate
         assert e is not None  # pick() estimates every row it returns
         mark = "->" if row is r.pick else ""
         at = f" @ctx {row.ctx}" if row.ctx else ""
-        table.add_row(f"{mark}{row.candidate.label}{at}", f"{e.weights_file_mib:.0f}", f"{e.kv_mib:.0f}",
+        table.add_row(f"{mark}{row.candidate.label}{at}", e.load_mode, f"{e.weights_mib:.0f}", f"{e.kv_mib:.0f}",
                       f"{e.compute_mib:.0f}", f"{e.total_mib:.0f}", "yes" if row.fits else "no",
                       row.quality.label, f"{row.tps:.1f}", str(row.max_ctx or ""), row.reason)
     console.print(table)

@@ -40,6 +40,8 @@ def run(
     models: Path = typer.Option(None, "--models", help="with --profile: folder of artifacts/checkpoints to pick from"),
     flash_attn: str = typer.Option("auto", "--flash-attn", "-fa",
                                    help="GGUF: llama.cpp's flash attention, auto | on | off (as llama-cli -fa)"),
+    mmap: str = typer.Option("auto", "--mmap", help="GGUF: load with mmap, auto | on | off (auto: off where llama.cpp "
+                             "repacks most weights for this CPU, so one copy is held)"),
     force: bool = typer.Option(False, "--force", help="load even if the memory estimate exceeds available memory"),
     as_json: bool = typer.Option(False, "--json", help="print text, token counts, speeds, load time, peak RSS as JSON"),
 ) -> None:
@@ -54,7 +56,7 @@ def run(
 
         artifact, pick_info = picker.resolve_for_run(profile, models, artifact, ctx or DEFAULT_CTX)
     params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    options = SessionOptions(ctx=ctx, threads=n_threads, force=force, seed=seed, flash_attn=flash_attn)
+    options = SessionOptions(ctx=ctx, threads=n_threads, force=force, seed=seed, flash_attn=flash_attn, mmap=mmap)
     with closed_or_left_to_exit(open_session(artifact, options)) as backend:
         rendered = backend.chat_prompt(text) if chat else text
         check_prompt_size(rendered, "the prompt rendered by the chat template")
@@ -71,12 +73,15 @@ def run(
         if not as_json:
             sys.stdout.write("\n")
             return
+        from edge_run.runtime.artifacts.formats import estimate_artifact
+
         print_json({
             "artifact": str(artifact), "text": "".join(pieces), "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens, "finish_reason": result.finish_reason,
             "prefill_tokens_per_s": round(result.prefill_tps, 2), "decode_tokens_per_s": round(result.decode_tps, 2),
             "load_seconds": round(backend.load_seconds, 3), "peak_rss_mib": round(peak_rss_mib(), 1),
             "threads": n_threads, "n_ctx": backend.n_ctx, "pick": pick_info,
+            "memory": estimate_artifact(artifact, backend.n_ctx, mmap=backend.options.mmap).to_dict(),
         })
 
 

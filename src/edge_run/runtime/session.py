@@ -2,7 +2,7 @@
 
     verify integrity (artifact vs its manifest)
       -> resolve the context (default capped at the trained context; more than trained is a usage error)
-      -> memory guard (the estimate must fit the memory available now, unless forced)
+      -> memory guard (the estimate must fit the memory available now, unless forced; it fixes the load mode)
       -> open the backend for the artifact's format
 
 `run`, `chat` and `serve` use :func:`open_session`; `bench` and `eval`, which choose their own context,
@@ -21,6 +21,7 @@ from edge_run.runtime.backends.base import physical_cores
 
 if TYPE_CHECKING:
     from edge_run.core.manifest import Manifest
+    from edge_run.runtime.estimate.gguf import MemoryEstimate
 
 DEFAULT_CTX = 2048
 # the checks import their modules when called: `edge-run --help` and the commands that load nothing stay fast
@@ -35,6 +36,7 @@ class SessionOptions:
     n_batch: int = 512
     cache_type: str = "f16"
     flash_attn: str = "auto"  # GGUF: auto | on | off (LoadOptions.flash_attn)
+    mmap: str = "auto"  # GGUF: auto | on | off (LoadOptions.mmap)
 
 
 def verify(artifact: Path) -> Manifest | None:
@@ -57,21 +59,25 @@ def resolve_context(artifact: Path, ctx: int | None, default: int = DEFAULT_CTX)
     return ctx
 
 
-def memory_guard(artifact: Path, ctx: int, force: bool = False) -> None:
-    """InsufficientMemoryError when the estimate at ``ctx`` exceeds the memory available now (skipped if forced)."""
-    from edge_run.runtime.artifacts.formats import check_memory
+def memory_guard(artifact: Path, ctx: int, force: bool = False, mmap: str = "auto") -> MemoryEstimate:
+    """The estimate at ``ctx`` loaded with ``mmap``; InsufficientMemoryError when it exceeds the memory available
+    now (unless forced)."""
+    from edge_run.runtime.artifacts.formats import estimate_artifact
+    from edge_run.runtime.estimate.gguf import refuse_if_short
+    from edge_run.runtime.estimate.load_mode import check_mode
 
-    if not force:
-        check_memory(Path(artifact), ctx)
+    est = estimate_artifact(Path(artifact), ctx, mmap=check_mode(mmap))
+    return est if force else refuse_if_short(est, Path(artifact).name)
 
 
 def prepare(artifact: Path, options: SessionOptions) -> LoadOptions:
     """Every check before loading, in order; the LoadOptions to open the artifact with."""
     verify(artifact)
     ctx = resolve_context(artifact, options.ctx)
-    memory_guard(artifact, ctx, options.force)
+    est = memory_guard(artifact, ctx, options.force, options.mmap)
     return LoadOptions(n_ctx=ctx, n_threads=options.threads or physical_cores(), n_batch=options.n_batch,
-                       seed=options.seed, cache_type=options.cache_type, flash_attn=options.flash_attn)
+                       seed=options.seed, cache_type=options.cache_type, flash_attn=options.flash_attn,
+                       mmap="on" if est.load_mode == "mmap" else "off")  # the mode the estimate was made for
 
 
 def open_session(artifact: Path, options: SessionOptions | None = None) -> Backend:

@@ -14,15 +14,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edge_run.core.errors import ArtifactError
 from edge_run.core.formats import FORMATS, detect_format
 from edge_run.runtime.backends.base import Backend, LoadOptions
 from edge_run.runtime.estimate.gguf import MemoryEstimate, ModelShape, estimate_memory, host_simd, refuse_if_short
 
-# (artifact or None for a planned pairing, its shape if known, n_ctx, CPU SIMD features, KV cache type)
-Estimator = Callable[[Path | None, ModelShape | None, int, tuple[str, ...], str], MemoryEstimate]
+
+class Estimator(Protocol):
+    """(artifact or None for a planned pairing, its shape if known, n_ctx, CPU SIMD features, KV cache type,
+    load mode: auto | on | off, GGUF's use_mmap) -> the estimate."""
+
+    def __call__(self, path: Path | None, shape: ModelShape | None, n_ctx: int, simd: tuple[str, ...],
+                 cache_type: str, mmap: str = "auto") -> MemoryEstimate: ...
 
 
 @dataclass(frozen=True)
@@ -66,16 +71,17 @@ def open_artifact(artifact: Path, options: LoadOptions) -> Backend:
 
 
 def estimate_artifact(artifact: Path, n_ctx: int, simd: tuple[str, ...] | None = None,
-                      cache_type: str = "f16") -> MemoryEstimate:
+                      cache_type: str = "f16", mmap: str = "auto") -> MemoryEstimate:
     simd = host_simd() if simd is None else simd
-    return row_for(artifact).estimate(Path(artifact), None, n_ctx, simd, cache_type)
+    return row_for(artifact).estimate(Path(artifact), None, n_ctx, simd, cache_type, mmap)
 
 
 def check_memory(artifact: Path, n_ctx: int, available_mib: float | None = None,
-                 cache_type: str = "f16") -> MemoryEstimate:
+                 cache_type: str = "f16", mmap: str = "auto") -> MemoryEstimate:
     """InsufficientMemoryError when the artifact's estimate at ``n_ctx`` exceeds the memory available now."""
     artifact = Path(artifact)
-    return refuse_if_short(estimate_artifact(artifact, n_ctx, cache_type=cache_type), artifact.name, available_mib)
+    est = estimate_artifact(artifact, n_ctx, cache_type=cache_type, mmap=mmap)
+    return refuse_if_short(est, artifact.name, available_mib)
 
 
 def trained_context(artifact: Path) -> int | None:
@@ -98,14 +104,14 @@ def _open_gguf(path: Path, options: LoadOptions) -> Backend:
 
 
 def _estimate_gguf(path: Path | None, shape: ModelShape | None, n_ctx: int, simd: tuple[str, ...],
-                   cache_type: str) -> MemoryEstimate:
+                   cache_type: str, mmap: str = "auto") -> MemoryEstimate:
     from edge_run.runtime.estimate.gguf import shape_from_gguf
 
     if shape is None:
         if path is None:
             raise ArtifactError("a GGUF estimate needs the file or its tensor table")
         shape = shape_from_gguf(path)
-    return estimate_memory(shape, n_ctx, simd, cache_type=cache_type)
+    return estimate_memory(shape, n_ctx, simd, cache_type=cache_type, mmap=mmap)
 
 
 def _inspect_gguf(path: Path, with_tensors: bool) -> dict[str, Any]:
@@ -134,12 +140,12 @@ def _open_onnx(path: Path, options: LoadOptions) -> Backend:
 
 
 def _estimate_onnx(path: Path | None, shape: ModelShape | None, n_ctx: int, simd: tuple[str, ...],
-                   cache_type: str) -> MemoryEstimate:
+                   cache_type: str, mmap: str = "auto") -> MemoryEstimate:
     from edge_run.runtime.estimate.onnx import estimate_onnx
 
     if path is None:
         raise ArtifactError("an ONNX estimate needs the artifact folder", "convert the checkpoint first")
-    return estimate_onnx(path, n_ctx)  # the cache is float32 whatever cache_type asks
+    return estimate_onnx(path, n_ctx)  # the cache is float32 whatever cache_type asks; onnxruntime has no mmap mode
 
 
 def _inspect_onnx(path: Path, with_tensors: bool) -> dict[str, Any]:

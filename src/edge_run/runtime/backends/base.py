@@ -31,6 +31,7 @@ class LoadOptions:
     cache_type: str = "f16"  # KV cache element type: f32 | f16 | q8_0 | q4_0
     reuse_prefix: bool = True  # keep the KV cache between calls; evaluate only what follows the common prefix
     flash_attn: str = "auto"  # on | off | auto (llama.cpp's default, as llama-cli/-bench/-perplexity use it)
+    mmap: str = "auto"  # GGUF use_mmap: on | off | auto (src/edge_run/runtime/estimate/load_mode.py)
 
 
 @dataclass(frozen=True)

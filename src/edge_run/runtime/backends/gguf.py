@@ -17,6 +17,7 @@ from edge_run.core.quants import KV_CACHE_TYPES
 from edge_run.runtime.artifacts.preflight import check_gguf
 from edge_run.runtime.backends.base import Backend, GenerationParams, LoadOptions
 from edge_run.runtime.backends.llama_loop import DecodeLoop
+from edge_run.runtime.estimate.gguf import gguf_use_mmap
 
 if TYPE_CHECKING:
     from edge_run.runtime.backends.threadpool import Threadpool
@@ -74,13 +75,14 @@ class GGUFBackend(Backend):
             raise UsageError(f"a {options.cache_type} KV cache needs flash attention",
                              "drop --flash-attn off, or use an f16 KV cache")
         check_gguf(path)  # a few corrupt files make llama.cpp abort the process: read the header in a child first
+        use_mmap = gguf_use_mmap(path, options.mmap)  # auto: mmap unless llama.cpp repacks most weights
         t0 = time.perf_counter()
         try:
             with _quiet_stderr():
                 self.llm = llama_cpp.Llama(
                     model_path=str(path), n_ctx=options.n_ctx, n_threads=options.n_threads,
                     n_threads_batch=options.n_threads, n_batch=options.n_batch, n_ubatch=options.n_batch,
-                    logits_all=options.logits_all, use_mmap=True, seed=options.seed, verbose=False,
+                    logits_all=options.logits_all, use_mmap=use_mmap, seed=options.seed, verbose=False,
                     type_k=cache_type, type_v=cache_type,
                     flash_attn=FLASH_ATTN[options.flash_attn],
                 )

@@ -1,18 +1,22 @@
 """Memory estimate of running a pairing with llama.cpp (through llama-cpp-python) on a CPU.
 
-    peak RSS = runtime baseline (python, numpy, llama.cpp libraries)              anonymous
-             + vocabulary tables (~120 B per token)                             anonymous
-             + library code + every weight llama.cpp maps from the file         file-backed (mmap)
-             + copies of the weights llama.cpp repacks for the CPU's SIMD        anonymous
-               (Q4_0x8 ...; their file pages are read once, so they count twice)
-             + KV cache: layers x kv_heads x (k_dim + v_dim) x ctx x bytes       anonymous
-             + compute scratch touched by a prompt batch                          anonymous
+    memory needed = runtime baseline (python, numpy, llama.cpp libraries)         anonymous
+                  + vocabulary tables (~120 B per token)                        anonymous
+                  + library code                                                file-backed
+                  + weights, by load mode (src/edge_run/runtime/estimate/load_mode.py):
+                      mmap:    weights llama.cpp reads from the mapping          file-backed, read every token
+                               + copies of the weights it repacks for the SIMD   anonymous
+                      no-mmap: every weight (repacked ones in their layout)      anonymous
+                  + KV cache: layers x kv_heads x (k_dim + v_dim) x ctx x bytes  anonymous
+                  + compute scratch touched by a prompt batch                    anonymous
+    peak RSS      = memory needed + (mmap) the repacked tensors' file pages: mapped and read once at load, never
+                    again, so the kernel may drop them (reclaimable; RSS shows them where nothing presses)
 
-KV context is padded to 256 cells as llama.cpp pads it. llama-cpp-python keeps full-size caches for
-sliding-window layers (``swa_full``); with ``swa_full=False`` those layers hold n_swa + n_ubatch cells.
-Weights are exact for a GGUF (its tensor table) and predicted for a planned pairing from the
-checkpoint's tensor shapes and src/edge_run/runtime/estimate/quant_mix.py. Every number here is checked against measured
-RSS by tools/validate_estimator.py.
+`run`'s memory guard, `pick` and `run --json` budget the memory needed; tools/validate_estimator.py checks the
+peak RSS against measured runs. KV context is padded to 256 cells as llama.cpp pads it. llama-cpp-python keeps
+full-size caches for sliding-window layers (``swa_full``); with ``swa_full=False`` those layers hold
+n_swa + n_ubatch cells. Weights are exact for a GGUF (its tensor table) and predicted for a planned pairing from
+the checkpoint's tensor shapes and src/edge_run/runtime/estimate/quant_mix.py.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from edge_run.core.errors import ArtifactError, InsufficientMemoryError
 from edge_run.core.gguf_header import GGUFHeader, read_gguf_header
 from edge_run.core.quants import KV_CACHE_TYPES
 from edge_run.core.stamp_cache import StampCache
+from edge_run.runtime.estimate.load_mode import LOAD_MODE_NAMES, repacked_file_bytes, tied_output_bytes, use_mmap
 from edge_run.runtime.estimate.quant_mix import tensor_bytes, tensor_type
 from edge_run.runtime.planning import checkpoint_plan
 
@@ -58,18 +63,6 @@ DEFAULT_SWA_PERIOD: dict[str, int] = {
     "gemma3": 6,
 }
 CACHE_BYTES: dict[str, float] = {name: q.kv_bytes_per_element for name, q in KV_CACHE_TYPES.items()}
-# GGML types llama.cpp repacks into interleaved layouts for a CPU feature (ggml-cpu/repack.cpp,
-# ggml_repack_get_optimal_repack_type, llama.cpp as vendored by llama-cpp-python 0.3.36); rows must come in
-# groups of 8. Token embeddings are never repacked (they are gathered, not multiplied). On ARM the feature is
-# the build's (-march: ggml_cpu_has_dotprod() is compile-time), so a plain NEON (armv8-a) build repacks nothing.
-REPACK_TYPES: dict[str, frozenset[str]] = {
-    "avx2": frozenset({"Q4_0", "IQ4_NL", "Q4_K", "MXFP4"}),
-    "avx512": frozenset({"Q2_K"}),
-    "i8mm": frozenset({"Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0"}),
-    "dotprod": frozenset({"Q4_0", "IQ4_NL", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "MXFP4"}),
-}
-
-
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -104,29 +97,44 @@ class ModelShape:
 class MemoryEstimate:
     baseline_mib: float  # runtime anonymous memory + vocabulary tables
     libraries_mib: float  # file-backed code pages
-    weights_file_mib: float
-    weights_repacked_mib: float
+    weights_file_mib: float  # weights read from the mapped file every token (0 without mmap)
+    weights_repacked_mib: float  # anonymous copies of the weights llama.cpp repacks
     kv_mib: float
     compute_mib: float
     n_ctx: int
     cache_type: str
+    weights_read_mib: float = 0.0  # without mmap: the weights not repacked, read into anonymous memory
+    weights_cold_mib: float = 0.0  # with mmap: the repacked tensors' file pages (read once; reclaimable)
+    load_mode: str = "mmap"  # mmap | no-mmap
 
     @property
     def anon_mib(self) -> float:
-        return self.baseline_mib + self.weights_repacked_mib + self.kv_mib + self.compute_mib
+        return self.baseline_mib + self.weights_repacked_mib + self.weights_read_mib + self.kv_mib + self.compute_mib
+
+    @property
+    def weights_mib(self) -> float:
+        """Weight memory needed: mapped pages read every token, repacked copies, weights read without mmap."""
+        return self.weights_file_mib + self.weights_repacked_mib + self.weights_read_mib
 
     @property
     def file_mib(self) -> float:
+        """File-backed pages the run keeps reading (code, mapped weights): they must stay in memory."""
         return self.libraries_mib + self.weights_file_mib
 
     @property
     def total_mib(self) -> float:
+        """The memory the device needs: anonymous memory and the file pages read every token."""
         return self.anon_mib + self.file_mib
+
+    @property
+    def rss_mib(self) -> float:
+        """Peak RSS where nothing presses on memory: what is needed plus the cold mapped pages."""
+        return self.total_mib + self.weights_cold_mib
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(anon_mib=round(self.anon_mib, 1), file_mib=round(self.file_mib, 1),
-                 total_mib=round(self.total_mib, 1))
+                 total_mib=round(self.total_mib, 1), rss_mib=round(self.rss_mib, 1))
         return d
 
 
@@ -219,23 +227,6 @@ def shape_from_checkpoint(checkpoint: Path, quant: str) -> ModelShape:
         n_swa_layers=n_swa_layers, tensors=tuple(infos))
 
 
-def repacked(t: TensorInfo, simd: tuple[str, ...]) -> bool:
-    if t.name == "token_embd.weight" or t.ne1 % 8:
-        return False
-    return any(t.type in REPACK_TYPES.get(feature, ()) for feature in simd)
-
-
-def tied_output_repacked_bytes(shape: ModelShape, simd: tuple[str, ...]) -> int:
-    """A model without output.weight multiplies by its token embeddings; llama.cpp loads that duplicate into the
-    output layer's buffer, which repacks it like any weight (measured on the dotprod build: tools/arm_check.py)."""
-    if any(t.name == "output.weight" for t in shape.tensors):
-        return 0
-    emb = next((t for t in shape.tensors if t.name == "token_embd.weight"), None)
-    if emb is None or emb.ne1 % 8:
-        return 0
-    return emb.n_bytes if any(emb.type in REPACK_TYPES.get(feature, ()) for feature in simd) else 0
-
-
 def kv_bytes(shape: ModelShape, n_ctx: int, cache_type: str, swa_full: bool = True, n_ubatch: int = 512) -> float:
     per_cell = shape.n_head_kv * (shape.head_dim_k + shape.head_dim_v) * CACHE_BYTES[cache_type]
     cells = pad(n_ctx)
@@ -267,18 +258,31 @@ def runtime_anon_mib(simd: tuple[str, ...]) -> float:
 
 
 def estimate_memory(shape: ModelShape, n_ctx: int, simd: tuple[str, ...], cache_type: str = "f16",
-                    n_prompt: int | None = None, swa_full: bool = True, flash_attn: bool = True) -> MemoryEstimate:
-    """Peak RSS for a context of ``n_ctx`` and a prompt of ``n_prompt`` tokens (default: a full batch)."""
+                    n_prompt: int | None = None, swa_full: bool = True, flash_attn: bool = True,
+                    mmap: str = "auto") -> MemoryEstimate:
+    """Memory for a context of ``n_ctx`` and a prompt of ``n_prompt`` tokens (default: a full batch), loaded
+    with ``mmap`` (auto | on | off; auto: load_mode.use_mmap's choice for ``simd``)."""
     n_prompt = min(n_ctx, 512) if n_prompt is None else n_prompt
-    rep = sum(t.n_bytes for t in shape.tensors if repacked(t, simd)) + tied_output_repacked_bytes(shape, simd)
+    in_file = repacked_file_bytes(shape, simd)
+    copies = in_file + tied_output_bytes(shape, simd)
+    mapped = use_mmap(shape, simd, mmap)
+    rest = shape.weight_bytes - in_file
     return MemoryEstimate(
         baseline_mib=runtime_anon_mib(simd) + shape.n_vocab * VOCAB_BYTES_PER_TOKEN / MIB,
         libraries_mib=LIBRARY_FILE_MIB,
-        weights_file_mib=shape.weight_bytes / MIB,
-        weights_repacked_mib=rep / MIB,
+        weights_file_mib=rest / MIB if mapped else 0.0,
+        weights_repacked_mib=copies / MIB,
         kv_mib=kv_bytes(shape, n_ctx, cache_type, swa_full) / MIB,
         compute_mib=compute_bytes(shape, n_ctx, n_prompt, flash_attn=flash_attn) / MIB,
-        n_ctx=n_ctx, cache_type=cache_type)
+        n_ctx=n_ctx, cache_type=cache_type,
+        weights_read_mib=0.0 if mapped else rest / MIB,
+        weights_cold_mib=in_file / MIB if mapped else 0.0,
+        load_mode=LOAD_MODE_NAMES[mapped])
+
+
+def gguf_use_mmap(path: Path, mode: str) -> bool:
+    """Whether to load the GGUF at ``path`` with mmap on this machine (``mode``: auto | on | off)."""
+    return use_mmap(shape_from_gguf(path), host_simd(), mode)
 
 
 def host_simd() -> tuple[str, ...]:
@@ -326,11 +330,12 @@ def available_memory_bytes() -> float:
 
 
 def check_memory(artifact: Path, n_ctx: int, available_mib: float | None = None,
-                 shape_of: Callable[[Path], ModelShape] = shape_from_gguf) -> MemoryEstimate:
+                 shape_of: Callable[[Path], ModelShape] = shape_from_gguf, mmap: str = "auto") -> MemoryEstimate:
     """Refuse (InsufficientMemoryError) to load a GGUF whose llama.cpp estimate exceeds available memory (any
     format: src/edge_run/runtime/format_rows.check_memory)."""
     artifact = Path(artifact)
-    return refuse_if_short(estimate_memory(shape_of(artifact), n_ctx, host_simd()), artifact.name, available_mib)
+    est = estimate_memory(shape_of(artifact), n_ctx, host_simd(), mmap=mmap)
+    return refuse_if_short(est, artifact.name, available_mib)
 
 
 def refuse_if_short(est: MemoryEstimate, name: str, available_mib: float | None = None) -> MemoryEstimate:
@@ -339,6 +344,7 @@ def refuse_if_short(est: MemoryEstimate, name: str, available_mib: float | None 
         available_mib = available_memory_bytes() / MIB
     if est.total_mib > available_mib:
         raise InsufficientMemoryError(
-            f"{name} at ctx {est.n_ctx} needs about {est.total_mib:.0f} MiB but {available_mib:.0f} MiB "
-            "is available", "lower --ctx, pick a smaller quant (edge-run pick), or pass --force to load anyway")
+            f"{name} at ctx {est.n_ctx} ({est.load_mode}) needs about {est.total_mib:.0f} MiB but "
+            f"{available_mib:.0f} MiB is available",
+            "lower --ctx, pick a smaller quant (edge-run pick), or pass --force to load anyway")
     return est
