@@ -10,6 +10,7 @@ import typer
 from edge_run.cli._common import console, print_json, progress_bars
 from edge_run.core.errors import UsageError
 from edge_run.core.formats import FORMATS, ConvertRequest, get_format
+from edge_run.core.quoting import check_name
 
 
 def convert(
@@ -31,6 +32,8 @@ def convert(
     as_json: bool = typer.Option(False, "--json", help="print the artifacts as JSON"),
 ) -> None:
     """Convert a checkpoint into one or more quantized artifacts, each with a manifest."""
+    if name is not None:
+        check_name(name, "--name")  # before anything is read: quotes, '$(', newlines, '%' never reach a file
     row = get_format(fmt)  # UsageError naming the known formats
     if not row.converter:
         raise UsageError(f"edge-run has no converter to {fmt} artifacts", "convert to another --format")

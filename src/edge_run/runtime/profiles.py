@@ -21,6 +21,7 @@ import psutil
 
 from edge_run.core.errors import ProfileError
 from edge_run.core.fsutil import read_regular_file
+from edge_run.core.quoting import check_name, check_text
 from edge_run.runtime.estimate.host import cpu_core_type, detected_arch, host_features, read_proc
 
 MAX_PROFILE_BYTES = 1 << 20  # a profile is a dozen lines
@@ -80,6 +81,11 @@ def parse_profile(data: dict[str, Any], origin: str) -> DeviceProfile:
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, typ):
             raise ProfileError(f"{origin}: field {key!r} has the wrong type ({type(value).__name__})", hint)
+    # the name reaches install.sh, a systemd unit and README.txt; every text field is one plain line
+    check_name(data["name"], f"{origin}: name", ProfileError, hint='e.g. name = "pi4-4gb"')
+    for key in ("description", "core_type", "storage"):
+        if key in data:
+            check_text(data[key], f"{origin}: {key}", ProfileError, max_chars=200)
     for key in ("ram_mb", "physical_cores", "memory_bandwidth_gbs"):
         if not math.isfinite(data[key]) or data[key] <= 0:  # nan <= 0 is False: test finiteness first
             raise ProfileError(f"{origin}: {key} must be positive, got {data[key]}", hint)

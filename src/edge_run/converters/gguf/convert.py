@@ -29,12 +29,12 @@ from edge_run.core.errors import UsageError
 from edge_run.core.fsutil import (
     atomic_path,
     check_destination,
-    check_plain_name,
     exclusive_folder,
     os_error_to_resource,
     sha256_file,
 )
 from edge_run.core.manifest import Manifest, manifest_path_for, write_manifest
+from edge_run.core.quoting import artifact_base_name
 
 # progress(stage, done, total): stage is a short label such as "F16" or "Q4_K_M"
 Progress = Callable[[str, int, int], None]
@@ -81,7 +81,7 @@ def convert_to_gguf(checkpoint: Path, out_dir: Path, options: ConvertOptions,
     check_config(ckpt)  # sizes vs tensors and sane bounds before anything is allocated
     validate_hparams(ckpt.text_config())
     vocab = build_vocab(ckpt, int(ckpt.text_config().get("vocab_size", 0)))  # a bad tokenizer fails before writing
-    name = check_plain_name(options.name) if options.name is not None else ckpt.name
+    name = artifact_base_name(options.name, ckpt.name)  # UsageError for a name no file or script can hold
     out_dir = Path(out_dir)
     targets = {q.name: artifact_path(out_dir, name, q) for q in quants}
     for path in targets.values():

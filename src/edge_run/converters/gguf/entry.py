@@ -12,6 +12,7 @@ from edge_run.converters.checkpoint import open_checkpoint
 from edge_run.converters.gguf.convert import ConvertOptions, Progress, convert_to_gguf
 from edge_run.core.errors import UsageError
 from edge_run.core.formats import ConvertRequest
+from edge_run.core.quoting import artifact_base_name
 
 
 def f16_gguf(checkpoint: Path, out_dir: Path, name: str, progress: Progress | None = None) -> Path:
@@ -32,7 +33,7 @@ def convert_request(checkpoint: Path, out_dir: Path, request: ConvertRequest,
         if measure is None:
             raise UsageError("an importance matrix was asked for without the function that measures it",
                              "pass options['measure_imatrix'] = edge_run.runtime.eval.imatrix.imatrix_for_checkpoint")
-        name = request.name if request.name is not None else open_checkpoint(checkpoint).name
+        name = artifact_base_name(request.name, open_checkpoint(checkpoint).name)
         imatrix = measure(checkpoint, Path(text), out_dir, name=name, to_f16=f16_gguf, progress=progress)
     return convert_to_gguf(checkpoint, out_dir, ConvertOptions(
         quants=request.quant or "q4_k_m", intermediate=str(request.options.get("intermediate", "f16")),

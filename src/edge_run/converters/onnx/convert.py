@@ -35,12 +35,12 @@ from edge_run.core.errors import OutputExistsError, ResourceError
 from edge_run.core.fsutil import (
     TEMP_PREFIX,
     check_destination,
-    check_plain_name,
     exclusive_folder,
     os_error_to_resource,
     sha256_file,
 )
 from edge_run.core.manifest import Manifest, write_manifest
+from edge_run.core.quoting import artifact_base_name
 
 Progress = Callable[[str, int, int], None]
 MODEL_FILE = "model.onnx"
@@ -137,7 +137,7 @@ def convert_to_onnx(checkpoint: Path, out_dir: Path, options: OnnxOptions,
     cfg = decoder_config(ckpt, spec)  # fail on a bad config before writing anything
     vocab = build_vocab(ckpt, cfg.vocab)  # and on a missing / mismatched tokenizer
     Weights(ckpt)
-    name = check_plain_name(options.name) if options.name is not None else ckpt.name
+    name = artifact_base_name(options.name, ckpt.name)  # UsageError for a name no file or script can hold
     targets = [artifact_dir(out_dir, name, q) for q in quants]
     for t in targets:
         if t.exists() and not options.force:

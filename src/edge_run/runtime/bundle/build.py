@@ -15,23 +15,39 @@ Everything is written into ``.edge-run-bundle-PID-*`` beside OUT and renamed ont
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_run.core.errors import OutputExistsError, ResourceError, UsageError
-from edge_run.core.formats import payload_files
-from edge_run.core.fsutil import atomic_path, sha256_file
+from edge_run.core.errors import UsageError
+from edge_run.core.fsutil import atomic_path, os_error_to_resource, sha256_file
 from edge_run.core.manifest import manifest_path_for
+from edge_run.core.quoting import (
+    BYTES_ERRORS,
+    display_text,
+    sh_assign,
+    sh_quote,
+    sha256sums_line,
+    systemd_escape,
+    systemd_text,
+)
+from edge_run.runtime.artifacts.integrity import check_artifact_path, verify_artifact
 from edge_run.runtime.bundle.baselines import BASELINES, Baseline, baseline_for_profile
 from edge_run.runtime.bundle.llama_wheel import build_llama_wheel, cached_llama_wheel, remove_dead_builds
+from edge_run.runtime.bundle.output import (
+    ALWAYS_IN_A_BUNDLE,
+    absolute_out,
+    check_out,
+    check_writable,
+    make_work_dir,
+)
+from edge_run.runtime.bundle.payload import bundle_name, copy_artifact
 from edge_run.runtime.bundle.toolchain import find_toolchain
 from edge_run.runtime.bundle.wheelhouse import (
     build_edge_run_wheel,
@@ -77,32 +93,23 @@ def _choose(artifact: Path | None, models: Path | None, profile: DeviceProfile, 
     return pick(profile, candidates, ctx)  # NothingFitsError (exit 4) when the artifact is too big for the board
 
 
-def _copy_artifact(src: Path, models_dir: Path) -> str:
-    """Copy the artifact and its manifest; the manifest loses source.path (a path of the machine that made it)."""
-    models_dir.mkdir()
-    manifest_src = manifest_path_for(src)
-    for path in payload_files(src):  # the format row's files, in the same layout (a file, or a folder's files)
-        dst = models_dir / path.relative_to(src.parent)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, dst)
-    manifest_dst = models_dir / manifest_src.relative_to(src.parent)
-    if manifest_src.is_file():
-        data = json.loads(manifest_src.read_text(encoding="utf-8"))
-        source = data.get("source")
-        if isinstance(source, dict):
-            source.pop("path", None)
-        manifest_dst.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return src.name
-
-
 def _template(name: str) -> str:
     return resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")
 
 
-def _fill(text: str, values: dict[str, str]) -> str:
-    for key, value in values.items():
-        text = text.replace(f"@{key}@", value)
-    return text
+PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
+
+
+def _fill(text: str, values: dict[str, str], keep: frozenset[str] = frozenset()) -> str:
+    """Every ``@KEY@`` replaced in one pass (a value is never scanned again, so a name holding "@CTX@" stays
+    text); a placeholder with no value and not in ``keep`` is a bug in the template."""
+    def one(m: re.Match[str]) -> str:
+        if m.group(1) in values:
+            return values[m.group(1)]
+        if m.group(1) in keep:
+            return m.group(0)
+        raise KeyError(f"template placeholder {m.group(0)} has no value")
+    return PLACEHOLDER.sub(one, text)
 
 
 def _baseline_table() -> str:
@@ -115,21 +122,60 @@ def _baseline_table() -> str:
     return "\n".join(rows)
 
 
+@dataclass(frozen=True)
+class Values:
+    """What one bundle's generated files say; each template's row below quotes them for its language."""
+
+    baseline: Baseline
+    profile: str
+    python: str
+    artifact: str
+    requirements: str
+    threads: int
+    ctx: int
+
+
+def _install_sh(v: Values) -> dict[str, str]:
+    """install.sh: one block of single-quoted assignments at the top and nothing else filled in."""
+    variables = {"BASELINE": v.baseline.name, "FEATURES": " ".join(v.baseline.cpu_features), "PROFILE": v.profile,
+                 "PYTHON_VERSION": v.python, "ARTIFACT": v.artifact, "ARTIFACT_SH": sh_quote(v.artifact),
+                 "REQUIREMENTS": v.requirements, "BASELINE_TABLE": _baseline_table()}
+    return {"VARIABLES": "\n".join(sh_assign(k, value) for k, value in variables.items())}
+
+
+def _unit(v: Values) -> dict[str, str]:
+    """edge-run.service: install.sh replaces @PREFIX@ (checked to be letters, digits and . _ / + -) on the
+    ExecStart line; the model's name is systemd-escaped, so no raw '@', quote or space of the name is there."""
+    return {"DESCRIPTION": systemd_text(f"edge-run serve {v.artifact} ({v.profile})"),
+            "MODEL": '"@PREFIX@/models/' + systemd_escape(v.artifact) + '"',
+            "THREADS": str(int(v.threads)), "CTX": str(int(v.ctx))}
+
+
+TEMPLATES: dict[str, tuple[Callable[[Values], dict[str, str]], frozenset[str]]] = {
+    "install.sh": (_install_sh, frozenset({"PREFIX"})),
+    "edge-run.service": (_unit, frozenset({"PREFIX"})),
+}
+
+
 def render(template: str, baseline: Baseline, profile: str, python: str, artifact: str, requirements: str,
            threads: int = 4, ctx: int = DEFAULT_CTX) -> str:
     """``templates/<template>`` (install.sh, edge-run.service) filled in for one bundle."""
-    values = {"BASELINE": baseline.name, "FEATURES": " ".join(baseline.cpu_features), "PROFILE": profile,
-              "PYTHON": python, "ARTIFACT": artifact, "BASELINE_TABLE": _baseline_table(),
-              "REQUIREMENTS": requirements, "THREADS": str(threads), "CTX": str(ctx)}
-    return _fill(_template(template), values)
+    values, keep = TEMPLATES[template]
+    return _fill(_template(template), values(Values(baseline, profile, python, artifact, requirements, threads,
+                                                    ctx)), keep)
+
+
+def write_generated(path: Path, text: str) -> None:
+    """A generated file: UTF-8, with a non-UTF-8 name's bytes kept as they are (sh_quote passes them through)."""
+    path.write_bytes(text.encode("utf-8", BYTES_ERRORS))
 
 
 def _sha256sums(folder: Path) -> str:
     lines = []
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
-        if p.is_file() and rel not in ("install.sh", "SHA256SUMS"):
-            lines.append(f"{sha256_file(p)}  {rel}")
+        if p.is_file() and rel not in ALWAYS_IN_A_BUNDLE:
+            lines.append(sha256sums_line(sha256_file(p), rel))
     return "\n".join(lines) + "\n"
 
 
@@ -144,28 +190,30 @@ def build_bundle(artifact: Path | None, profile: str, out: Path, python: str = D
     """Build the bundle folder ``out`` and ``out.tar.gz``; see the module docstring for what is inside.
     ``progress(step)`` is told each slow step before it starts."""
     say = progress or (lambda _step: None)
-    out = Path(out)
-    if out.parent.is_dir():
-        remove_dead_builds(out.parent)  # a SIGKILLed bundle's temp folder
+    out = absolute_out(out)  # UsageError for '.', '..', '/'
+    artifact = Path(os.path.abspath(artifact)) if artifact is not None else None
+    models = Path(os.path.abspath(models)) if models is not None else None
+    if artifact is not None:
+        check_artifact_path(artifact)  # a FIFO or a device is named as such, never opened
     prof = get_profile(profile)
     baseline = baseline_for_profile(prof)
     py = parse_python(python)
-    tarball = out.with_name(out.name + ".tar.gz")
-    for existing in (out, tarball):
-        if existing.exists() and not force:
-            raise OutputExistsError(f"{existing} already exists", "pass --force to replace it")
+    inputs = [p for p in (artifact, models) if p is not None]
+    if artifact is not None:
+        inputs.append(manifest_path_for(artifact))
+    tarball = check_out(out, inputs, force)  # before anything slow; --force only over a previous bundle
+    remove_dead_builds(out.parent)  # a SIGKILLed bundle's temp folder
+    check_writable(out.parent)
     result = _choose(artifact, models, prof, ctx)
     chosen = result.pick.candidate
     assert chosen.path is not None
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ResourceError(f"cannot create {out.parent}: {e.strerror}", "choose a writable --out") from e
-    work = Path(tempfile.mkdtemp(prefix=f".edge-run-bundle-{os.getpid()}-", dir=out.parent))
+    name = bundle_name(chosen.path)
+    manifest = verify_artifact(chosen.path, full=True)  # a corrupt artifact is refused (exit 5) before copying
+    work = make_work_dir(out)
     try:
         stage = work / out.name
         stage.mkdir()
-        name = _copy_artifact(chosen.path, stage / "models")
+        copy_artifact(chosen.path, manifest, stage / "models")
         wheels = stage / "wheels"
         wheels.mkdir()
         if cached_llama_wheel(baseline) is None:
@@ -182,19 +230,21 @@ def build_bundle(artifact: Path | None, profile: str, out: Path, python: str = D
         threads = prof.physical_cores
         n_ctx = result.ctx if not chosen.trained_ctx else min(result.ctx, chosen.trained_ctx)
         reqs_line = f"edge-run[serve]=={edge_version} llama-cpp-python=={llama_version}"
-        for template in ("install.sh", "edge-run.service"):
-            text = render(template, baseline, prof.name, f"{py[0]}.{py[1]}", name, reqs_line, threads, n_ctx)
-            (stage / template).write_text(text, encoding="utf-8")
+        for template in TEMPLATES:
+            write_generated(stage / template,
+                            render(template, baseline, prof.name, f"{py[0]}.{py[1]}", name, reqs_line, threads, n_ctx))
         (stage / "install.sh").chmod(0o755)
         from edge_run.runtime.bundle.readme import readme_text
 
-        (stage / "README.txt").write_text(readme_text(result, baseline, f"{py[0]}.{py[1]}", n_ctx, threads,
-                                                      sorted(p.name for p in wheels.iterdir())), encoding="utf-8")
-        (stage / "SHA256SUMS").write_text(_sha256sums(stage), encoding="utf-8")
+        write_generated(stage / "README.txt", readme_text(result, baseline, f"{py[0]}.{py[1]}", n_ctx, threads,
+                                                          sorted(p.name for p in wheels.iterdir())))
+        write_generated(stage / "SHA256SUMS", _sha256sums(stage))
         _tarball(stage, tarball, out.name, force)
-        if out.exists():  # --force: move the old bundle aside (removed with the temp folder), then swap
+        if os.path.lexists(out):  # --force over a previous bundle (check_out said so): moved aside, removed below
             os.rename(out, work / ".old")
         os.rename(stage, out)
+    except OSError as e:  # a full disk, a folder made read-only meanwhile
+        raise os_error_to_resource(e, f"the bundle {display_text(str(out))}") from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return BundleResult(out, tarball, prof.name, baseline, f"{py[0]}.{py[1]}", name, result)

@@ -72,7 +72,11 @@ def pinned_llama_version() -> str:
 
 def remove_dead_builds(folder: Path) -> None:
     """Remove ``.edge-run-*-PID-*`` folders left in ``folder`` by a process that no longer runs (SIGKILL)."""
-    for entry in folder.iterdir() if folder.is_dir() else ():
+    try:
+        entries = list(folder.iterdir()) if folder.is_dir() else []
+    except OSError:  # a folder we may not list: nothing of ours can be in it
+        return
+    for entry in entries:
         m = re.match(r"^\.edge-run-[a-z]+-(\d+)-", entry.name)
         if not m or int(m.group(1)) == os.getpid():
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edge_run.core.quoting import display_text, sh_word
 from edge_run.runtime.bundle.baselines import Baseline
 from edge_run.runtime.pick.picker import PickResult
 
@@ -15,6 +16,7 @@ def readme_text(result: PickResult, baseline: Baseline, python: str, n_ctx: int,
     memory = (f"{est.total_mib:.0f} MiB at ctx {est.n_ctx} (KV cache {est.kv_mib:.0f} MiB, file-backed "
               f"{est.file_mib:.0f} MiB, anonymous {est.anon_mib:.0f} MiB)") if est else "not estimable"
     others = [r for r in result.rows if r is not row]
+    model = f"models/{c.path.name if c.path else '?'}"
     lines = [
         f"edge-run bundle for {prof.name}: {prof.description}",
         "",
@@ -24,7 +26,7 @@ def readme_text(result: PickResult, baseline: Baseline, python: str, n_ctx: int,
         f"features: {' '.join(baseline.cpu_features)}",
         f"Python      CPython {python} (linux aarch64 wheels)",
         "",
-        f"Model       {c.model} {c.quant} [{c.format}] -> models/{c.path.name if c.path else '?'}",
+        f"Model       {c.model} {c.quant} [{c.format}] -> {model}",
         f"Why         the best quality that fits the budget of {result.budget_mib:.0f} MiB "
         f"(RAM - OS reserve - headroom): {quality}",
         f"Memory      {memory}",
@@ -39,11 +41,11 @@ def readme_text(result: PickResult, baseline: Baseline, python: str, n_ctx: int,
     lines += [
         "",
         "Install (no network, no compiler):  sh install.sh        (EDGE_RUN_PREFIX=/opt/edge-run by default)",
-        f"Serve:  edge-run serve models/{c.path.name if c.path else '?'} --host 127.0.0.1 --threads {threads} "
+        f"Serve:  edge-run serve {sh_word(model)} --host 127.0.0.1 --threads {threads} "
         f"--ctx {n_ctx}   (edge-run.service runs this under systemd, restarting on failure)",
         "",
         "Wheels:",
         *[f"  {w}" for w in wheels],
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(display_text(line) for line in lines)  # names, descriptions: one line each, no controls

@@ -3,28 +3,24 @@
 #   sh install.sh            checks the CPU, the sha256 of every file, then installs into $EDGE_RUN_PREFIX
 # Environment (all optional):
 #   EDGE_RUN_PREFIX          where to install (default /opt/edge-run): venv/, bin/edge-run, models/, edge-run.service
-#   EDGE_RUN_PYTHON          the Python to build the venv with (default python@PYTHON@, else python3 if it is @PYTHON@)
+#                            (an absolute path of letters, digits and . _ / + -)
+#   EDGE_RUN_PYTHON          the Python to build the venv with (default pythonX.Y, else python3 if it is X.Y)
 #   EDGE_RUN_CPUINFO         the cpuinfo file to check (default /proc/cpuinfo)
 #   EDGE_RUN_MACHINE         the machine name to check (default: uname -m)
 #   EDGE_RUN_CHECK_ONLY=1    stop after the checks
 #   EDGE_RUN_SKIP_CPU_CHECK=1  install even on a CPU without the baseline's features (it will die with SIGILL)
 set -eu
 
-BASELINE='@BASELINE@'
-FEATURES='@FEATURES@'
-PROFILE='@PROFILE@'
-PYTHON_VERSION='@PYTHON@'
-ARTIFACT='@ARTIFACT@'
-REQUIREMENTS='@REQUIREMENTS@'
-# baseline|features|profiles that build it: the suggestion when this board lacks a feature (highest first)
-BASELINE_TABLE='@BASELINE_TABLE@'
+# The bundle's values, each one single-quoted literal (edge_run.core.quoting.sh_quote): nothing below pastes a
+# value into code, every use is a double-quoted "$VARIABLE".
+@VARIABLES@
 
-HERE=$(cd "$(dirname "$0")" && pwd)
+HERE=$(cd -- "$(dirname -- "$0")" && pwd)
 PREFIX=${EDGE_RUN_PREFIX:-/opt/edge-run}
 CPUINFO=${EDGE_RUN_CPUINFO:-/proc/cpuinfo}
 MACHINE=${EDGE_RUN_MACHINE:-$(uname -m)}
 
-fail() { code=$1; shift; echo "error: $*" >&2; exit "$code"; }
+fail() { code=$1; shift; printf 'error: %s\n' "$*" >&2; exit "$code"; }
 
 has_all() {  # has_all "needed words" "present words"
     for w in $1; do
@@ -36,6 +32,17 @@ has_all() {  # has_all "needed words" "present words"
 # ---- 1. the CPU: 64-bit ARM with every feature the baseline was compiled for (on every core)
 [ "$MACHINE" = aarch64 ] || fail 3 "this bundle is for 64-bit ARM (aarch64) but this machine is $MACHINE." \
     "Install a 64-bit OS (Raspberry Pi OS 64-bit) or bundle for this machine's profile"
+case "$PREFIX" in
+    /*) ;;
+    *) fail 2 "EDGE_RUN_PREFIX must be an absolute path, not $PREFIX" ;;
+esac
+case "$PREFIX" in
+    *[!A-Za-z0-9._/+-]*) fail 2 "EDGE_RUN_PREFIX may hold only letters, digits and . _ / + - (it goes into a" \
+        "systemd unit), not $PREFIX" ;;
+esac
+case "$ARTIFACT" in
+    ""|.|..|*/*) fail 5 "this bundle names no plain model file. copy the bundle again" ;;
+esac
 [ -r "$CPUINFO" ] || fail 3 "cannot read $CPUINFO to check the CPU. set EDGE_RUN_CPUINFO to a readable copy"
 PRESENT=""
 CORES=0
@@ -58,9 +65,9 @@ for f in $FEATURES; do
 done
 if [ -n "$MISSING" ] && [ "${EDGE_RUN_SKIP_CPU_CHECK:-0}" != 1 ]; then
     instead="no edge-run baseline (not even armv8-a)"
-    echo "$BASELINE_TABLE" | while IFS='|' read -r b feats profiles; do
+    printf '%s\n' "$BASELINE_TABLE" | while IFS='|' read -r b feats profiles; do
         [ -n "$b" ] || continue
-        if has_all "$feats" "$PRESENT"; then echo "$b|$profiles"; break; fi
+        if has_all "$feats" "$PRESENT"; then printf '%s|%s\n' "$b" "$profiles"; break; fi
     done > "${TMPDIR:-/tmp}/edge-run-baseline.$$" || true
     if [ -s "${TMPDIR:-/tmp}/edge-run-baseline.$$" ]; then
         IFS='|' read -r b profiles < "${TMPDIR:-/tmp}/edge-run-baseline.$$"
@@ -76,14 +83,14 @@ cd "$HERE"
 command -v sha256sum >/dev/null 2>&1 || fail 4 "sha256sum is not installed. install coreutils"
 [ -f SHA256SUMS ] || fail 5 "SHA256SUMS is missing from the bundle. copy the whole bundle again"
 if ! bad=$(sha256sum -c SHA256SUMS 2>/dev/null | grep -v ': OK$'); then bad=""; fi
-[ -z "$bad" ] || fail 5 "$(echo "$bad" | head -n 1 | cut -d: -f1) does not match SHA256SUMS (the copy is corrupt or" \
+[ -z "$bad" ] || fail 5 "$(printf '%s\n' "$bad" | head -n 1 | cut -d: -f1) does not match SHA256SUMS (the copy is corrupt or" \
     "was changed). copy the bundle again"
 for w in wheels/*.whl; do
     grep -q "  $w\$" SHA256SUMS || fail 5 "$w is not listed in SHA256SUMS. remove it or copy the bundle again"
 done
 
 if [ "${EDGE_RUN_CHECK_ONLY:-0}" = 1 ]; then
-    echo "ok: CPU has ${FEATURES} ($BASELINE); every file matches SHA256SUMS"
+    printf 'ok: CPU has %s (%s); every file matches SHA256SUMS\n' "$FEATURES" "$BASELINE"
     exit 0
 fi
 
@@ -126,7 +133,8 @@ rm -rf "$PREFIX/models/$ARTIFACT" "$PREFIX/models/$ARTIFACT.manifest.json"
 cp -R "models/$ARTIFACT" "$PREFIX/models/"
 [ ! -f "models/$ARTIFACT.manifest.json" ] || cp "models/$ARTIFACT.manifest.json" "$PREFIX/models/"
 ln -sf "$VENV/bin/edge-run" "$PREFIX/bin/edge-run"
-sed "s#@PREFIX@#$PREFIX#g" edge-run.service > "$PREFIX/edge-run.service"
-echo "installed edge-run for $PROFILE ($BASELINE) in $PREFIX"
-echo "try:   $PREFIX/bin/edge-run run $PREFIX/models/$ARTIFACT -p 'The capital of France is'"
-echo "serve: sudo cp $PREFIX/edge-run.service /etc/systemd/system/ && sudo systemctl enable --now edge-run"
+# only ExecStart= holds @PREFIX@ (the model's name in it is escaped: no raw at sign); PREFIX was checked above
+sed "/^ExecStart=/s#@PREFIX@#$PREFIX#g" edge-run.service > "$PREFIX/edge-run.service"
+printf 'installed edge-run for %s (%s) in %s\n' "$PROFILE" "$BASELINE" "$PREFIX"
+printf 'try:   %s run %s -p %s\n' "$PREFIX/bin/edge-run" "$PREFIX/models/$ARTIFACT_SH" "'The capital of France is'"
+printf 'serve: sudo cp %s /etc/systemd/system/ && sudo systemctl enable --now edge-run\n' "$PREFIX/edge-run.service"
