@@ -3,15 +3,19 @@ picker combines a model's anchor with short-slice measurements."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import multiprocessing as mp
+import os
+import resource
+import time
 from pathlib import Path
 
 import pytest
 
 from edge_run.core.errors import UsageError
-from edge_run.runtime.eval.store import QualityStore, StoreKey
+from edge_run.runtime.eval.store import MAX_ENTRY_BYTES, QualityStore, StoreKey, nesting
 from edge_run.runtime.pick.quality import reference_corpus_sha256, store_references
 
 
@@ -123,3 +127,148 @@ def test_pick_notes_a_corrupt_entry_and_still_picks(tiny_checkpoint, tmp_path: P
     assert res.code == 0, res.stderr
     assert "ignored a corrupt quality store entry" in res.stderr and "Traceback" not in res.stderr
     assert json.loads(res.stdout)["pick"]["quality"]["unmeasured"] is True
+
+
+# ------------------------------------------------------------------ hostile entries: skipped, never read whole
+
+def _hostile(folder: Path, name: str, kind: str) -> None:
+    """Put ``kind`` under an entry's file name in ``folder``."""
+    path = folder / name
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "symlink-loop":
+        path.symlink_to(path.name)
+    elif kind == "symlink-to-entry":  # even a link to a good entry: the store never writes links
+        path.symlink_to(next(folder.glob("*.json")))
+    elif kind == "huge":
+        with open(path, "wb") as f:
+            f.truncate(1_500_000_000)  # sparse: 1.5 GB of size, no disk
+    elif kind == "deep":
+        path.write_text('{"schema": 1, "key": {}, "entry": {"bpb": 1, "x": ' + "[" * 20000 + "]" * 20000 + "}}",
+                        encoding="utf-8")
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "unreadable":
+        path.write_text("{}", encoding="utf-8")
+        path.chmod(0)
+
+
+HOSTILE = {  # kind -> what the one-line note says
+    "fifo": "a FIFO, not a regular file", "dev-zero": "a symlink, not a regular file",
+    "symlink-loop": "a symlink, not a regular file", "symlink-to-entry": "a symlink, not a regular file",
+    "huge": "1500000000 bytes, more than an entry can be",
+    "deep": "nested 20002 deep, an entry nests at most", "folder": "a folder, not a regular file",
+    "unreadable": "Permission denied",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_hostile_entries_are_skipped_with_one_line(kind: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    store = QualityStore(tmp_path)
+    good = store.put(key(), entry(1.2))
+    bad_key = key("Q4_K_M")
+    _hostile(good.parent, bad_key.file_name(), kind)
+    denied = [kind == "unreadable" and os.geteuid() == 0]  # root reads a mode-000 file: fail its open as for a user
+    if denied[0]:
+        real_open = os.open
+
+        def no_access(path: str, *args: object, **kwargs: object) -> int:
+            if denied[0] and str(path).endswith(bad_key.file_name()):
+                raise PermissionError(13, "Permission denied")
+            return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "open", no_access)
+    reader = QualityStore(tmp_path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.monotonic()
+    assert [s.key.quant for s in reader.entries("d1")] == ["Q8_0"]  # the good entry is still used
+    assert reader.get(bad_key) is None
+    assert time.monotonic() - t0 < 5  # a FIFO would block forever
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024  # KiB: never read whole
+    assert len(reader.problems) == 2 and len(set(reader.problems)) == 1  # entries() and get() say the same
+    (note,) = set(reader.problems)
+    assert "\n" not in note and HOSTILE[kind] in note, note
+    assert note.startswith(f"ignored a corrupt quality store entry {good.parent / bad_key.file_name()} (")
+    assert "delete it" in note
+    # a new measurement of that key replaces whatever was there (a rename never follows the link or FIFO)
+    denied[0] = False
+    if kind != "folder":
+        reader.put(bad_key, entry(1.3))
+        assert QualityStore(tmp_path).get(bad_key)["bpb"] == 1.3
+    assert Path("/dev/zero").exists() and not Path("/dev/zero").is_file()  # the link target was not replaced
+
+
+def test_an_entry_that_grows_between_the_check_and_the_read_is_capped(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge_run.runtime.eval.store as store_module
+
+    store = QualityStore(tmp_path)
+    path = store.put(key(), entry(1.2))
+    path.write_bytes(b" " * (MAX_ENTRY_BYTES * 4))
+    monkeypatch.setattr(store_module, "_check_stat", lambda st: None)  # as if it were small when checked
+    reader = QualityStore(tmp_path)
+    assert reader.entries("d1") == []
+    assert "more than an entry can be" in reader.problems[0]
+
+
+@pytest.mark.parametrize(("where", "value", "says"), [
+    ("entry", {"tokens_scored": "many"}, "entry field tokens_scored is 'many'"),
+    ("entry", {"chunks": 10**400}, "entry field chunks is"),  # an int no float holds
+    ("entry", {"bytes_scored": math.inf}, "entry field bytes_scored is inf"),
+    ("entry", {"corpus": ["a"]}, "entry field corpus is list"),
+    ("entry", {"bpb": 10**400}, "is not a finite non-negative number"),
+    ("key", {"ctx": "512"}, "key field ctx is str, not int"),
+    ("key", {"chunks": True}, "key field chunks is bool, not int"),
+    ("key", {"quant": None}, "key field quant is NoneType, not str"),
+])
+def test_fields_of_the_wrong_type_are_refused(where: str, value: dict, says: str, tmp_path: Path) -> None:
+    """A file's name is a hash of its key, so a forged entry can carry any key under a matching name: every
+    field the picker computes with must have its type, or pick would fail on it."""
+    store = QualityStore(tmp_path)
+    k = key("Q4_K_M")
+    raw_key = {**k.__dict__, **(value if where == "key" else {})}
+    raw_entry = {**entry(1.2), **(value if where == "entry" else {})}
+    folder = store.put(key(), entry(1.1)).parent
+    name = hashlib.sha256(json.dumps({f: v for f, v in raw_key.items() if f != "cache_type"},
+                                     sort_keys=True).encode()).hexdigest()[:32] + ".json"
+    (folder / name).write_text(json.dumps({"schema": 1, "key": raw_key, "entry": raw_entry}), encoding="utf-8")
+    reader = QualityStore(tmp_path)
+    assert [s.key.quant for s in reader.entries("d1")] == ["Q8_0"]
+    assert len(reader.problems) == 1 and says in reader.problems[0], reader.problems
+
+
+def test_nesting_ignores_brackets_in_strings() -> None:
+    assert nesting('{"a": "[[[[{{{{\\"[[", "b": [[1]]}') == 3
+    assert nesting("[]") == 1 and nesting("1") == 0
+
+
+def test_pick_with_a_fifo_in_the_store_finishes(tiny_gguf: Path, tmp_path: Path) -> None:
+    """End to end in a child with a timeout: `pick` reads the store of the artifact's checkpoint, where a FIFO
+    sits under an entry's name; it notes the entry and picks (it used to wait forever for a writer)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from edge_run.core.manifest import read_manifest
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for p in (tiny_gguf, tiny_gguf.with_name(tiny_gguf.name + ".manifest.json")):
+        shutil.copy(p, models / p.name)
+    manifest = read_manifest(tiny_gguf)
+    assert manifest is not None
+    cache = tmp_path / "cache"
+    store = QualityStore(cache / "quality" / "v1")
+    digest = manifest.source["digest"]
+    fifo = store.put(key("Q8_0", 20, digest=digest), entry(1.5))
+    fifo.unlink()
+    os.mkfifo(fifo)
+    res = subprocess.run([sys.executable, "-m", "edge_run.cli.main", "pick", "--profile", "pi4-4gb", "--ctx", "256",
+                          "--models", str(models), "--json"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "EDGE_RUN_CACHE": str(cache)})
+    assert res.returncode == 0, res.stderr
+    assert "a FIFO, not a regular file" in res.stderr and "Traceback" not in res.stderr
+    assert json.loads(res.stdout)["quality_store_notes"]

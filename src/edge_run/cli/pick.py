@@ -42,7 +42,7 @@ def pick_cmd(
         result = pick(dev, gather_candidates(models, store=store), ctx=ctx, min_tps=min_tps, cache_type=cache_type,
                       min_ctx=min_ctx)
     for problem in dict.fromkeys(store.problems):
-        err_console.print(f"note: {problem}", markup=False)
+        err_console.print(f"note: {problem}", markup=False, soft_wrap=True)  # one line each, as long as it is
     if plot is not None:
         from edge_run.runtime.pick.plot import plot_pick
 

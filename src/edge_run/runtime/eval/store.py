@@ -13,6 +13,10 @@ Each entry is one file written to a temp file in the same folder and renamed int
 atomic), so concurrent writers never interleave: the last complete write wins and readers see a whole
 old or a whole new entry. A corrupt entry (bad JSON, wrong key, a non-finite or negative BPB) is
 skipped and described in ``problems``; a BPB that is not a finite non-negative number is never stored.
+Anything under an entry's name that the store did not write is skipped the same way before it is opened for
+reading: a FIFO (would block), a symlink (to /dev/zero, or a loop), a folder or device, a file over
+MAX_ENTRY_BYTES; the JSON is parsed only when it nests at most MAX_NESTING deep, and its fields must have
+their types (a file's name is a hash of its key, so anyone can forge a matching name).
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,10 +41,32 @@ if TYPE_CHECKING:
 
 SCHEMA = 1
 STALE_TEMP_S = 3600.0
+# an entry is under 1 KiB (a dozen numbers, a corpus name, an artifact file name, at most a parent path)
+MAX_ENTRY_BYTES = 64 * 1024
+MAX_NESTING = 8  # an entry nests 2 deep
+NUMBER = (int, float)
+# entry fields other code reads, with their types; "finite": what the picker computes with
+ENTRY_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "tokens_scored": (NUMBER, True), "bytes_scored": (NUMBER, True), "chunks": (NUMBER, True),
+    "ctx": (NUMBER, True), "ppl": (NUMBER, False), "ppl_stderr": (NUMBER, False), "kld_vs_parent": (NUMBER, False),
+    "top1_agreement": (NUMBER, False), "corpus": ((str,), False), "corpus_sha256": ((str,), False),
+    "artifact": ((str,), False), "cache_type": ((str,), False), "parent": ((str,), False),
+    "basis": ((str,), False), "flash_attn": ((bool,), False), "imatrix": ((bool,), False),
+}
+
+
+def finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that a float holds and that is finite."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond a float's range
+        return False
 
 
 def valid_bpb(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return finite_number(value) and value >= 0
 
 
 @dataclass(frozen=True)
@@ -110,7 +137,7 @@ class QualityStore:
     def get(self, key: StoreKey) -> dict[str, Any] | None:
         """The entry stored under ``key``; None when absent or unusable (then ``problems`` says why)."""
         path = self._folder(key.digest) / key.file_name()
-        if not path.is_file():
+        if not os.path.lexists(path):
             return None
         got = self._read(path)
         return got.entry if got is not None and got.key == key else None
@@ -137,19 +164,24 @@ class QualityStore:
 
     def _read(self, path: Path) -> Stored | None:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = read_entry_bytes(path).decode("utf-8")
+            if (depth := nesting(text)) > MAX_NESTING:
+                raise ValueError(f"JSON nested {depth} deep, an entry nests at most {MAX_NESTING}")
+            data = json.loads(text)
             if not isinstance(data, dict) or data.get("schema") != SCHEMA:
                 raise ValueError(f"schema is not {SCHEMA}")
-            key = StoreKey(**data["key"])
+            key = _key(data["key"])
             entry = data["entry"]
             if not isinstance(entry, dict):
                 raise ValueError("entry is not an object")
             if not valid_bpb(entry.get("bpb")):
-                raise ValueError(f"bpb {entry.get('bpb')!r} is not a finite non-negative number")
+                raise ValueError(f"bpb {_short(entry.get('bpb'))} is not a finite non-negative number")
+            _check_fields(entry)
             if key.file_name() != path.name:
                 raise ValueError("its key does not match its file name")
-        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
-            self.problems.append(f"ignored a corrupt quality store entry {path} ({e}): delete it; "
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError) as e:
+            why = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)).replace("\n", " ")[:200]
+            self.problems.append(f"ignored a corrupt quality store entry {path} ({why}): delete it; "
                                  "the next `edge-run eval` or `pick --measure` measures it again")
             return None
         return Stored(key, entry)
@@ -161,6 +193,85 @@ class QualityStore:
             with contextlib.suppress(OSError):
                 if now - tmp.stat().st_mtime > STALE_TEMP_S:
                     tmp.unlink()
+
+
+def read_entry_bytes(path: Path) -> bytes:
+    """The bytes of an entry file; OSError unless it is a regular file (not a symlink) of at most
+    MAX_ENTRY_BYTES. The type and size are checked before it is opened for reading and again on the open file,
+    which is opened without following a symlink and without blocking (a FIFO swapped in between never hangs)."""
+    st = os.lstat(path)
+    _check_stat(st)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _check_stat(os.fstat(fd))
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_ENTRY_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_ENTRY_BYTES:  # it grew after the check
+        raise OSError(f"larger than {MAX_ENTRY_BYTES // 1024} KiB, more than an entry can be")
+    return data
+
+
+KINDS = ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"),
+         (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_stat(st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in KINDS if test(st.st_mode)), "something")
+        raise OSError(f"{kind}, not a regular file the store wrote")
+    if st.st_size > MAX_ENTRY_BYTES:
+        raise OSError(f"{st.st_size} bytes, more than an entry can be ({MAX_ENTRY_BYTES // 1024} KiB)")
+
+
+def nesting(text: str) -> int:
+    """How deep JSON ``text`` nests arrays and objects (brackets inside strings do not count)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _key(raw: Any) -> StoreKey:
+    if not isinstance(raw, dict):
+        raise ValueError("key is not an object")
+    key = StoreKey(**raw)
+    for f in fields(StoreKey):
+        want = int if f.type == "int" else str
+        value = getattr(key, f.name)
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise ValueError(f"key field {f.name} is {type(value).__name__}, not {want.__name__}")
+    return key
+
+
+def _check_fields(entry: dict[str, Any]) -> None:
+    for name, (types, finite) in ENTRY_FIELDS.items():
+        if name not in entry:
+            continue
+        value = entry[name]
+        ok = isinstance(value, types) and (bool in types or not isinstance(value, bool))
+        if not ok or (finite and not finite_number(value)):
+            raise ValueError(f"entry field {name} is {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if isinstance(value, (int, float, str, bool)) or value is None else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def record_eval(artifact: Path, result: EvalResult, store: QualityStore | None = None) -> bool:
