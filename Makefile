@@ -24,7 +24,7 @@ demo:
 test:
 	$(PY) -m pytest
 
-# The emulated Raspberry Pi leg (README: "Raspberry Pi under emulation"); needs root, mmdebstrap and
+# The emulated Raspberry Pi leg (docs/guides/raspberry-pi.md); needs root, mmdebstrap and
 # qemu-user-static >= 8.1. Writes results/arm_check.json and results/arm_rss.json.
 arm-check:
 	$(PY) -m tools.arm_check

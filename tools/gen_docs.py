@@ -1,111 +1,130 @@
-"""README tables generated from the code's own tables, so they cannot drift.
+"""Every table in README.md and docs/ is generated from the code, the tests' case tables or results/*.json.
 
-    python -m tools.gen_docs           # rewrite the generated blocks of README.md in place
-    python -m tools.gen_docs --check   # exit 1 (naming the block) when README.md differs from the code
+    python -m tools.gen_docs           # rewrite the generated blocks in place
+    python -m tools.gen_docs --check   # exit 1, naming each problem, when a page differs from its sources
 
-A block is ``<!-- gen:NAME -->`` ... ``<!-- /gen -->`` in README.md; NAME is a key of GENERATORS:
-
-    archs     src/edge_run/converters/architectures.py ARCHITECTURES (one row per architecture)
-    quants    src/edge_run/core/quants.py QUANTS (one row per quant type)
-    profiles  the shipped profiles/*.toml
+A block is ``<!-- gen:NAME -->`` ... ``<!-- /gen -->``; NAME is a key of GENERATORS (tools/gen_docs_code.py: the
+code's registries, the CLI, the bad-input cases; tools/gen_docs_results.py: the benchmark results). --check also
+fails on a markdown table outside a block (unless the line before it is ``<!-- checked by PATH -->``, naming the
+test that checks a hand-kept table) and on a relative link to a file that does not exist.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
-BLOCK = re.compile(r"(<!-- gen:(?P<name>[a-z]+) -->\n)(?P<body>.*?)(<!-- /gen -->)", re.S)
+BLOCK = re.compile(r"(<!-- gen:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /gen -->)", re.S)
+CHECKED_BY = re.compile(r"<!-- checked by (?P<path>\S+) -->")
+TABLE_RULE = re.compile(r"^\|(\s*:?-+:?\s*\|)+\s*$")
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\((?P<target>[^)\s]+)\)|!\[[^\]]*\]\((?P<image>[^)\s]+)\)")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+def generators() -> dict[str, Callable[[], str]]:
+    from tools import gen_docs_code, gen_docs_results
+
+    both = {**gen_docs_code.GENERATORS, **gen_docs_results.GENERATORS}
+    return {name: functools.cache(make) for name, make in both.items()}
 
 
-def archs() -> str:
-    from edge_run.converters.architectures import ARCHITECTURES
-
-    rows = []
-    for hf_name, spec in sorted(ARCHITECTURES.items()):
-        quirks = []
-        if spec.permute_qk:
-            quirks.append("q/k rows permuted to llama.cpp's rope order")
-        if spec.norm_offset:
-            quirks.append(f"norm weights +{spec.norm_offset:g}")
-        quirks += [f"fused `{f.fused.rsplit('.', 1)[0]}`" for f in spec.fused]
-        onnx = spec.onnx
-        quirks += [name.replace("_", " ") for name in ("qk_norm", "sandwich_norms", "window_all_layers")
-                   if getattr(onnx, name)]
-        if onnx.embed_scale != "none":
-            quirks.append(f"embeddings x {onnx.embed_scale.replace('_', ' ')}")
-        rows.append([f"`{hf_name}`", spec.key, spec.gguf_arch.name.lower(),
-                     ", ".join(spec.rope_types), "; ".join(quirks) or "-"])
-    return _table(["architecture", "key", "llama.cpp graph", "rope scaling (GGUF; ONNX: any)", "row's hooks"], rows)
+def doc_files(root: Path = ROOT) -> list[Path]:
+    """README.md and every page under docs/."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
 
 
-def quants() -> str:
-    from edge_run.core.quants import QUANTS
-
-    rows = []
-    for q in QUANTS:
-        rows.append([q.name, f"{q.bpw:g}", "yes" if q.needs_imatrix else "",
-                     "" if q.ppl_delta is None else f"+{q.ppl_delta:.4f}", "yes" if q.planned else "",
-                     "yes" if q.kv_cache else "", "yes" if q.mix is not None else ""])
-    return _table(["type", "bits/weight", "needs imatrix", "PPL vs F16 (Llama-3-8B)", "planned", "KV cache",
-                   "mix predicted"], rows)
-
-
-def profiles() -> str:
-    from edge_run.runtime.profiles import load_profile_file
-
-    rows = []
-    for path in sorted((ROOT / "profiles").glob("*.toml")):
-        p = load_profile_file(path)
-        rows.append([f"`{p.name}`", p.description, f"{p.ram_mb}", f"{p.physical_cores} x {p.core_type}",
-                     ", ".join(p.simd), f"{p.memory_bandwidth_gbs:g}"])
-    return _table(["profile", "device", "RAM MB", "cores", "SIMD", "GB/s"], rows)
-
-
-GENERATORS: dict[str, Callable[[], str]] = {"archs": archs, "quants": quants, "profiles": profiles}
-
-
-def render(text: str) -> str:
+def render(text: str, gens: dict[str, Callable[[], str]]) -> str:
     def replace(m: re.Match[str]) -> str:
         name = m.group("name")
-        if name not in GENERATORS:
-            raise SystemExit(f"error: README block gen:{name} has no generator. use one of {', '.join(GENERATORS)}")
-        return m.group(1) + GENERATORS[name]() + m.group(4)
+        if name not in gens:
+            raise SystemExit(f"error: block gen:{name} has no generator. use one of {', '.join(sorted(gens))}")
+        body = gens[name]()
+        return m.group(1) + body + ("" if body.endswith("\n") else "\n") + m.group(4)
 
     return BLOCK.sub(replace, text)
 
 
-def stale_blocks(text: str) -> list[str]:
-    fresh = {m.group("name"): m.group("body") for m in BLOCK.finditer(render(text))}
-    return [m.group("name") for m in BLOCK.finditer(text) if m.group("body") != fresh[m.group("name")]]
+def stale_blocks(text: str, gens: dict[str, Callable[[], str]]) -> list[str]:
+    fresh = [m.group("body") for m in BLOCK.finditer(render(text, gens))]
+    return [m.group("name") for m, body in zip(BLOCK.finditer(text), fresh, strict=True) if m.group("body") != body]
+
+
+def _outside_blocks(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of every line outside generated blocks and code fences."""
+    inside = fenced = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("<!-- gen:"):
+            inside = True
+        elif line.startswith("<!-- /gen -->"):
+            inside = False
+        elif line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not inside and not fenced:
+            yield number, line
+
+
+def loose_tables(text: str, root: Path = ROOT) -> list[int]:
+    """Line numbers of markdown tables outside generated blocks that no existing test is named as checking."""
+    lines = list(_outside_blocks(text))
+    loose = []
+    for i, (_, line) in enumerate(lines):
+        if not TABLE_RULE.match(line) or i == 0 or not lines[i - 1][1].startswith("|"):
+            continue
+        before = next((ln for _, ln in reversed(lines[: i - 1]) if ln.strip()), "")
+        checked = CHECKED_BY.fullmatch(before.strip())
+        if not (checked and (root / checked.group("path")).is_file()):
+            loose.append(lines[i - 1][0])
+    return loose
+
+
+def broken_links(page: Path, text: str) -> list[str]:
+    """Relative links (files, optionally with #anchor) that name no file or folder."""
+    broken = []
+    for _, line in _outside_blocks(text):
+        line = re.sub(r"`[^`]*`", "", line)  # code spans hold example syntax, not links
+        for m in LINK.finditer(line):
+            target = (m.group("target") or m.group("image")).split("#", 1)[0]
+            if not target or re.match(r"^[a-z][a-z0-9+.-]*:", target):  # an anchor on the page, or a URL
+                continue
+            if not (page.parent / target).exists():
+                broken.append(target)
+    return broken
+
+
+def problems(root: Path = ROOT, gens: dict[str, Callable[[], str]] | None = None) -> list[str]:
+    gens = gens if gens is not None else generators()
+    found = []
+    for page in doc_files(root):
+        rel = page.relative_to(root)
+        text = page.read_text(encoding="utf-8")
+        found += [f"{rel}: block gen:{name} differs from its source. run python -m tools.gen_docs"
+                  for name in stale_blocks(text, gens)]
+        found += [f"{rel}:{n}: a table that is neither generated (<!-- gen:NAME -->) nor checked by a test "
+                  "(<!-- checked by tests/... -->)" for n in loose_tables(text, root)]
+        found += [f"{rel}: link to {target}, which does not exist" for target in broken_links(page, text)]
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--check", action="store_true", help="fail when README.md differs from the code")
-    ap.add_argument("--readme", type=Path, default=README)
+    ap.add_argument("--check", action="store_true", help="fail when a page differs from its sources")
     args = ap.parse_args(argv)
-    text = args.readme.read_text(encoding="utf-8")
+    gens = generators()
     if args.check:
-        stale = stale_blocks(text)
-        for name in stale:
-            print(f"error: README block gen:{name} differs from the code. run python -m tools.gen_docs",
-                  file=sys.stderr)
-        return 1 if stale else 0
-    new = render(text)
-    if new != text:
-        args.readme.write_text(new, encoding="utf-8")
+        found = problems(ROOT, gens)
+        for line in found:
+            print(f"error: {line}", file=sys.stderr)
+        return 1 if found else 0
+    for page in doc_files():
+        text = page.read_text(encoding="utf-8")
+        new = render(text, gens)
+        if new != text:
+            page.write_text(new, encoding="utf-8")
+            print(f"rewrote {page.relative_to(ROOT)}")
     return 0
 
 
