@@ -25,6 +25,7 @@ from edge_run.runtime.serve.app import SHUTDOWN_GRACE_S, ServerState, build_app
 
 STOP_DEADLINE_S = 30  # uvicorn waits up to 2 x SHUTDOWN_GRACE_S for responses, then the threads' joins
 EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PREPARE_JOIN_S = 2.0  # tokenizing a 1 MiB body takes well under that; a template that runs longer is abandoned
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
@@ -107,7 +108,7 @@ def run_server(state: ServerState, sock: socket.socket, on_ready: Callable[[], N
     finally:
         state.close()
         state.worker.join(timeout=SHUTDOWN_GRACE_S)
-        state.preparer.join(timeout=SHUTDOWN_GRACE_S)  # a thread still tokenizing uses the model
+        state.preparer.join(timeout=PREPARE_JOIN_S)  # a thread still tokenizing uses the model
         signal.alarm(0)
         for sig, handler in saved.items():
             signal.signal(sig, handler)
