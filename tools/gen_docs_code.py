@@ -9,7 +9,7 @@
     bad-inputs     the CASES rows of every tests/**/test_bad_inputs*.py (imported, not copied)
     serve-bad-requests  the CASES rows of tests/**/test_serve_bad_input*.py
     commands       one row per command of `edge-run` (its usage and the first line of its help)
-    cli            `edge-run ... --help` of every command, rendered at a fixed width
+    cli            every command's help, usage and options, read from the command tree
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-HELP_WIDTH = 100
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -170,45 +169,43 @@ def serve_bad_requests() -> str:
     return table(["request", "endpoint", "status", "`error.code`"], rows)
 
 
-# Runs in a child so that the help is rendered at a fixed width and with a fixed profiles folder, whatever the
-# terminal and home folder of the machine that generates it.
+# Runs in a child, so that the help does not depend on the generating machine's home folder or environment. It reads
+# the click command tree typer builds (help, usage, and each parameter's help record, which is click's text with
+# its defaults and ranges), not the rich-rendered --help, whose layout depends on the terminal and the rich version.
 _HELP_SCRIPT = """
-import json, sys
+import json
 import typer.main
-from typer.testing import CliRunner
 from edge_run.cli.main import build_app
 
-app = build_app()
-root = typer.main.get_command(app)
 out = []
 
-def walk(cmd, path):
-    ctx = cmd.context_class(cmd, info_name=" ".join(["edge-run", *path]))  # typer may vendor its own click
+def walk(cmd, path, parent):
+    ctx = cmd.context_class(cmd, info_name=" ".join(["edge-run", *path]), parent=parent)  # typer's own click
     group = hasattr(cmd, "list_commands")
-    res = CliRunner().invoke(app, [*path, "--help"], prog_name="edge-run")
-    if res.exit_code != 0:
-        sys.exit(f"edge-run {' '.join(path)} --help exited {res.exit_code}: {res.output}")
-    out.append({"path": path, "help": res.output, "summary": cmd.get_short_help_str(limit=300),
-                "usage": " ".join(cmd.collect_usage_pieces(ctx)), "group": group})
+    params = [p.get_help_record(ctx) for p in cmd.get_params(ctx)]
+    out.append({"path": path, "help": cmd.help or "", "summary": cmd.get_short_help_str(limit=300),
+                "usage": " ".join(cmd.collect_usage_pieces(ctx)), "group": group,
+                "params": [r for r in params if r is not None and r[0] != "--help"]})
     if group:
         for name in cmd.list_commands(ctx):
-            walk(cmd.get_command(ctx, name), [*path, name])
+            walk(cmd.get_command(ctx, name), [*path, name], ctx)
 
-walk(root, [])
+walk(typer.main.get_command(build_app()), [], None)
 print(json.dumps(out))
 """
 
 
 def _help_pages() -> list[dict[str, Any]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_RUN_", "TYPER_", "_TYPER"))}
-    env.update(TERMINAL_WIDTH=str(HELP_WIDTH), COLUMNS=str(HELP_WIDTH), NO_COLOR="1", TERM="dumb",
-               EDGE_RUN_PROFILES="~/.config/edge-run/profiles",
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_RUN_")}
+    env.update(EDGE_RUN_PROFILES="~/.config/edge-run/profiles",
                PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")]))
     res = subprocess.run([sys.executable, "-c", _HELP_SCRIPT], capture_output=True, text=True, env=env,
                          cwd=ROOT, timeout=300)
     if res.returncode != 0:
-        raise SystemExit(f"error: could not render the CLI help: {res.stderr.strip()}")
+        raise SystemExit(f"error: could not read the CLI: {res.stderr.strip()}")
     pages: list[dict[str, Any]] = json.loads(res.stdout)
+    for page in pages:  # rich markup escapes (`edge-run\\[serve]`) are for the terminal
+        page["help"], page["summary"] = (t.replace("\\[", "[") for t in (page["help"], page["summary"]))
     return pages
 
 
@@ -225,26 +222,33 @@ def _anchor(path: list[str]) -> str:
     return "-".join(["edge-run", *path])
 
 
+def _usage(page: dict[str, Any]) -> str:
+    """`[OPTIONS] {checkpoint} [artifact]` -> `[OPTIONS] CHECKPOINT [ARTIFACT]`."""
+    pieces = re.sub(r"[{\[]([a-z_]+)[}\]]", lambda m: m.group(0)[0].replace("{", "") + m.group(1).upper()
+                    + m.group(0)[-1].replace("}", ""), page["usage"])
+    return " ".join(["edge-run", *page["path"], pieces])
+
+
 def commands() -> str:
-    rows = []
-    for page in help_pages()[1:]:
-        if page["group"]:
-            continue
-        name = " ".join(page["path"])
-        summary = page["summary"].replace("\\[", "[")
-        usage = re.sub(r"[{\[]([a-z_]+)[}\]]", lambda m: m.group(0)[0].replace("{", "") + m.group(1).upper()
-                       + m.group(0)[-1].replace("}", ""), page["usage"])
-        rows.append([f"[`{name}`](docs/reference/cli.md#{_anchor(page['path'])})", f"`edge-run {name} {usage}`",
-                     summary])
+    rows = [[f"[`{' '.join(page['path'])}`](docs/reference/cli.md#{_anchor(page['path'])})", _code(_usage(page)),
+             page["summary"]] for page in help_pages()[1:] if not page["group"]]
     return table(["command", "usage", "what it does"], rows)
 
 
 def cli() -> str:
+    pages = help_pages()
     parts = []
-    for page in help_pages():
+    for page in pages:
         title = " ".join(["edge-run", *page["path"]])
-        text = "\n".join(line.rstrip() for line in page["help"].strip("\n").splitlines())
-        parts.append(f'<a id="{_anchor(page["path"])}"></a>\n\n### `{title}`\n\n```text\n{text}\n```\n')
+        text = "\n\n".join(" ".join(para.split()) for para in page["help"].split("\n\n") if para.strip())
+        part = f'<a id="{_anchor(page["path"])}"></a>\n\n## `{title}`\n\n{text}\n\n{_code(_usage(page))}\n'
+        if page["group"]:
+            subs = [p for p in pages if p["path"][:-1] == page["path"] and len(p["path"]) == len(page["path"]) + 1]
+            part += "\n" + table(["command", "what it does"], [
+                [f"[`{' '.join(['edge-run', *p['path']])}`](#{_anchor(p['path'])})", p["summary"]] for p in subs])
+        if page["params"]:
+            part += "\n" + table(["argument / option", "what"], [[_code(opts), text] for opts, text in page["params"]])
+        parts.append(part)
     return "\n".join(parts)
 
 
