@@ -80,7 +80,8 @@ def test_hostile_names_are_refused_in_one_line(name: str) -> None:
 
 def test_name_messages_say_what_is_wrong() -> None:
     for name, fragment in [("a b", "contains a space"), ("caf\udce9", "bytes that are not UTF-8"),
-                           ("x\ny", "contains a newline"), ("-rf", "starts with '-'"), ("../x", "not a plain file name"),
+                           ("x\ny", "contains a newline"), ("-rf", "starts with '-'"),
+                           ("../x", "not a plain file name"),
                            ("x" * 101, "is 101 characters long"), ("a$b", "contains '$'"), ("\x1b", "U+001B")]:
         with pytest.raises(UsageError, match=re.escape(fragment)):
             check_name(name)

@@ -13,6 +13,7 @@ Nothing here deletes anything: build.py replaces OUT only after these checks sai
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tarfile
@@ -145,4 +146,7 @@ def make_work_dir(out: Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".edge-run-bundle-{os.getpid()}-", dir=out.parent))
     except OSError as e:
-        raise os_error_to_resource(e, f"the bundle beside {_shown(out)}") from e
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise os_error_to_resource(e, f"the bundle {_shown(out)}") from e
+        raise ResourceError(f"cannot write the bundle {_shown(out)}: {e.strerror or e}",
+                            "choose an --out in a writable folder") from e

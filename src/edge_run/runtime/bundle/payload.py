@@ -57,8 +57,9 @@ def _copy_hashed(src: Path, dst: Path) -> str:
 def copy_artifact(artifact: Path, manifest: Manifest | None, models_dir: Path) -> None:
     """Copy what the manifest vouches for into ``models_dir`` (same layout), and the manifest without
     source.path (a path of the machine that made it)."""
+    files = vouched_files(artifact, manifest)
     models_dir.mkdir()
-    for src, expected in vouched_files(artifact, manifest).items():
+    for src, expected in files.items():
         dst = models_dir / src.relative_to(artifact.parent)
         dst.parent.mkdir(parents=True, exist_ok=True)
         digest = _copy_hashed(src, dst)
