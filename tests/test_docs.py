@@ -31,7 +31,7 @@ def test_every_table_is_generated_and_up_to_date() -> None:
     assert gen_docs.problems(ROOT) == []
 
 
-def test_the_check_sees_drift_a_loose_table_and_a_broken_link(tmp_path: Path) -> None:
+def test_the_check_sees_drift_a_loose_table_a_broken_link_and_a_missing_path(tmp_path: Path) -> None:
     gens = {"rows": lambda: "| a | b |\n|---|---|\n| 1 | 2 |\n"}
     fresh = gen_docs.render("intro\n<!-- gen:rows -->\n<!-- /gen -->\n", gens)
     assert "| 1 | 2 |" in fresh and gen_docs.stale_blocks(fresh, gens) == []
@@ -52,3 +52,5 @@ def test_the_check_sees_drift_a_loose_table_and_a_broken_link(tmp_path: Path) ->
     text = ("[ok](there.md#part) [gone](missing.md) [web](https://example.org/x.md) [anchor](#top) "
             "`[code](nope.md)` ![img](../img.png)\n")
     assert gen_docs.broken_links(page, text) == ["missing.md", "../img.png"]
+    assert gen_docs.missing_paths("see `tests/test_x.py` and `tools/gone.py`, not `foo/bar.py`", tmp_path) == [
+        "tools/gone.py"]

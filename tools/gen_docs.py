@@ -6,7 +6,8 @@
 A block is ``<!-- gen:NAME -->`` ... ``<!-- /gen -->``; NAME is a key of GENERATORS (tools/gen_docs_code.py: the
 code's registries, the CLI, the bad-input cases; tools/gen_docs_results.py: the benchmark results). --check also
 fails on a markdown table outside a block (unless the line before it is ``<!-- checked by PATH -->``, naming the
-test that checks a hand-kept table) and on a relative link to a file that does not exist.
+test that checks a hand-kept table), on a relative link to a file that does not exist, and on a repository path
+in a code span (`src/...`, `tests/...`, `tools/...`) that does not exist.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"(<!-- gen:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /gen -->)", re.S)
 CHECKED_BY = re.compile(r"<!-- checked by (?P<path>\S+) -->")
 TABLE_RULE = re.compile(r"^\|(\s*:?-+:?\s*\|)+\s*$")
+REPO_PATH = re.compile(r"`(?P<path>(?:src|tests|tools|results|docs|profiles)/[\w./-]*)`")
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\((?P<target>[^)\s]+)\)|!\[[^\]]*\]\((?P<image>[^)\s]+)\)")
 
 
@@ -95,6 +97,12 @@ def broken_links(page: Path, text: str) -> list[str]:
     return broken
 
 
+def missing_paths(text: str, root: Path = ROOT) -> list[str]:
+    """Repository paths named in code spans (`src/edge_run/...`) that do not exist."""
+    return [m.group("path") for _, line in _outside_blocks(text) for m in REPO_PATH.finditer(line)
+            if not (root / m.group("path")).exists()]
+
+
 def problems(root: Path = ROOT, gens: dict[str, Callable[[], str]] | None = None) -> list[str]:
     gens = gens if gens is not None else generators()
     found = []
@@ -106,6 +114,7 @@ def problems(root: Path = ROOT, gens: dict[str, Callable[[], str]] | None = None
         found += [f"{rel}:{n}: a table that is neither generated (<!-- gen:NAME -->) nor checked by a test "
                   "(<!-- checked by tests/... -->)" for n in loose_tables(text, root)]
         found += [f"{rel}: link to {target}, which does not exist" for target in broken_links(page, text)]
+        found += [f"{rel}: names {path}, which does not exist" for path in missing_paths(text, root)]
     return found
 
 
