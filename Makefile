@@ -3,7 +3,7 @@ PY ?= python
 MODELS ?= models
 PROFILE ?= pi4-4gb
 
-.PHONY: demo test lint zoo arm-check
+.PHONY: demo test lint zoo arm-check docs
 
 zoo:
 	$(PY) -m tools.zoo build
@@ -31,3 +31,8 @@ arm-check:
 
 lint:
 	$(PY) -m ruff check src tests tools
+	$(PY) -m tools.gen_docs --check
+
+# Every table in README.md and docs/ from its source (the registries, the CLI, the tests' cases, results/*.json).
+docs:
+	$(PY) -m tools.gen_docs
