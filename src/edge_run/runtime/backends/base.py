@@ -14,6 +14,8 @@ from edge_run.core.errors import UsageError
 if TYPE_CHECKING:  # numpy and psutil are imported where used: `edge-run run` starts before either is needed
     import numpy as np
 
+    from edge_run.runtime.chat.prompt import ChatRender
+
 
 def physical_cores() -> int:
     import psutil
@@ -31,6 +33,8 @@ class LoadOptions:
     cache_type: str = "f16"  # KV cache element type: f32 | f16 | q8_0 | q4_0
     reuse_prefix: bool = True  # keep the KV cache between calls; evaluate only what follows the common prefix
     flash_attn: str = "auto"  # on | off | auto (llama.cpp's default, as llama-cli/-bench/-perplexity use it)
+    n_gpu_layers: int = 0  # GGUF: layer slots offloaded to llama.cpp's non-CPU devices (a --cluster's RPC workers)
+    tensor_split: tuple[float, ...] = ()  # GGUF: slots per such device, in llama.cpp's registry order
     mmap: str = "auto"  # GGUF use_mmap: on | off | auto (src/edge_run/runtime/estimate/load_mode.py)
 
 
@@ -230,43 +234,27 @@ class Backend(abc.ABC):
 
         return self.render_messages(user_turn(user_message))
 
+    def is_control(self, token: int) -> bool:
+        """True for a token that ``tokenize`` parses from its text but ``tokenize_plain`` never makes (control
+        tokens such as ``<|im_start|>``): only the chat template's own text may hold one."""
+        raise NotImplementedError
+
+    def chat_render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> ChatRender:
+        """The chat template rendered (sandboxed, bounded) for ``messages``, split into its own text and message
+        text by structure (chat/prompt.py)."""
+        from edge_run.runtime.chat.prompt import render_parts
+
+        return render_parts(self.chat_template(), messages, add_generation_prompt=add_generation_prompt,
+                            **self.template_tokens())
+
     def chat_prompt_messages(self, messages: list[dict[str, Any]]) -> list[int]:
         """Prompt token ids for a conversation (system / user / assistant turns, in order) in the model's own
         template, generation prompt added. Only the template's own special tokens become control tokens: text
-        inside a message that spells one (``<|im_end|>``...) is tokenized as plain text."""
-        rendered = self.render_messages(messages)
-        contents = [m["content"] for m in messages if isinstance(m.get("content"), str) and m["content"]]
-        if not any(self._spells_special(c) for c in contents):
-            return self.tokenize(rendered, add_special=True)  # nothing to inject: tokenize as one text
-        return self._tokenize_segments(rendered, contents)
+        inside a message that spells one (``<|im_end|>``...) is tokenized as plain text. A plain function of its
+        arguments: safe to call from any thread (the backend's tokenizer permitting)."""
+        from edge_run.runtime.chat.prompt import prompt_tokens
 
-    def _spells_special(self, text: str) -> bool:
-        return self.tokenize(text, add_special=False) != self.tokenize_plain(text)
-
-    def _tokenize_segments(self, rendered: str, contents: list[str]) -> list[int]:
-        """Template text parsed with special tokens, message text as plain text, in rendered order."""
-        tokens: list[int] = []
-        cursor, first = 0, True
-        for content in contents:
-            at, text = rendered.find(content, cursor), content
-            if at < 0:
-                text = content.strip()
-                at = rendered.find(text, cursor) if text else -1
-            if at < 0:
-                if self._spells_special(content):
-                    raise UsageError("a message contains special-token text that this model's chat template "
-                                     "rewrites, so it cannot be kept as plain text",
-                                     "remove the special-token text from the message")
-                continue  # transformed by the template but harmless: it stays part of the template text
-            head = rendered[cursor:at]
-            if head or first:
-                tokens += self.tokenize(head, add_special=first)  # BOS (if the model wants one) only at the start
-            first = False
-            tokens += self.tokenize_plain(text)
-            cursor = at + len(text)
-        if cursor < len(rendered):
-            tokens += self.tokenize(rendered[cursor:], add_special=first)
-        return tokens
+        return prompt_tokens(self, self.chat_render(messages))
 
     def generate(self, prompt: str, params: GenerationParams, chat: bool = False,
                  cancel: Cancel | None = None) -> GenerationResult:

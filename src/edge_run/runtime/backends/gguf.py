@@ -84,7 +84,8 @@ class GGUFBackend(Backend):
                     n_threads_batch=options.n_threads, n_batch=options.n_batch, n_ubatch=options.n_batch,
                     logits_all=options.logits_all, use_mmap=use_mmap, seed=options.seed, verbose=False,
                     type_k=cache_type, type_v=cache_type,
-                    flash_attn=FLASH_ATTN[options.flash_attn],
+                    flash_attn=FLASH_ATTN[options.flash_attn], n_gpu_layers=options.n_gpu_layers,
+                    tensor_split=list(options.tensor_split) or None,
                 )
         except TemplateError as e:  # llama-cpp-python compiles the chat template while loading
             raise ArtifactError(f"the chat template in {path.name} is not valid jinja ({e})",
@@ -153,6 +154,12 @@ class GGUFBackend(Backend):
 
     def is_eog(self, token: int) -> bool:
         return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def is_control(self, token: int) -> bool:
+        """The tokens llama_tokenize parses only with parse_special: control and unknown (llama-vocab.cpp)."""
+        lc = self._llama_cpp
+        parsed_only_special = lc.LLAMA_TOKEN_ATTR_CONTROL | lc.LLAMA_TOKEN_ATTR_UNKNOWN
+        return bool(lc.llama_vocab_get_attr(self._vocab, token) & parsed_only_special)
 
     # -- evaluation -----------------------------------------------------------------------------
     def eval_logits(self, tokens: list[int]) -> np.ndarray:

@@ -100,6 +100,7 @@ class ONNXBackend(Backend):
         self._tok_json = tok_json
         self._plain_tokenizer: Any = None
         self._special = {int(a["id"]) for a in tok_json.get("added_tokens", []) if a.get("special")}
+        self._added = {int(a["id"]) for a in tok_json.get("added_tokens", [])}
         self._byte_level = "ByteLevel" in json.dumps(tok_json.get("decoder") or {})
         self._pieces: dict[int, bytes] = {}
 
@@ -175,6 +176,10 @@ class ONNXBackend(Backend):
 
     def is_eog(self, token: int) -> bool:
         return token in self._eos
+
+    def is_control(self, token: int) -> bool:
+        """Every added token: tokenize matches them all in the text, tokenize_plain (no added tokens) none."""
+        return token in self._added
 
     # -- the graph ------------------------------------------------------------------------------
     def _bind(self, last_only: bool) -> Any:

@@ -1,0 +1,389 @@
+"""Bounds on a chat template's render: its time, the size of each value it makes, all it makes together, its output.
+
+A chat template is code from the model file. The sandbox keeps it away from Python's internals; these bounds keep
+it from wedging the process or filling memory. Every operation that can make a value much larger than its inputs is
+sized BEFORE it runs, so ``'x' * 3000000000`` fails at once without allocating: the operators ``* + ** %`` and
+``~``, the filters and string methods that grow their input (the tables below) and every printed value. Loops,
+calls and attribute lookups check the deadline. The limits grow with the messages: a long conversation renders, a
+template that multiplies it does not. The budget of the render in progress is a context variable, so one compiled
+template serves any number of threads.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any
+
+from jinja2 import nodes
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import Namespace
+from jinja2.visitor import NodeTransformer
+
+from edge_run.core.errors import ArtifactError
+
+HINT = "the model's chat template is at fault: fix it, or run without --chat"
+BASE_SECONDS = 1.0  # plus SECONDS_PER_MB for the messages' text
+SECONDS_PER_MB = 2.0
+BASE_VALUE = 1 << 20  # characters one value (the output included) may have, plus 8 per character of the messages
+BASE_ALLOC = 64 << 20  # characters all sized operations of one render may make, plus 32 per character of the messages
+PER_MESSAGE = 1024  # value and output allowance per message (its headers)
+CHECK_EVERY = 64  # loop iterations between deadline checks
+MAX_INT_DIGITS = 4300  # Python's own limit on printing an int
+
+
+@dataclass(frozen=True)
+class Limits:
+    seconds: float
+    max_value: int
+    max_alloc: int
+
+    @classmethod
+    def for_input(cls, chars: int, messages: int) -> Limits:
+        """The limits for a render of ``messages`` messages holding ``chars`` characters."""
+        return cls(seconds=BASE_SECONDS + SECONDS_PER_MB * chars / 1e6,
+                   max_value=BASE_VALUE + 8 * chars + PER_MESSAGE * messages,
+                   max_alloc=BASE_ALLOC + 32 * chars + PER_MESSAGE * messages)
+
+
+@dataclass
+class Budget:
+    limits: Limits
+    deadline: float  # time.monotonic()
+    made: int = field(default=0)
+
+    def tick(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise ArtifactError(f"the chat template ran past its {self.limits.seconds:.1f} s limit", HINT)
+
+    def charge(self, size: int, what: str) -> None:
+        if size > self.limits.max_value:
+            raise ArtifactError(f"the chat template tried to make a value of about {_count(size)} characters {what} "
+                                f"(the limit is {self.limits.max_value:,})", HINT)
+        self.made += size
+        if self.made > self.limits.max_alloc:
+            raise ArtifactError(f"the chat template made more than {self.limits.max_alloc:,} characters of values",
+                                HINT)
+        self.tick()
+
+
+def _count(n: int) -> str:
+    return f"{n:,}" if n < 10**15 else f"10^{len(str(n)) - 1}" if n < 10**MAX_INT_DIGITS else "more than 10^4300"
+
+
+BUDGET: ContextVar[Budget | None] = ContextVar("edge_run_template_budget", default=None)
+
+
+def charge(size: int, what: str) -> None:
+    budget = BUDGET.get()
+    if budget is not None:
+        budget.charge(size, what)
+
+
+def tick() -> None:
+    budget = BUDGET.get()
+    if budget is not None:
+        budget.tick()
+
+
+# -- sizes ---------------------------------------------------------------------------------------
+
+def size_of(value: Any, cap: int = 1 << 62) -> int:
+    """About how many characters ``str(value)`` takes (at least that many), counted only until ``cap`` is passed;
+    containers count their items (a list of one string repeated is as large as its text)."""
+    total, stack = 0, [value]
+    while stack and total <= cap:
+        v = stack.pop()
+        if isinstance(v, (str, bytes, bytearray)):
+            total += len(v)
+        elif isinstance(v, bool) or v is None:
+            total += 5
+        elif isinstance(v, int):
+            total += v.bit_length() // 3 + 1
+        elif isinstance(v, dict):
+            total += 2 + 4 * len(v)
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            total += 2 + 2 * len(v)
+            stack.extend(v)
+        elif isinstance(v, Namespace):
+            stack.append(v._Namespace__attrs)
+        else:
+            total += 24
+    return total
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int):
+        raise TypeError(f"{type(value).__name__} is not an integer")
+    return value
+
+
+def _times(a: Any, b: Any) -> int:
+    if isinstance(a, int) and isinstance(b, int):
+        return size_of(a) + size_of(b)
+    seq, n = (a, b) if isinstance(b, int) else (b, a)
+    return size_of(seq) * max(n, 0) if isinstance(n, int) else size_of(a) + size_of(b)
+
+
+def _power(a: Any, b: Any) -> int:
+    if isinstance(a, int) and isinstance(b, int) and b > 0 and a not in (0, 1, -1):
+        return a.bit_length() * b // 3 + 1
+    return 24
+
+
+FIELD = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d*))?")
+
+
+def _percent(fmt: Any, args: Any) -> int:
+    """``fmt % args``: the format, each field printing all the arguments (a mapping may be named twice), widths."""
+    if not isinstance(fmt, str):
+        return size_of(fmt) + size_of(args)
+    total = len(fmt)
+    for m in FIELD.finditer(fmt):
+        if "*" in m.group(0):
+            return 1 << 62  # a width taken from the arguments: refused rather than sized
+        total += size_of(args) + sum(int(g) for g in m.groups() if g)
+    return total
+
+
+def _format(fmt: str, *args: Any, **kwargs: Any) -> int:
+    """``fmt.format(...)``: as ``%``, and a nested width (``{:{w}}``) is refused."""
+    total = len(fmt)
+    for _, name, spec, _ in string.Formatter().parse(fmt):
+        if name is None:
+            continue
+        if "{" in (spec or ""):
+            return 1 << 62
+        total += size_of(args) + size_of(kwargs) + sum(int(d) for d in re.findall(r"\d+", spec or ""))
+    return total
+
+
+def _joined(items: Any, sep: Any = "", *_: Any, **__: Any) -> int:
+    items = list(items) if not isinstance(items, (str, bytes)) else items
+    return size_of(items) + size_of(sep) * max(len(items) - 1, 0)
+
+
+def _text(value: Any) -> str | None:
+    """What .replace() works on, as a str (bytes as Latin-1: the same length); None for a value too large."""
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("latin-1")
+    return value if isinstance(value, str) else str(value) if size_of(value) <= BASE_VALUE else None
+
+
+def _replaced(s: Any, old: Any, new: Any, count: Any = -1, *_: Any, **__: Any) -> int:
+    text, old, new = _text(s), _text(old), _text(new)
+    if text is None or old is None or new is None:
+        return 1 << 62
+    hits = text.count(old) if old else len(text) + 1
+    if isinstance(count, int) and count >= 0:
+        hits = min(hits, count)
+    return len(text) + hits * max(len(new) - len(old), 0)
+
+
+def _split(s: Any, sep: Any = None, *_: Any, **__: Any) -> int:
+    pieces = s.count(sep) + 1 if isinstance(sep, type(s)) and sep else len(s) // 2 + 1
+    return len(s) + 64 * pieces  # each piece is an object
+
+
+def _indented(s: Any, width: Any = 4, *_: Any, **__: Any) -> int:
+    lines = s.count("\n") + 1 if isinstance(s, str) else size_of(s)
+    return size_of(s) + (len(width) if isinstance(width, str) else _int(width)) * lines
+
+
+def _scaled(factor: int) -> Callable[..., int]:
+    return lambda value, *_, **__: factor * size_of(value)
+
+
+def _listed(value: Any, *_: Any, **__: Any) -> int:
+    return 64 * len(value) if isinstance(value, str) else size_of(value)  # a string becomes one object a character
+
+
+def _widened(s: Any, width: Any = 80, *_: Any, **__: Any) -> int:
+    return max(size_of(s), _int(width))
+
+
+# what an operator's result may take; the others (- / // comparisons) make numbers no longer than their operands
+BINOP_SIZES: dict[str, Callable[[Any, Any], int]] = {
+    "*": _times,
+    "+": lambda a, b: size_of(a) + size_of(b),
+    "**": _power,
+    "%": _percent,
+}
+
+# filters that can make a value much larger than their input: the size of their result, from their arguments
+FILTER_SIZES: dict[str, Callable[..., int]] = {
+    "join": _joined,
+    "replace": _replaced,
+    "center": _widened,
+    "indent": _indented,
+    "format": lambda value, *args, **kwargs: _percent(value, kwargs or args),
+    "wordwrap": lambda s, width=79, *_, **__: 2 * size_of(s) + 64,
+    "list": _listed,
+    "string": _scaled(1),
+    "tojson": _scaled(6),  # \uXXXX escapes
+    "pprint": _scaled(2),
+    "e": _scaled(6),
+    "escape": _scaled(6),
+    "forceescape": _scaled(6),
+    "urlencode": _scaled(12),  # %XX for each of up to 4 bytes
+    "upper": _scaled(3),  # case mappings can lengthen a character to three (U+FB03 -> FFI)
+    "lower": _scaled(3),
+    "title": _scaled(3),
+    "capitalize": _scaled(3),
+    "sum": lambda items, attribute=None, start=0, *_, **__: size_of(items) + size_of(start),
+    "batch": lambda items, count, fill_with=None, *_, **__: size_of(items) + size_of(fill_with) * _int(count),
+}
+
+# string (and bytes) methods that can make a value much larger than the string
+METHOD_SIZES: dict[str, Callable[..., int]] = {
+    "join": lambda s, items, *_, **__: _joined(items, s),
+    "replace": _replaced,
+    "center": _widened,
+    "ljust": _widened,
+    "rjust": _widened,
+    "zfill": _widened,
+    "expandtabs": lambda s, tabsize=8, *_, **__: len(s) + s.count("\t") * max(_int(tabsize), 0),
+    "translate": lambda s, table, *_, **__: len(s) * (1 + size_of(table)),
+    "split": _split,
+    "rsplit": _split,
+    "splitlines": lambda s, *_, **__: len(s) + 64 * (len(s) + 1),
+    "encode": lambda s, *_, **__: 4 * len(s),
+    "upper": _scaled(3),
+    "lower": _scaled(3),
+    "title": _scaled(3),
+    "capitalize": _scaled(3),
+    "swapcase": _scaled(3),
+    "casefold": _scaled(3),
+}
+
+REMOVED_FILTERS = ("striptags", "urlize")  # regular expressions that take quadratic time on crafted text
+REMOVED_GLOBALS = ("lipsum",)  # makes text of any size
+
+
+def materialized(value: Any) -> Any:
+    """An iterator as a list (so it can be sized, then used), read with the deadline checked."""
+    if not isinstance(value, Iterator):
+        return value
+    return list(bounded_iter(value))
+
+
+def bounded_iter(items: Iterable[Any]) -> Iterator[Any]:
+    for i, item in enumerate(items):
+        if not i % CHECK_EVERY:
+            tick()
+        yield item
+
+
+def _sized(what: str, estimate: Callable[..., int], *args: Any, **kwargs: Any) -> None:
+    try:
+        size = estimate(*args, **kwargs)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ArtifactError(f"the chat template's arguments cannot be sized ({what}: {e})",
+                            HINT) from e
+    charge(size, what)
+
+
+def _bounded_filter(name: str, f: Callable[..., Any], estimate: Callable[..., int]) -> Callable[..., Any]:
+    lead = 0 if getattr(f, "jinja_pass_arg", None) is None else 1  # the context the filter is passed first
+
+    @wraps(f)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > lead:
+            args = (*args[:lead], materialized(args[lead]), *args[lead + 1:])
+        _sized(f"with the |{name} filter", estimate, *args[lead:], **kwargs)
+        return f(*args, **kwargs)
+
+    return run
+
+
+def _env_call(name: str, args: list[Any], lineno: int) -> nodes.Call:
+    call = nodes.Call(nodes.EnvironmentAttribute(name), args, [], None, None)
+    return call.set_lineno(lineno)  # type: ignore[return-value]
+
+
+class _Guard(NodeTransformer):
+    """Every loop reads its items through ``bounded_iter``, every ``~`` concatenation is sized first."""
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:
+        node = self.generic_visit(node)  # type: ignore[assignment]
+        node.iter = _env_call("bounded_iter", [node.iter], node.lineno)
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        node = self.generic_visit(node)  # type: ignore[assignment]
+        return _env_call("bounded_concat", list(node.nodes), node.lineno)
+
+
+class BoundedEnvironment(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset(BINOP_SIZES)
+
+    def __init__(self) -> None:
+        super().__init__(trim_blocks=True, lstrip_blocks=True, finalize=self._printed)
+        for name, estimate in FILTER_SIZES.items():
+            self.filters[name] = _bounded_filter(name, self.filters[name], estimate)
+        for name in REMOVED_FILTERS:
+            self.filters.pop(name, None)
+        for name in REMOVED_GLOBALS:
+            self.globals.pop(name, None)
+
+    @staticmethod
+    def _printed(value: Any) -> Any:
+        charge(size_of(value), "to print")
+        return value
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        return _Guard().visit(super()._parse(source, name, filename))
+
+    @staticmethod
+    def bounded_iter(items: Iterable[Any]) -> Iterator[Any]:
+        return bounded_iter(items)
+
+    @staticmethod
+    def bounded_concat(*values: Any) -> str:
+        charge(sum(size_of(v) for v in values), "with ~")
+        return "".join(map(str, values))
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        _sized(f"with the {operator} operator", BINOP_SIZES[operator], left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        tick()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        if isinstance(argument, slice):
+            charge(size_of(obj), "with a slice")
+        else:
+            tick()
+        return super().getitem(obj, argument)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        fmt = super().wrap_str_format(value)
+        if fmt is None:
+            return None
+        template: str = value.__self__
+
+        @wraps(fmt)
+        def run(*args: Any, **kwargs: Any) -> str:
+            _sized("with str.format", _format, template, *args, **kwargs)
+            return fmt(*args, **kwargs)
+
+        return run
+
+    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        tick()
+        owner = getattr(obj, "__self__", None)
+        estimate = METHOD_SIZES.get(getattr(obj, "__name__", "")) if isinstance(owner, (str, bytes)) else None
+        if estimate is not None:
+            args = tuple(materialized(a) for a in args)
+            _sized(f"with .{obj.__name__}()", estimate, owner, *args, **kwargs)
+        return super().call(context, obj, *args, **kwargs)
