@@ -32,6 +32,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "verify",
     "serve",
     "chat",
+    "worker",
+    "cluster",
 )
 
 

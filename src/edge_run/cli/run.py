@@ -9,12 +9,13 @@ from pathlib import Path
 import typer
 
 from edge_run.cli._common import closed_or_left_to_exit, print_json
+from edge_run.cli.cluster import CLUSTER_HELP, open_model
 from edge_run.core.errors import UsageError
 from edge_run.runtime.backends import GenerationParams
 from edge_run.runtime.backends.base import physical_cores
 from edge_run.runtime.chat.template import user_turn
 from edge_run.runtime.prompt import check_prompt_size
-from edge_run.runtime.session import DEFAULT_CTX, SessionOptions, open_session
+from edge_run.runtime.session import DEFAULT_CTX, SessionOptions
 
 
 def peak_rss_mib() -> float:
@@ -44,6 +45,7 @@ def run(
                              "repacks most weights for this CPU, so one copy is held)"),
     force: bool = typer.Option(False, "--force", help="load even if the memory estimate exceeds available memory"),
     as_json: bool = typer.Option(False, "--json", help="print text, token counts, speeds, load time, peak RSS as JSON"),
+    cluster: str = typer.Option(None, "--cluster", help=CLUSTER_HELP),
 ) -> None:
     """Generate text, streaming it to stdout."""
     text = _read_prompt(prompt, prompt_file)
@@ -57,7 +59,8 @@ def run(
         artifact, pick_info = picker.resolve_for_run(profile, models, artifact, ctx or DEFAULT_CTX)
     params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     options = SessionOptions(ctx=ctx, threads=n_threads, force=force, seed=seed, flash_attn=flash_attn, mmap=mmap)
-    with closed_or_left_to_exit(open_session(artifact, options)) as backend:
+    model, cluster_info = open_model(artifact, options, cluster)
+    with closed_or_left_to_exit(model) as backend:
         rendered = backend.chat_prompt(text) if chat else text
         check_prompt_size(rendered, "the prompt rendered by the chat template")
         # with --chat the message's own text never becomes a control token of the template (e.g. "<|im_end|>")
@@ -82,6 +85,7 @@ def run(
             "load_seconds": round(backend.load_seconds, 3), "peak_rss_mib": round(peak_rss_mib(), 1),
             "threads": n_threads, "n_ctx": backend.n_ctx, "pick": pick_info,
             "memory": estimate_artifact(artifact, backend.n_ctx, mmap=backend.options.mmap).to_dict(),
+            **({"cluster": cluster_info} if cluster_info else {}),
         })
 
 

@@ -10,6 +10,8 @@ Exit codes (documented in the README):
     3  input error      missing / corrupt / unsupported checkpoint, artifact, profile, corpus
     4  resource error   not enough memory or disk, output not writable, nothing fits the budget
     5  integrity error  artifact does not match its manifest
+    6  cluster error    a worker of a --cluster is down, busy, stalled, of another protocol version, or went away
+                        while generating; llama.cpp's RPC library is missing and cannot be built
     130 interrupted     SIGINT / SIGTERM; partial files were removed
 """
 
@@ -79,6 +81,10 @@ class InsufficientMemoryError(ResourceError):
 
 class IntegrityError(EdgeRunError):
     exit_code = 5
+
+
+class ClusterError(EdgeRunError):
+    exit_code = 6
 
 
 class Interrupted(EdgeRunError):

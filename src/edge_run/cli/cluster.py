@@ -1,0 +1,99 @@
+"""`edge-run cluster`: build llama.cpp's RPC library, check a cluster's workers; `--cluster` for the other commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from edge_run.cli._common import print_json
+from edge_run.core.errors import ClusterError
+
+CLUSTER_HELP = ("split the model over edge-run workers: a cluster FILE, a NAME in the config folder's clusters/, "
+                "or profile@host:port,... inline")
+app = typer.Typer(help="Clusters of boards serving one model through llama.cpp's RPC backend.", no_args_is_help=True)
+
+
+def _end_on_lost_worker(error: ClusterError) -> None:
+    """llama.cpp found a worker gone mid-run, in one of its threads: one line and the cluster exit code, now."""
+    os.write(2, f"\nerror: {error.one_line()}\n".encode())
+    os._exit(error.exit_code)
+
+
+def _ensure_library() -> None:
+    from edge_run.runtime.cluster.build import cached_rpc_library
+
+    if cached_rpc_library() is None:
+        sys.stderr.write("building llama.cpp's RPC library for this llama-cpp-python (once, about half a minute)\n")
+
+
+def open_model(artifact: Path, options: Any, cluster: str | None) -> tuple[Any, dict[str, Any] | None]:
+    """The backend for a command: session.open_session, or with ``cluster`` the split over its workers (and the
+    placement as a dict for --json). With a cluster, a worker lost later ends the process with exit code 6."""
+    from edge_run.runtime.session import open_session
+
+    if cluster is None:
+        return open_session(artifact, options), None
+    from edge_run.runtime.cluster import host
+    from edge_run.runtime.cluster.spec import load_cluster
+
+    spec = load_cluster(cluster)
+    _ensure_library()
+    host.exit_on_lost_worker(_end_on_lost_worker)
+    backend, placement = host.open_cluster_session(artifact, spec, options)
+    return backend, placement.to_dict()
+
+
+@app.command("build")
+def build(force: bool = typer.Option(False, "--force", help="build again even if it is cached")) -> None:
+    """Build llama.cpp's RPC library (libggml-rpc.so) for the installed llama-cpp-python (once; cached)."""
+    from edge_run.runtime.cluster.build import build_rpc_library, cached_rpc_library
+
+    if force or cached_rpc_library() is None:
+        sys.stderr.write("building llama.cpp's RPC library (about half a minute)\n")
+    done = build_rpc_library(force=force)
+    sys.stdout.write(f"{done.path}  llama-cpp-python {done.llama_cpp_python}, ggml {done.ggml_version}, "
+                     f"RPC protocol {done.protocol_text}, built in {done.seconds:g} s\n")
+
+
+@app.command("check")
+def check(
+    cluster: str = typer.Argument(..., help="cluster FILE, NAME, or profile@host:port,... inline"),
+    timeout: float = typer.Option(5.0, "--timeout", min=0.1, help="seconds to wait for each worker"),
+    as_json: bool = typer.Option(False, "--json", help="print the rows as JSON"),
+) -> None:
+    """Connect to every worker: reachable, protocol, free memory, round-trip time; one row per node."""
+    from edge_run.runtime.cluster import native
+    from edge_run.runtime.cluster.probe import probe
+    from edge_run.runtime.cluster.spec import load_cluster
+
+    spec = load_cluster(cluster)
+    _ensure_library()
+    protocol = native.load_rpc().protocol
+    rows: list[dict[str, Any]] = []
+    for node in spec.workers:
+        assert node.endpoint is not None
+        try:
+            info = probe(node.endpoint, protocol, timeout).to_dict()
+            rows.append({"node": node.label, "ok": True, **info, "budget_mib": round(node.memory_mb, 1)})
+        except ClusterError as e:
+            rows.append({"node": node.label, "ok": False, "endpoint": node.endpoint, "error": e.one_line()})
+    if as_json:
+        print_json({"cluster": spec.origin, "protocol": ".".join(map(str, protocol)), "nodes": rows})
+    else:
+        for r in rows:
+            if r["ok"]:
+                sys.stdout.write(f"{r['node']:<40} ok    protocol {r['protocol']}  free {r['free_mib']:>9.0f} MiB  "
+                                 f"budget {r['budget_mib']:>7.0f} MiB  rtt {r['rtt_ms']:.3f} ms\n")
+            else:
+                sys.stdout.write(f"{r['node']:<40} FAIL  {r['error']}\n")
+    bad = [r for r in rows if not r["ok"]]
+    if bad:
+        raise ClusterError(f"{len(bad)} of {len(rows)} workers failed the check", "see the rows above")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="cluster")
