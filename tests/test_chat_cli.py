@@ -1,11 +1,14 @@
 """`edge-run chat` driven through a pseudo-terminal (pexpect) on the real SmolLM2-135M, plus the rule that text
-inside a message can never become a control token of the template (GGUF and ONNX)."""
+inside a message can never become a control token of the template (GGUF and ONNX); what chat does with lines
+that are not text, pastes past the terminal's 4,095-byte line buffer and look-alike commands (on the tiny model:
+its answers are noise, what is checked is what reaches it); the line reader's editing, on a bare pty."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,8 +16,6 @@ from typing import Any
 import pytest
 
 from .serve_util import REPO
-
-pytestmark = pytest.mark.zoo
 
 PROMPT = ">>> "
 
@@ -25,11 +26,13 @@ def spawn_chat(artifact: Path, tmp_path: Path, *args: str) -> object:
     env = {**os.environ, "EDGE_RUN_CACHE": str(tmp_path / "cache"), "TERM": "dumb"}
     env.pop("EDGE_RUN_DEBUG", None)
     child = pexpect.spawn(sys.executable, ["-m", "edge_run.cli.main", "chat", str(artifact), *args],
-                          cwd=str(REPO), env=env, encoding="utf-8", timeout=120, dimensions=(50, 400))
+                          cwd=str(REPO), env=env, encoding="utf-8", codec_errors="replace", timeout=120,
+                          dimensions=(50, 400))
     child.expect_exact(PROMPT)
     return child
 
 
+@pytest.mark.zoo
 def test_chat_session(zoo_gguf_dir: Callable[[str, str], Path], tmp_path: Path) -> None:
     import pexpect
 
@@ -68,6 +71,7 @@ def test_chat_session(zoo_gguf_dir: Callable[[str, str], Path], tmp_path: Path) 
     assert child.exitstatus == 0, child.before
 
 
+@pytest.mark.zoo
 def test_chat_drops_the_oldest_turns_when_the_context_fills(zoo_gguf_dir: Callable[[str, str], Path],
                                                           tmp_path: Path) -> None:
     import pexpect
@@ -88,6 +92,7 @@ def test_chat_drops_the_oldest_turns_when_the_context_fills(zoo_gguf_dir: Callab
     assert child.exitstatus == 0
 
 
+@pytest.mark.zoo
 @pytest.mark.parametrize("fmt", ["gguf", "onnx"])
 def test_user_text_cannot_inject_special_tokens(fmt: str, zoo_gguf_dir: Callable[[str, str], Path],
                                                 zoo_onnx_dir: Callable[[str, str], Path], cli: Callable[..., Any],
@@ -116,3 +121,139 @@ def test_user_text_cannot_inject_special_tokens(fmt: str, zoo_gguf_dir: Callable
     res = cli("run", artifact, "--chat", "-p", evil, "-n", "1", "--json")
     assert res.code == 0, res.stderr
     assert json.loads(res.stdout)["prompt_tokens"] == len(safe)
+
+
+# ------------------------------------------------------------------ bad lines, long pastes, look-alike commands
+
+
+def _type_bytes(child: Any, data: bytes) -> threading.Thread:
+    """Write ``data`` to the terminal from a thread, so that a paste longer than the pty's buffers never waits
+    on its own echo, which the test reads meanwhile."""
+    writer = threading.Thread(target=lambda: os.write(child.child_fd, data), daemon=True)
+    writer.start()
+    return writer
+
+
+def test_chat_refuses_bad_lines_and_goes_on(tiny_gguf: Path, tmp_path: Path) -> None:
+    import pexpect
+
+    child = spawn_chat(tiny_gguf, tmp_path, "--ctx", "512", "-n", "2", "--threads", "1")
+    try:
+        _type_bytes(child, b"caf\xe9 au lait\n")  # Latin-1 typed into a UTF-8 chat
+        child.expect_exact("error: the line is not UTF-8 text (character 4). it was not sent: type it again")
+        child.expect_exact(PROMPT)
+        _type_bytes(child, b"\xff\xfe\n")
+        child.expect_exact("error: the line is not UTF-8 text (character 1)")
+        child.expect_exact(PROMPT)
+        # a paste of 6,003 characters (about 3,000 tokens): all of it reaches the model, which says how many
+        # tokens it needs; a terminal in line mode would have kept 4,095 bytes (about 2,050 tokens)
+        _type_bytes(child, b"a " * 3000 + b"end\r")
+        child.expect(r"error: the message needs (\d+) tokens but the context holds 512")
+        assert int(child.match.group(1)) >= 3000
+        child.expect_exact(PROMPT)
+        for line, says in [("/systemfoo bar", "(unknown command /systemfoo)"),
+                           ("/system\tbe brief", "(system prompt set; conversation cleared)"),
+                           ("/system", "(system prompt removed)"),
+                           ("/resetting", "(unknown command /resetting)"),
+                           ("/reset now", "(/reset takes no text)"),
+                           ("/exit now", "(/exit takes no text)"),
+                           ("/exitnow", "(unknown command /exitnow)"),
+                           ("/bye-bye", "(unknown command /bye-bye)")]:
+            child.sendline(line)
+            child.expect_exact(says)
+            child.expect_exact(PROMPT)
+        child.sendline("hello")  # the conversation goes on: a normal turn is answered
+        child.expect_exact(PROMPT)
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0, child.before
+
+
+def test_piped_chat_refuses_bad_lines_and_goes_on(tiny_gguf: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    env = {**os.environ, "EDGE_RUN_CACHE": str(tmp_path / "cache")}
+    env.pop("EDGE_RUN_DEBUG", None)
+    lines = b"hello\n\xff\xfebad\n" + b"x" * (9 * 2**20) + b"\n/systemfoo bar\nagain\n"  # no /exit: EOF ends it
+    res = subprocess.run([sys.executable, "-m", "edge_run.cli.main", "chat", str(tiny_gguf), "-n", "2",
+                          "--threads", "1"], input=lines, capture_output=True, timeout=120, cwd=str(REPO), env=env)
+    out = res.stdout.decode("utf-8", "replace")
+    assert res.returncode == 0, res.stderr
+    assert b"Traceback" not in res.stderr
+    assert "error: the line is not UTF-8 text (character 1). it was not sent: type it again" in out
+    assert "error: the line is larger than 8 MiB. it was not sent" in out
+    assert "(unknown command /systemfoo)" in out
+    assert out.count(PROMPT) == 6  # five lines and the end: every line was read, none ended the chat
+
+
+def test_system_prompt_that_is_not_utf8_is_refused_before_loading(tiny_gguf: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    env = {**os.environ, "EDGE_RUN_CACHE": str(tmp_path / "cache")}
+    env.pop("EDGE_RUN_DEBUG", None)
+    res = subprocess.run([sys.executable.encode(), b"-m", b"edge_run.cli.main", b"chat", bytes(tiny_gguf),
+                          b"--system", b"caf\xe9"], capture_output=True, timeout=60, cwd=str(REPO), env=env)
+    assert res.returncode == 2
+    assert res.stderr.decode() == "error: --system is not UTF-8 text (character 4). pass UTF-8 text\n"
+
+
+READER = """
+import sys, termios
+from edge_run.cli._line_reader import LineReader
+reader = LineReader(int(sys.argv[1]))
+while (line := reader.read("> ")) is not None:
+    mode = "line-mode" if termios.tcgetattr(0)[3] & termios.ICANON else "raw"
+    print("GOT", ascii(line.text), line.too_long, mode, flush=True)
+print("END", flush=True)
+"""
+GOT = rb"GOT (.+?) (True|False) line-mode"  # the terminal is back in its line mode once a line is read
+
+
+@pytest.mark.parametrize(("typed", "got"), [
+    (b"abc\x7f\x7fxy\r", "'axy'"),  # Backspace
+    ("caf\u00e9\u4e2d\x7f\x7fe\r".encode(), "'cafe'"),  # Backspace erases a whole multi-byte character
+    (b"one two  \x17three\r", "'one three'"),  # Ctrl-W: the last word and the blanks after it
+    (b"junk\x15kept\r", "'kept'"),  # Ctrl-U: the whole line
+    (b"le\x1b[Dft\x1b[1;5C\x1bOA!\r", "'left!'"),  # arrow keys and other escape sequences are dropped
+    (b"\x1b[200~pasted\x1b[201~\r", "'pasted'"),  # bracketed-paste markers too
+    (b"tab\there\x01\x02\r", "'tab\\there'"),  # a tab is text; other control characters are not
+    (b"x\xe9y\r", "'x\\udce9y'"),  # a byte that is not UTF-8 is kept (as a lone surrogate) for chat to refuse
+])
+def test_line_reader_editing(typed: bytes, got: str) -> None:
+    import pexpect
+
+    child = pexpect.spawn(sys.executable, ["-c", READER, "100000"], cwd=str(REPO), timeout=30)
+    try:
+        child.expect_exact(b"> ")
+        _type_bytes(child, typed)
+        child.expect(GOT)
+        assert child.match.group(1).decode() == got and child.match.group(2) == b"False"
+        child.expect_exact(b"> ")
+        child.sendeof()
+        child.expect_exact(b"END")
+    finally:
+        child.close()
+
+
+def test_line_reader_takes_a_long_multi_line_paste() -> None:
+    import pexpect
+
+    child = pexpect.spawn(sys.executable, ["-c", READER, "10000"], cwd=str(REPO), timeout=30)
+    try:
+        child.expect_exact(b"> ")
+        first, second = "\u00e9" * 6000, "b" * 20000  # 12,000 bytes, then a line over the 10,000-byte limit
+        _type_bytes(child, (first + "\r\n" + second + "\nshort\n").encode())  # one paste; CR LF ends one line
+        child.expect(GOT)
+        assert child.match.group(1) == b"'" + b"\\xe9" * 5000 + b"'" and child.match.group(2) == b"True"
+        child.expect(GOT)
+        assert child.match.group(1) == b"'" + b"b" * 10000 + b"'" and child.match.group(2) == b"True"
+        child.expect(GOT)
+        assert child.match.group(1) == b"'short'" and child.match.group(2) == b"False"
+        child.expect_exact(b"> ")
+        child.sendintr()  # Ctrl-C at the prompt: KeyboardInterrupt, as input() raises it
+        child.expect_exact(b"KeyboardInterrupt")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()

@@ -1,18 +1,27 @@
-"""`edge-run chat`: an interactive multi-turn chat in the terminal, answers streamed as they are generated."""
+"""`edge-run chat`: an interactive multi-turn chat in the terminal, answers streamed as they are generated.
+
+Lines are read as bytes (src/edge_run/cli/_line_reader.py: a paste of any length, nothing dropped); a line that
+is not text in the terminal's encoding, or is too long for any context, is refused with one line and the
+conversation goes on.
+"""
 
 from __future__ import annotations
 
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from edge_run.core.errors import ArtifactError, EdgeRunError
+from edge_run.cli._line_reader import LineReader
+from edge_run.core.errors import ArtifactError, EdgeRunError, UsageError
 from edge_run.runtime.backends import Backend, GenerationParams
 from edge_run.runtime.chat.conversation import Conversation
+from edge_run.runtime.prompt import MAX_PROMPT_BYTES, check_prompt_size
 
 HELP = "/reset clears the conversation, /system TEXT sets the system prompt, /exit leaves; " \
        "Ctrl-C stops an answer, Ctrl-D leaves"
@@ -35,6 +44,8 @@ def chat_command(
     """Chat with a model in the terminal."""
     from edge_run.runtime.session import SessionOptions, open_session, resolve_artifact
 
+    if system is not None:
+        system = checked_text(system, "--system", sys.getfilesystemencoding(), "pass {} text")
     path, _ = resolve_artifact(artifact, profile, models, ctx)
     params = GenerationParams(max_tokens=max_tokens or 1 << 30, temperature=temperature, top_p=top_p, seed=seed)
     with open_session(path, SessionOptions(ctx=ctx, threads=threads, force=force, seed=seed)) as backend:
@@ -50,38 +61,94 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
-def _read_line() -> str | None:
-    """One line from the user; None on Ctrl-D. Ctrl-C at the prompt only says how to leave."""
+def checked_text(text: str, what: str, encoding: str, hint: str) -> str:
+    """``text`` if it is text and not too long; UsageError otherwise. Bytes that were not text in ``encoding``
+    (argv, or a line read with errors="surrogateescape") arrive as lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        name = encoding.upper().replace("UTF8", "UTF-8")
+        raise UsageError(f"{what} is not {name} text (character {e.start + 1})", hint.format(name)) from e
+    check_prompt_size(text, what)
+    return text
+
+
+def _read_line(reader: LineReader) -> str | None:
+    """One line from the user; None at the end of the input (Ctrl-D). Ctrl-C at the prompt only says how to
+    leave; a line that is not text, or too long, is refused with one line and another is read."""
     while True:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
-            return input(PROMPT)
-        except EOFError:
-            say("")
-            return None
+            line = reader.read(PROMPT)
         except KeyboardInterrupt:
             say("\n(Ctrl-D or /exit leaves)")
+            continue
+        if line is None:
+            say("")
+            return None
+        try:
+            if line.too_long:
+                raise UsageError(f"the line is larger than {MAX_PROMPT_BYTES // 2**20} MiB",
+                                 "it was not sent: no model's context holds that much text")
+            return checked_text(line.text, "the line", reader.encoding, "it was not sent: type it again")
+        except UsageError as e:
+            say(f"error: {e.one_line()}")
+
+
+@dataclass(frozen=True)
+class SlashCommand:
+    run: Callable[[Conversation, str], bool]  # (conversation, the text after the command) -> leave the chat
+    takes_text: bool = False
+
+
+def _leave(conversation: Conversation, text: str) -> bool:
+    return True
+
+
+def _reset(conversation: Conversation, text: str) -> bool:
+    conversation.reset()
+    say("(conversation cleared)")
+    return False
+
+
+def _system(conversation: Conversation, text: str) -> bool:
+    conversation.system = text or None
+    conversation.reset()
+    say("(system prompt set; conversation cleared)" if conversation.system else "(system prompt removed)")
+    return False
+
+
+# a command is its exact name, then whitespace and its text (if it takes one) or the end of the line
+COMMANDS: dict[str, SlashCommand] = {
+    "/exit": SlashCommand(_leave), "/quit": SlashCommand(_leave), "/bye": SlashCommand(_leave),
+    "/reset": SlashCommand(_reset), "/system": SlashCommand(_system, takes_text=True),
+}
+
+
+def _command(conversation: Conversation, text: str) -> bool:
+    """Run the slash command in ``text``; True when it leaves the chat."""
+    parts = text.split(None, 1)
+    name, rest = parts[0], parts[1].strip() if len(parts) > 1 else ""
+    command = COMMANDS.get(name)
+    if command is None:
+        say(f"(unknown command {name}) {HELP}")
+        return False
+    if rest and not command.takes_text:
+        say(f"({name} takes no text) {HELP}")
+        return False
+    return command.run(conversation, rest)
 
 
 def _loop(backend: Backend, conversation: Conversation, params: GenerationParams) -> None:
     reserve = min(256, backend.n_ctx // 4)
-    while (line := _read_line()) is not None:
+    reader = LineReader(MAX_PROMPT_BYTES)
+    while (line := _read_line(reader)) is not None:
         text = line.strip()
         if not text:
             continue
-        if text in ("/exit", "/quit", "/bye"):
-            return
-        if text == "/reset":
-            conversation.reset()
-            say("(conversation cleared)")
-            continue
-        if text.startswith("/system"):
-            conversation.system = text[len("/system"):].strip() or None
-            conversation.reset()
-            say("(system prompt set; conversation cleared)" if conversation.system else "(system prompt removed)")
-            continue
         if text.startswith("/"):
-            say(f"(unknown command {text.split()[0]}) {HELP}")
+            if _command(conversation, text):
+                return
             continue
         conversation.add("user", line)
         try:
