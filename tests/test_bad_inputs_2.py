@@ -72,6 +72,16 @@ def _manifest_text(edit: Callable[[str], str]) -> Callable[[Path], None]:
     return change
 
 
+def _bundle(artifact: Callable[[World], Path], *args: str,
+            out: Callable[[World], Path] | None = None) -> Callable[[World], list[str | Path]]:
+    """bundle for a Pi 4 (the tiny model fits) into ``out`` (default ROOT/b)."""
+    return lambda w: ["bundle", artifact(w), "--profile", "pi4-4gb", "--out", out(w) if out else w.root / "b", *args]
+
+
+def _renamed(folder: Path, name: str) -> Path:
+    return folder.rename(folder.with_name(name))
+
+
 def _deep_toml(depth: int = 5000) -> str:
     return _profile_toml() + "deep = " + "[" * depth + "]" * depth + "\n"
 
@@ -196,12 +206,61 @@ CASES: list[Case] = [
     Case("unknown KV cache type", "pick",
          lambda w: ["pick", "--profile", "pi4-4gb", "--models", w.models(), "--cache-type", "q3_z"], 2,
          "unknown KV cache type 'q3_z'", "choose from: auto, f32, f16"),
+    # -- bundle (issue 24): the artifact is verified first; --out never over an input; --force only over a bundle
+    Case("bundle a bit-flipped GGUF", "bundle", _bundle(lambda w: _broken(w.artifact(), _flip_last_byte)), 5,
+         "does not match its manifest", "re-convert"),
+    Case("bundle --out is the artifact", "bundle", _bundle(lambda w: w.artifact(), out=lambda w: w.artifact()), 2,
+         "is the input", "new folder"),
+    Case("bundle --out holds the artifact, --force", "bundle",
+         _bundle(lambda w: w.artifact(), "--force", out=lambda w: w.root), 2, "holds the input", "new folder"),
+    Case("bundle --out inside --models, --force", "bundle",
+         lambda w: ["bundle", "--models", w.models(), "--profile", "pi4-4gb", "--out", w.models() / "b", "--force"],
+         2, "is inside the input", "outside the artifact"),
+    Case("bundle --out .", "bundle", _bundle(lambda w: w.artifact(), "--force", out=lambda w: Path(".")), 2,
+         "names no new folder", "e.g. --out deploy/pi4"),
+    Case("bundle --out /", "bundle", _bundle(lambda w: w.artifact(), "--force", out=lambda w: Path("/")), 2,
+         "names no new folder", "e.g. --out deploy/pi4"),
+    Case("bundle --out ''", "bundle", lambda w: ["bundle", w.artifact(), "--profile", "pi4-4gb", "--out", ""], 2,
+         "names no new folder", "e.g. --out deploy/pi4"),
+    Case("bundle --out /proc/x", "bundle", _bundle(lambda w: w.artifact(), out=lambda w: Path("/proc/x")), 4,
+         "cannot write", "writable folder"),
+    Case("bundle --force over a folder that is not a bundle", "bundle",
+         _bundle(lambda w: w.artifact(), "--force", out=lambda w: w.write("mine/notes.txt", "mine").parent), 4,
+         "is not a bundle edge-run wrote (it has no readable SHA256SUMS)", "only ever replaces a previous bundle"),
+    Case("bundle --force beside a .tar.gz that is not a bundle's", "bundle",
+         _bundle(lambda w: w.artifact(), "--force", out=lambda w: w.write("b.tar.gz", b"mine").with_name("b")), 4,
+         "b.tar.gz already exists and is not a bundle edge-run wrote", "only ever replaces a previous bundle"),
+    # -- names that reach install.sh, the systemd unit and README.txt are checked where they enter (issue 24)
+    Case("--name with $( )", "convert", _c(lambda c: None, "--name", "m$(touch pwned)"), 2, "contains '$'",
+         "letters, digits"),
+    Case("--name with a quote", "convert", _c(lambda c: None, "--name", "it's"), 2, "contains \"'\"",
+         "letters, digits"),
+    Case("--name with a newline", "convert", _c(lambda c: None, "--name", "m\nExecStartPre=+touch pwned"), 2,
+         "contains a newline", "letters, digits"),
+    Case("--name with %", "convert", _c(lambda c: None, "--name", "m%h"), 2, "contains '%'", "letters, digits"),
+    Case("--name with a space", "convert", _c(lambda c: None, "--name", "my model"), 2, "contains a space",
+         "letters, digits"),
+    Case("--name not UTF-8", "convert", _c(lambda c: None, "--name", "caf\udce9"), 2,
+         "contains bytes that are not UTF-8", "letters, digits"),
+    Case("--name of 101 characters", "convert", _c(lambda c: None, "--name", "m" * 101), 2,
+         "is 101 characters long", "at most 100 characters"),
+    Case("--name starting with -", "convert", _c(lambda c: None, "--name=-rf"), 2, "starts with '-'",
+         "letters, digits"),
+    Case("checkpoint folder's name with a space", "convert",
+         lambda w: ["convert", _renamed(w.ckpt(), "my model"), "--quant", "q8_0", "--out", w.root / "out"], 2,
+         "the checkpoint folder's name 'my model' contains a space", "--name"),
+    Case("profile name with $( )", "pick", _bad_profile(name="pi$(touch pwned)"), 3, "name 'pi$(touch pwned)' contains",
+         'e.g. name = "pi4-4gb"'),
+    Case("profile name with a newline", "pick", _bad_profile(name="pi\nExecStartPre=+touch pwned"), 3,
+         "contains a newline", "letters, digits"),
+    Case("profile description with a terminal escape", "pick", _bad_profile(description="x\u001b[2J"), 3,
+         "description 'x\\x1b[2J' contains the control character U+001B", "one line of plain text"),
 ]
 
 
 def test_the_second_table_covers_every_command() -> None:
     commands = {c.command.split()[0] for c in CASES}
-    assert commands >= {"convert", "run", "inspect", "verify", "eval", "pick"}
+    assert commands >= {"convert", "run", "inspect", "verify", "eval", "pick", "bundle"}
     assert len({c.id for c in CASES}) == len(CASES)
 
 
@@ -283,6 +342,8 @@ FIFO_CASES: dict[str, tuple[Callable[[Path, Path], list[str | Path]], int, str]]
     "model.safetensors a FIFO": (lambda d, art: ["convert", _fifo_checkpoint(d), "--out", d / "out"], 3,
                                  "has no *.safetensors weights"),
     "FIFO in the profiles folder": (lambda d, art: ["profiles", "show", "board"], 3, "is a FIFO"),
+    "bundle a FIFO named x.gguf": (lambda d, art: ["bundle", _fifo(d / "x.gguf"), "--profile", "pi4-4gb", "--out",
+                                                   d / "b"], 3, "is a FIFO"),
     "FIFO x.gguf in --models": (lambda d, art: ["pick", "--profile", "pi4-4gb", "--ctx", "512", "--models",
                                                 d / "models"], 0, ""),
 }
