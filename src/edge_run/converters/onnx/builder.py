@@ -24,7 +24,7 @@ One layer (``sandwich`` norms are Gemma 3's extra post-attention / post-MLP norm
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +34,7 @@ from edge_run.converters.checkpoint import Checkpoint, LazyTensor
 from edge_run.converters.onnx.graph import MS_DOMAIN, Graph
 from edge_run.converters.onnx.hparams import DecoderConfig
 from edge_run.converters.onnx.quantize import PackedShape, QuantConfig, quantize_rows, row_chunks
+from edge_run.converters.onnx.search import search_rows
 from edge_run.core.errors import CheckpointError
 
 F32 = TensorProto.FLOAT
@@ -101,12 +102,33 @@ class Weights:
         return self.ckpt.tensors.get("lm_head.weight")
 
 
+@dataclass(frozen=True)
+class Unit:
+    """One stored weight matrix (a MatMul's, or the embedding table's): what a budget mix gives bits to."""
+
+    key: str  # initializer name prefix, e.g. model.layers.3.attn.qkv_proj
+    tensors: tuple[LazyTensor, ...]  # row-concatenated checkpoint tensors
+    input: str | None  # the value entering the MatMul (None: only gathered)
+
+
 class DecoderBuilder:
-    def __init__(self, g: Graph, cfg: DecoderConfig, weights: Weights, quant: QuantConfig) -> None:
+    """``importance``: checkpoint tensor name -> per-input-column weights for the scale search;
+    ``plan``: unit key -> bits, overriding the scheme's rules (a budget mix)."""
+
+    def __init__(self, g: Graph, cfg: DecoderConfig, weights: Weights, quant: QuantConfig,
+                 importance: Mapping[str, np.ndarray] | None = None, plan: Mapping[str, int] | None = None) -> None:
         self.g, self.cfg, self.w, self.q = g, cfg, weights, quant
+        self.importance = importance or {}
+        self.plan = plan or {}
         weights.split_fused(cfg)
         self.linears: dict[str, int | None] = {}  # node path -> bits (None = f32), for the manifest
+        self.units: dict[str, Unit] = {}
         self._packed: dict[str, tuple[list[str], PackedShape]] = {}
+
+    def _bits(self, key: str, role: str, layer: int = -1) -> int | None:
+        if self.q.scheme.default_bits is not None and key in self.plan:
+            return self.plan[key]
+        return self.q.scheme.bits(role, layer, self.cfg.n_layers)
 
     # -- weights --------------------------------------------------------------------------------
     def _rows(self, tensors: list[LazyTensor]) -> Iterator[np.ndarray]:
@@ -122,13 +144,18 @@ class DecoderBuilder:
         if key in self._packed:
             return self._packed[key]
         n = sum(t.shape[0] for t in tensors)
-        shape = PackedShape(n, tensors[0].shape[1], bits, self.q.block_size)
+        block, symmetric = self.q.layout(bits, tensors[0].shape[1])
+        shape = PackedShape(n, tensors[0].shape[1], bits, block)
         scales: list[np.ndarray] = []
         zps: list[np.ndarray] = []
+        importance = self.importance.get(tensors[0].name)
 
         def packed_chunks() -> Iterator[np.ndarray]:
             for rows in self._rows(tensors):
-                packed, s, z = quantize_rows(rows, bits, self.q.block_size, self.q.symmetric)
+                if self.q.scheme.search:
+                    packed, s, z = search_rows(rows, bits, block, symmetric, importance)
+                else:
+                    packed, s, z = quantize_rows(rows, bits, block, symmetric)
                 scales.append(s)
                 zps.append(z)
                 yield packed
@@ -136,7 +163,7 @@ class DecoderBuilder:
         names = [self.g.initializer_chunks(f"{key}.weight_Q{bits}", np.uint8, (n, shape.k_blocks, shape.blob),
                                            packed_chunks())]
         names.append(self.g.initializer(f"{key}.weight_scales", np.concatenate(scales)))
-        if not self.q.symmetric:
+        if not symmetric:
             names.append(self.g.initializer(f"{key}.weight_zp", np.concatenate(zps)))
         self._packed[key] = (names, shape)
         return names, shape
@@ -155,13 +182,14 @@ class DecoderBuilder:
                biases: list[LazyTensor] | None = None) -> str:
         """y = x W^T (+ b) for W the row-concatenation of ``tensors`` (e.g. q, k, v)."""
         self.linears[path] = bits
+        self.units[key] = Unit(key, tuple(tensors), x)
         if bits is None:
             w = self._float(key, tensors)
             y = self.g.op("FusedMatMul", [x, w], f"{path}/MatMul", domain=MS_DOMAIN, transB=1)
         else:
             names, shape = self._quantized(key, tensors, bits)
             y = self.g.op("MatMulNBits", [x, *names], f"{path}/MatMul", domain=MS_DOMAIN, K=shape.k, N=shape.n,
-                          bits=bits, block_size=self.q.block_size, accuracy_level=self.q.accuracy_level)
+                          bits=bits, block_size=shape.block, accuracy_level=self.q.accuracy_level)
         if biases:
             b = np.concatenate([np.asarray(t.numpy(), dtype=np.float32) for t in biases])
             y = self.g.op("Add", [y, self.g.initializer(f"{key}.bias", b)], f"{path}/Add")
@@ -213,8 +241,9 @@ class DecoderBuilder:
         c, g = self.cfg, self.g
         embed = self.w.get("embed_tokens.weight")
         tied = self.w.lm_head is None
-        bits = self.q.scheme.bits("lm_head") if tied else self.q.scheme.bits("embed")
         key = "lm_head" if tied else "model.embed_tokens"
+        bits = self._bits(key, "lm_head" if tied else "embed")
+        self.units.setdefault(key, Unit(key, (embed,), None))
         if bits is None:
             x = g.op("Gather", [self._float(key, [embed]), ids], "/model/embed_tokens/Gather", axis=0)
         else:
@@ -222,8 +251,8 @@ class DecoderBuilder:
             flat = g.op("Reshape", [names[0], g.const([shape.n, shape.k_blocks * shape.blob])],
                         "/model/embed_tokens/Reshape")
             x = g.op("GatherBlockQuantized", [flat, ids, *names[1:]], "/model/embed_tokens/GatherBlockQuantized",
-                     domain=MS_DOMAIN, bits=bits, block_size=self.q.block_size, gather_axis=0, quantize_axis=1)
-            if shape.k_blocks * self.q.block_size != shape.k:
+                     domain=MS_DOMAIN, bits=bits, block_size=shape.block, gather_axis=0, quantize_axis=1)
+            if shape.k_blocks * shape.block != shape.k:
                 x = g.op("Slice", [x, g.const([0]), g.const([shape.k]), g.const([-1])], "/model/embed_tokens/Slice")
         if c.embed_scale != 1.0:
             x = g.op("Mul", [x, g.const(np.float32(c.embed_scale), "float32")], "/model/embed_tokens/Mul")
@@ -238,7 +267,7 @@ class DecoderBuilder:
         roles = ("attn_q", "attn_k", "attn_v")
         mats = [w.get(f"layers.{i}.self_attn.{n}.weight") for n in names]
         biases = [w.maybe(f"layers.{i}.self_attn.{n}.bias") for n in names]
-        bits = [self.q.scheme.bits(r, i, c.n_layers) for r in roles]
+        bits = [self._bits(f"{base}.qkv_proj", r, i) for r in roles]
         if len(set(bits)) == 1:
             qkv = self.linear(x, f"{p}/qkv_proj", f"{base}.qkv_proj", mats, bits[0],
                               [b for b in biases if b is not None] if any(biases) else None)
@@ -258,7 +287,7 @@ class DecoderBuilder:
                     num_heads=c.n_heads, kv_num_heads=c.n_kv_heads, scale=c.attn_scale, do_rotary=1,
                     rotary_interleaved=0, local_window_size=c.windows[i], softcap=c.attn_softcap)
         o = w.get(f"layers.{i}.self_attn.o_proj.weight")
-        return self.linear(outs[0], f"{p}/o_proj", f"{base}.o_proj", [o], self.q.scheme.bits("attn_o", i, c.n_layers),
+        return self.linear(outs[0], f"{p}/o_proj", f"{base}.o_proj", [o], self._bits(f"{base}.o_proj", "attn_o", i),
                            [b] if (b := w.maybe(f"layers.{i}.self_attn.o_proj.bias")) is not None else None)
 
     def mlp(self, i: int, x: str) -> str:
@@ -267,11 +296,11 @@ class DecoderBuilder:
         c, g = self.cfg, self.g
         p, base = f"/model/layers.{i}/mlp", f"model.layers.{i}.mlp"
         proj = {n: self.linear(x, f"{p}/{n}_proj", f"{base}.{n}_proj", [self.w.get(f"layers.{i}.mlp.{n}_proj.weight")],
-                               self.q.scheme.bits(f"ffn_{n}", i, c.n_layers)) for n in ("gate", "up")}
+                               self._bits(f"{base}.{n}_proj", f"ffn_{n}", i)) for n in ("gate", "up")}
         act = ACTIVATIONS[c.activation](g, proj["gate"], f"{p}/act_fn")
         h = g.op("Mul", [act, proj["up"]], f"{p}/Mul")
         return self.linear(h, f"{p}/down_proj", f"{base}.down_proj", [self.w.get(f"layers.{i}.mlp.down_proj.weight")],
-                           self.q.scheme.bits("ffn_down", i, c.n_layers))
+                           self._bits(f"{base}.down_proj", "ffn_down", i))
 
     def rope_caches(self, total: str) -> dict[str, tuple[str, str]]:
         """cos/sin caches per layer type. With two sets (longrope), the long set applies once the total
@@ -335,7 +364,7 @@ class DecoderBuilder:
         keep = g.add_input_with_default("logits_to_keep", np.array(0, dtype=np.int64))
         start = g.op("Neg", [g.op("Unsqueeze", [keep, g.const([0])], "/lm_head/Unsqueeze")], "/lm_head/Neg")
         h = g.op("Slice", [h, start, g.const([np.iinfo(np.int64).max]), g.const([1])], "/lm_head/Slice")
-        y = self.linear(h, "/lm_head", "lm_head", [tensor], self.q.scheme.bits("lm_head"))
+        y = self.linear(h, "/lm_head", "lm_head", [tensor], self._bits("lm_head", "lm_head"))
         if c.final_softcap:
             cap = g.const(np.float32(c.final_softcap), "float32")
             y = g.op("Mul", [g.op("Tanh", [g.op("Div", [y, cap], "/lm_head/Div")], "/lm_head/Tanh"), cap],

@@ -44,12 +44,23 @@ LAYER_RULES: dict[str, Callable[[int, int], bool]] = {
 @dataclass(frozen=True)
 class QuantScheme:
     """Bits for each weight role: ``default_bits`` unless a rule (role, layer rule, bits) matches.
-    ``default_bits`` None keeps every weight float32."""
+    ``default_bits`` None keeps every weight float32.
+
+    search      per-block scale search (search.py) instead of round-to-nearest
+    calibrate   weigh the search by each input column's mean squared activation on a calibration text
+                (calibrate.py)
+    budget_bpw  sensitivity mix: the matrices with the largest measured loss per extra byte go to 8 bits
+                (``wide`` layout) while the weights average at most this many bits (mix.py)
+    wide        (block, symmetric) of the 8-bit matrices of a budget mix"""
 
     name: str
     default_bits: int | None
     rules: tuple[tuple[str, str, int], ...] = ()
     description: str = ""
+    search: bool = False
+    calibrate: bool = False
+    budget_bpw: float | None = None
+    wide: tuple[int, bool] | None = None
 
     def bits(self, role: str, layer: int = -1, n_layers: int = 1) -> int | None:
         if self.default_bits is None:
@@ -63,7 +74,14 @@ class QuantScheme:
 # roles: attn_q attn_k attn_v attn_o ffn_gate ffn_up ffn_down lm_head (embed follows lm_head when tied)
 SCHEMES: dict[str, QuantScheme] = {
     "fp32": QuantScheme("fp32", None, description="float32 weights (reference / parity)"),
-    "int4": QuantScheme("int4", 4, description="every matrix int4 block-wise (RTN)"),
+    "int4": QuantScheme("int4", 4, description="int4 with calibrated scale search; the most sensitive matrices "
+                        "(measured) at int8 within 6.0 bits per weight (Q4_K_M's size)", search=True,
+                        calibrate=True, budget_bpw=6.0, wide=(128, True)),
+    "int4-rtn": QuantScheme("int4-rtn", 4, description="every matrix int4 block-wise, round-to-nearest"),
+    "int4-search": QuantScheme("int4-search", 4, description="every matrix int4, scale search (no calibration)",
+                               search=True),
+    "int4-cal": QuantScheme("int4-cal", 4, description="every matrix int4, calibrated scale search (no mix)",
+                            search=True, calibrate=True),
     "int4h8": QuantScheme("int4h8", 4, (("lm_head", "all", 8), ("embed", "all", 8)),
                           description="int4, with lm_head/embeddings at int8 (as llama.cpp's Q4_0 keeps the output "
                                       "matrix at 6 bits)"),
@@ -81,6 +99,16 @@ class QuantConfig:
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int = 4
+
+    def layout(self, bits: int, k: int) -> tuple[int, bool]:
+        """(block size, symmetric) of a matrix with ``k`` input columns quantized to ``bits``: a budget mix's
+        8-bit matrices take the largest block up to ``wide``'s that divides k (no padding bytes)."""
+        if bits == 8 and self.scheme.wide is not None and self.scheme.budget_bpw is not None:
+            block, symmetric = self.scheme.wide
+            while block > self.block_size and k % block:
+                block //= 2
+            return block, symmetric
+        return self.block_size, self.symmetric
 
     @property
     def label(self) -> str:
