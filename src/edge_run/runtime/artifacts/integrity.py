@@ -3,7 +3,10 @@
 What is hashed is the format row's ``hashed`` (src/edge_run/core/formats.py): a GGUF file whole; for an ONNX folder
 every file
 its manifest lists in ``extra.files`` (model.onnx, model.onnx.data, genai_config.json, the tokenizer files; older
-manifests: model.onnx.data only). The size checked is ``artifact_size``, the row's payload files.
+manifests: model.onnx.data only). The size checked is that of the files the manifest vouches for: anything else
+in an ONNX folder (.DS_Store, notes, a tarball) is not part of the artifact and changes nothing; a vouched file
+missing, of another size or with other bytes fails (exit 5). Where the manifest vouches for only part of what
+its file_size counts (older ONNX manifests), the size checked is the folder's payload, as when it was written.
 
 When: the size is checked on every load (free). The sha256 is checked on first use and remembered in
 ``cache_dir()/verified.json`` (src/edge_run/core/stamp_cache.py), keyed by the file's path, size, mtime *and this
@@ -17,6 +20,7 @@ demand.
 
 from __future__ import annotations
 
+import os
 import stat as stat_module
 from pathlib import Path
 
@@ -68,21 +72,15 @@ def verify_artifact(artifact: Path, full: bool | None = None) -> Manifest | None
     manifest = read_manifest(artifact)
     if manifest is None:
         return None
-    size = artifact_size(artifact, manifest.format)
-    if size != manifest.file_size:
+    vouched = payload_files(artifact, manifest)
+    stats = {path_s: _vouched_stat(artifact, Path(path_s)) for path_s in vouched}
+    size = sum(st.st_size for st in stats.values())
+    if size != manifest.file_size and (_legacy_size(artifact, manifest.format) != manifest.file_size):
         raise IntegrityError(f"{artifact.name} is {size} bytes but its manifest says {manifest.file_size}",
                              "the file is truncated or was replaced: re-convert it")
     boot = boot_id()
-    for path_s, expected in payload_files(artifact, manifest).items():
+    for path_s, expected in vouched.items():
         path = Path(path_s)
-        try:
-            stat = path.stat()
-        except FileNotFoundError as e:
-            raise IntegrityError(f"{artifact.name} lacks {path.name}, which its manifest lists",
-                                 "the artifact is incomplete: re-convert it") from e
-        if not stat_module.S_ISREG(stat.st_mode):  # a FIFO would block the hash
-            raise IntegrityError(f"{path.name} in {artifact.name} is not a regular file",
-                                 "the artifact was tampered with: re-convert it")
         verified = {"sha256": expected, "boot_id": boot}
         if full is False or (full is None and VERIFIED.get(path) == verified):
             continue
@@ -93,3 +91,27 @@ def verify_artifact(artifact: Path, full: bool | None = None) -> Manifest | None
                                  f"!= {expected[:12]}...)", "the file is corrupt: re-convert it")
         VERIFIED.put(path, verified)  # skipped when the cache is read-only
     return manifest
+
+
+def _vouched_stat(artifact: Path, path: Path) -> os.stat_result:
+    """The stat of a file the manifest vouches for; IntegrityError when it is missing or not a regular file."""
+    try:
+        st = path.stat()
+    except FileNotFoundError as e:
+        raise IntegrityError(f"{artifact.name} lacks {path.name}, which its manifest lists",
+                             "the artifact is incomplete: re-convert it") from e
+    except OSError as e:  # a symlink loop, no permission
+        raise IntegrityError(f"cannot read {path.name} in {artifact.name}: {e.strerror or e}",
+                             "the artifact was tampered with: re-convert it") from e
+    if not stat_module.S_ISREG(st.st_mode):  # a FIFO would block the hash
+        raise IntegrityError(f"{path.name} in {artifact.name} is not a regular file",
+                             "the artifact was tampered with: re-convert it")
+    return st
+
+
+def _legacy_size(artifact: Path, fmt: str) -> int:
+    """What a manifest that vouches for only part of the artifact counted: every payload file (-1 if unreadable)."""
+    try:
+        return artifact_size(artifact, fmt)
+    except OSError:
+        return -1
