@@ -643,7 +643,7 @@ def test_pi4_bundle(cli, armv8a_wheel: Path, tiny_gguf: Path, tmp_path: Path) ->
     manifest = json.loads((out / "models" / "tiny.Q8_0.gguf.manifest.json").read_text())
     assert "path" not in manifest["source"] and manifest["sha256"]
     unit = (out / "edge-run.service").read_text()
-    assert re.search(r"ExecStart=@PREFIX@/venv/bin/edge-run serve @PREFIX@/models/tiny\.Q8_0\.gguf "
+    assert re.search(r"ExecStart=@PREFIX@/venv/bin/edge-run serve \"@PREFIX@/models/tiny\.Q8_0\.gguf\" "
                      r"--host 127\.0\.0\.1 --threads 4 --ctx \d+\n", unit) and "Restart=on-failure" in unit
     readme = (out / "README.txt").read_text()
     assert "pi4-4gb" in readme and "tiny Q8_0" in readme and "armv8-a" in readme and "budget" in readme
@@ -670,6 +670,10 @@ def test_pi4_bundle(cli, armv8a_wheel: Path, tiny_gguf: Path, tmp_path: Path) ->
     assert r.code == 0, r.stderr
     assert any(p.name.startswith("numpy-") and "cp313" in p.name for p in (out / "wheels").iterdir())
     assert not any("cp311" in p.name for p in (out / "wheels").iterdir()) and not _leftovers(out.parent)
+    # a file of the user's in the bundle folder: --force no longer takes it for a bundle
+    (out / "notes.txt").write_text("mine")
+    r = cli("bundle", "--models", src, "--profile", "pi4-4gb", "--out", out, "--python", "3.13", "--force")
+    assert r.code == 4 and "it holds notes.txt" in r.stderr and (out / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.slow

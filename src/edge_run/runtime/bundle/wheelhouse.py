@@ -38,7 +38,7 @@ def device_platforms() -> list[str]:
     return [f"manylinux_2_{minor}_aarch64" for minor in range(DEVICE_GLIBC_MAX[1], 16, -1)] + ["manylinux2014_aarch64"]
 
 EXTRAS = ("serve",)
-SOURCE_FILES = ("pyproject.toml", "README.md", "LICENSE")  # plus every folder in [tool.setuptools.package-dir]
+SOURCE_FILES = ("pyproject.toml", "README.md", "LICENSE")  # plus the package folders (_package_folders)
 NOT_FROM_PYPI = frozenset({"llama-cpp-python"})
 
 
@@ -71,13 +71,23 @@ def _pip(args: list[str], what: str) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+def _package_folders(pyproject: Path) -> list[str]:
+    """The folders setuptools takes packages from: [tool.setuptools] package-dir values and packages.find's
+    ``where`` (the src layout)."""
+    with open(pyproject, "rb") as f:
+        setuptools = tomllib.load(f).get("tool", {}).get("setuptools", {})
+    folders = set(setuptools.get("package-dir", {}).values())
+    packages = setuptools.get("packages", {})
+    if isinstance(packages, dict):
+        folders.update(packages.get("find", {}).get("where", []))
+    return sorted(folders)
+
+
 def build_edge_run_wheel(dest: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="edge-run-src-") as tmp:
         root, copy = source_root(), Path(tmp) / "src"
         copy.mkdir()
-        with open(root / "pyproject.toml", "rb") as f:
-            package_dirs = tomllib.load(f).get("tool", {}).get("setuptools", {}).get("package-dir", {})
-        for item in (*SOURCE_FILES, *sorted(set(package_dirs.values()))):
+        for item in (*SOURCE_FILES, *_package_folders(root / "pyproject.toml")):
             src = root / item
             if src.is_dir():
                 shutil.copytree(src, copy / item, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
