@@ -42,15 +42,15 @@ def worker(
         sys.stdout = open(lib.silence_llama_stdout(), "w", encoding="utf-8", errors="backslashreplace",
                           closefd=True)
     server = lib.Worker(options, say=_say)
-    server.start()
-    warning = lib.exposure_warning(options)
-    if warning:
-        sys.stderr.write(warning + "\n")
-    _say(f"edge-run {__version__} worker, llama.cpp RPC protocol {server.protocol} (ggml "
-         f"{server.runtime.build.ggml_version}): {options.threads} threads, listening on {host}:{port}")
     try:
+        server.start()
+        warning = lib.exposure_warning(options)
+        if warning:
+            sys.stderr.write(warning + "\n")
+        _say(f"edge-run {__version__} worker, llama.cpp RPC protocol {server.protocol} (ggml "
+             f"{server.runtime.build.ggml_version}): {options.threads} threads, listening on {host}:{port}")
         server.serve()
-    except (Interrupted, KeyboardInterrupt):
+    except (Interrupted, KeyboardInterrupt):  # SIGTERM / Ctrl-C, at any point after the start
         server.stop()
         _say("worker stopped")
     sys.stderr.flush()

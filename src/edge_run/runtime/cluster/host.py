@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from edge_run.runtime.cluster.probe import DEFAULT_TIMEOUT_S, WorkerInfo, probe,
 from edge_run.runtime.cluster.spec import ClusterSpec
 
 DOWN_CHECK_S = 0.5
+DOWN_LOOKS = 5
+DOWN_PAUSE_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -104,9 +107,15 @@ def unreachable(endpoints: list[str], timeout: float = DOWN_CHECK_S) -> list[str
 
 
 def lost_worker_error(reason: str) -> ClusterError:
-    """The error for llama.cpp's abort when a worker fails mid-run, naming the workers that are gone."""
+    """The error for llama.cpp's abort when a worker fails mid-run, naming the workers that are gone (a dying
+    process closes its connections a moment before its listening socket: a few looks, DOWN_LOOKS apart)."""
     endpoints = native.registered_endpoints()
-    down = unreachable(endpoints)
+    down: list[str] = []
+    for _ in range(DOWN_LOOKS):
+        down = unreachable(endpoints)
+        if down:
+            break
+        time.sleep(DOWN_PAUSE_S)
     who = f"the worker at {', '.join(down)} is gone" if down else "a worker stopped answering"
     return ClusterError(f"{who} ({reason.rstrip('.')})", "restart it (edge-run worker) and run again")
 

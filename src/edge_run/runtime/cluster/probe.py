@@ -46,27 +46,30 @@ class WorkerInfo:
                 "rtt_ms": round(self.rtt_ms, 3)}
 
 
+BUSY_HINT = "a worker serves one host at a time; stop the other host or start another worker"
+
+
 def _recv_exact(sock: socket.socket, n: int, endpoint: str, what: str) -> bytes:
     data = bytearray()
     while len(data) < n:
         try:
             chunk = sock.recv(n - len(data))
         except TimeoutError as e:
-            raise ClusterError(f"the worker at {endpoint} accepted the connection but sent no {what} within "
-                               f"{sock.gettimeout():g} s", "it is stalled or busy with another host; restart it") from e
+            raise ClusterError(f"{endpoint} accepted the connection but sent no {what} within {sock.gettimeout():g} s",
+                               "it is stalled, serving another host, or not an edge-run worker") from e
+        except ConnectionResetError:  # closed with our request unread: a refusal like any other close
+            break
         except OSError as e:
-            raise ClusterError(f"the worker at {endpoint} dropped the connection ({e.strerror or e})",
+            raise ClusterError(f"{endpoint} dropped the connection ({e.strerror or e})",
                                "is it an edge-run worker? check the port") from e
         if not chunk:
             break
         data += chunk
     if len(data) < n:
-        got = bytes(data)
-        if BUSY_BANNER.startswith(got[: len(BUSY_BANNER)]) and got:
-            raise ClusterError(f"the worker at {endpoint} is busy serving another host",
-                               "a worker serves one host at a time; stop the other host or start another worker")
+        if data and BUSY_BANNER.startswith(bytes(data)):
+            raise ClusterError(f"the worker at {endpoint} is busy serving another host", BUSY_HINT)
         raise ClusterError(f"{endpoint} closed the connection without an RPC {what}",
-                           "it is not an edge-run worker, or it refused this address (its --allow)")
+                           "it is not an edge-run worker, or its --allow does not list this host")
     return bytes(data)
 
 
@@ -74,12 +77,10 @@ def _request(sock: socket.socket, cmd: int, payload: bytes, reply_size: int, end
     try:
         sock.sendall(struct.pack("<BQ", cmd, len(payload)) + payload)
     except OSError as e:
-        raise ClusterError(f"the worker at {endpoint} dropped the connection ({e.strerror or e})") from e
+        raise ClusterError(f"{endpoint} dropped the connection ({e.strerror or e})") from e
     head = _recv_exact(sock, 8, endpoint, what)
-    if head.startswith(BUSY_BANNER[:8]):
-        _recv_exact(sock, 0, endpoint, what)
-        raise ClusterError(f"the worker at {endpoint} is busy serving another host",
-                           "a worker serves one host at a time; stop the other host or start another worker")
+    if BUSY_BANNER.startswith(head):
+        raise ClusterError(f"the worker at {endpoint} is busy serving another host", BUSY_HINT)
     (size,) = struct.unpack("<Q", head)
     if size != reply_size:
         shown = head.decode("ascii", "replace").split("\n")[0].strip()
