@@ -1,11 +1,15 @@
 """`edge-run pick --measure` on a tiny checkpoint (real conversion and llama.cpp evaluation), the plan's
-order and budget, and `edge-run eval` feeding the quality store."""
+order and budget (and what a budget too small for any step says), one measure at a time per cache, and
+`edge-run eval` feeding the quality store."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -154,3 +158,70 @@ def test_an_imatrix_pairing_is_measured_only_where_it_could_change_the_pick(tmp_
         steps = plan(result, QualityStore(tmp_path)).planned
         assert {s.quant for s in steps if s.imatrix} == expect, profile
         assert all("+imat" in s.label for s in steps if s.imatrix)
+
+
+def test_a_budget_below_the_cheapest_step_says_so(models: Path, cli: Callable[..., CliResult]) -> None:
+    """It used to say "nothing to do, the store already has it" with nothing stored."""
+    res = cli("pick", "--profile", "pi-3b", "--models", models, "--ctx", "256", "--measure", "--chunks", "100000",
+              "--slice-chunks", "1", "--budget-seconds", "1")
+    assert res.code == 0, res.stderr
+    line = next(ln for ln in res.stdout.splitlines() if "too small" in ln)
+    m = re.fullmatch(r"measure: --budget-seconds 1 is too small for the cheapest step \(tiny Q8_0 x100000, about "
+                     r"(\d+) s\): nothing measured; pass --budget-seconds (\d+) or more", line)
+    assert m is not None, line
+    assert 1 < int(m.group(1)) <= int(m.group(2))
+    assert "nothing to do" not in res.stdout
+    assert QualityStore.default().entries(_digest(models / "tiny")) == []
+
+
+def test_the_cheapest_step_left_out_can_run_alone(tmp_path: Path) -> None:
+    cands = [_with_source(synthetic(*FAMILY[0], q), "small") for q in QUANTS]
+    result = pick(get_profile("pi5-8gb"), cands, ctx=512)
+    store = QualityStore(tmp_path)
+    full = plan(result, store, chunks=20, slice_chunks=4)
+    anchor = next(s for s in full.planned if s.anchor)
+    cheapest_pairing = min((s for s in full.planned if not s.anchor), key=lambda s: s.est_seconds)
+    assert cheapest_pairing.est_seconds < anchor.est_seconds  # a pairing is cheaper but means nothing alone
+    none = plan(result, store, chunks=20, slice_chunks=4, budget_s=cheapest_pairing.est_seconds / 2)
+    assert none.planned == [] and none.cheapest_left_out == anchor
+    store.put(anchor.key(), {"bpb": 1.0})  # anchored: now the cheapest pairing runs alone
+    anchored = plan(result, store, chunks=20, slice_chunks=4, budget_s=cheapest_pairing.est_seconds / 2)
+    assert anchored.planned == [] and anchored.cheapest_left_out == cheapest_pairing
+    assert plan(result, store, chunks=20, slice_chunks=4).cheapest_left_out is None
+
+
+HOLD_THE_LOCK = """
+import sys
+from edge_run.runtime.pick.measure import measuring
+with measuring():
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_measure_says_another_is_running(models: Path, cli: Callable[..., CliResult]) -> None:
+    """It used to fail in the middle, converting, with "choose another --out" (pick has no --out)."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)  # another process measuring into the same cache (EDGE_RUN_CACHE is set)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        args = ("pick", "--profile", "pi-3b", "--models", models, "--ctx", "256")
+        res = cli(*args, "--measure", "--chunks", "1", "--slice-chunks", "1")
+        assert res.code == 4 and res.stderr.count("\n") == 1, res.stderr
+        assert res.stderr.startswith("error: another `edge-run pick --measure` is measuring into ")
+        assert "wait for it to finish, then run this again" in res.stderr and "--out" not in res.stderr
+        assert cli(*args).code == 0  # a plain pick does not wait for it
+        assert QualityStore.default().entries(_digest(models / "tiny")) == []
+    finally:
+        holder.communicate("", timeout=30)
+    res = cli(*args, "--measure", "--chunks", "1", "--slice-chunks", "1")  # once it is done, this one runs
+    assert res.code == 0 and "steps, about" in res.stdout, res.stderr
+
+
+def test_an_unwritable_cache_says_so_not_out(models: Path, cli: Callable[..., CliResult],
+                                              monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("", encoding="utf-8")
+    monkeypatch.setenv("EDGE_RUN_CACHE", str(tmp_path / "file" / "cache"))  # under a file: never creatable
+    res = cli("pick", "--profile", "pi-3b", "--models", models, "--ctx", "256", "--measure", "--chunks", "1")
+    assert res.code == 4 and res.stderr.count("\n") == 1, res.stderr
+    assert "set EDGE_RUN_CACHE to a writable folder" in res.stderr and "--out" not in res.stderr

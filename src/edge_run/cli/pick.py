@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -58,22 +59,28 @@ def pick_cmd(
 
 def _measure(result: PickResult, store: QualityStore, chunks: int, slice_chunks: int, budget: float | None,
              quiet: bool) -> None:
-    from edge_run.runtime.pick.measure import plan, run
+    from edge_run.runtime.pick.measure import measuring, plan, run
 
-    report = plan(result, store, chunks, slice_chunks, budget)
-    out = err_console if quiet else console
-    if not report.planned:
-        out.print("measure: nothing to do, the quality store already has what the ranking needs")
-    else:
-        out.print(f"measure: {len(report.planned)} steps, about {report.est_seconds / 60:.1f} min: "
-                  + ", ".join(s.label for s in report.planned), markup=False)
-    if report.over_budget:
-        out.print(f"measure: {len(report.over_budget)} steps left out by --budget-seconds: "
-                  + ", ".join(s.label for s in report.over_budget), markup=False)
-    if not report.planned:
-        return
-    with progress_bars(enabled=not quiet) as progress:
-        run(report, store, progress=progress)
+    with measuring():  # held from planning on: a second `pick --measure` says at once that this one is running
+        report = plan(result, store, chunks, slice_chunks, budget)
+        out = err_console if quiet else console
+        cheapest = report.cheapest_left_out
+        if report.planned:
+            out.print(f"measure: {len(report.planned)} steps, about {report.est_seconds / 60:.1f} min: "
+                      + ", ".join(s.label for s in report.planned), markup=False)
+        elif cheapest is not None:
+            out.print(f"measure: --budget-seconds {budget:g} is too small for the cheapest step "
+                      f"({cheapest.label}, about {cheapest.est_seconds:.0f} s): nothing measured; "
+                      f"pass --budget-seconds {math.ceil(cheapest.est_seconds)} or more", markup=False, soft_wrap=True)
+        else:
+            out.print("measure: nothing to do, the quality store already has what the ranking needs")
+        if report.over_budget:
+            out.print(f"measure: {len(report.over_budget)} steps left out by --budget-seconds: "
+                      + ", ".join(s.label for s in report.over_budget), markup=False)
+        if not report.planned:
+            return
+        with progress_bars(enabled=not quiet) as progress:
+            run(report, store, progress=progress)
     for step, seconds, bpb in report.done:
         out.print(f"  {step.label}: BPB {bpb:.4f} ({seconds:.0f} s)", markup=False)
 

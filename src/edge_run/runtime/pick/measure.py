@@ -20,16 +20,21 @@ taken in order while the running estimate fits it (anchors first: without one a 
 Models none of whose pairings fit get their anchor last: it only puts a measured number on why the
 next model up would have been better.
 The time estimate is FLOPs per chunk over a per-type throughput measured on a 2-core x86 machine.
+One measurement runs at a time per cache: it holds a lock on its work folder (<cache>/measure) from planning to
+the last step, and a second `pick --measure` fails at once saying so (ResourceError): what the first measures
+goes into the store, so running the second afterwards measures only what is still missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_run.core.fsutil import cache_dir
+from edge_run.core.errors import ResourceError
+from edge_run.core.fsutil import cache_dir, exclusive_folder
 from edge_run.runtime.eval.store import QualityStore, StoreKey
 from edge_run.runtime.pick.picker import Candidate, PickResult
 from edge_run.runtime.pick.quality import REFERENCE_CORPUS, REFERENCE_CTX, reference_corpus_sha256
@@ -73,6 +78,36 @@ class MeasureReport:
     @property
     def est_seconds(self) -> float:
         return sum(s.est_seconds for s in self.planned)
+
+    @property
+    def cheapest_left_out(self) -> Step | None:
+        """The cheapest step left out that could run on its own: an anchor, or a pairing of a model whose anchor
+        is already stored (a pairing whose anchor was left out too would mean nothing alone)."""
+        unanchored = {s.digest for s in self.over_budget if s.anchor}
+        alone = [s for s in self.over_budget if s.anchor or s.digest not in unanchored]
+        return min(alone, key=lambda s: s.est_seconds, default=None)
+
+
+def work_folder(work_dir: Path | None = None) -> Path:
+    """Where measuring converts what --models lacks (and what its lock is held on)."""
+    return Path(work_dir) if work_dir is not None else cache_dir() / "measure"
+
+
+@contextlib.contextmanager
+def measuring(work_dir: Path | None = None) -> Iterator[Path]:
+    """Hold the measure lock (re-entrant within a process); ResourceError at once when another process holds it."""
+    work = work_folder(work_dir)
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(exclusive_folder(work))
+    except ResourceError as e:
+        if not isinstance(e.__cause__, BlockingIOError):  # not a lock held elsewhere: the cache is not writable
+            raise ResourceError(e.message, "set EDGE_RUN_CACHE to a writable folder") from e
+        raise ResourceError(f"another `edge-run pick --measure` is measuring into {work} right now",
+                            "wait for it to finish, then run this again: it measures only what the first did not "
+                            "store (`edge-run pick` without --measure works meanwhile)") from e
+    with stack:
+        yield work
 
 
 def eval_seconds(n_params: int, quant: str, chunks: int) -> float:
@@ -154,10 +189,15 @@ def plan(result: PickResult, store: QualityStore, chunks: int = 20, slice_chunks
 def run(report: MeasureReport, store: QualityStore, work_dir: Path | None = None, threads: int | None = None,
         progress: Progress | None = None) -> MeasureReport:
     """Run the planned steps; every result goes into ``store`` as soon as it is measured."""
+    with measuring(work_dir) as work:
+        return _run(report, store, work, threads, progress)
+
+
+def _run(report: MeasureReport, store: QualityStore, work: Path, threads: int | None,
+         progress: Progress | None) -> MeasureReport:
     from edge_run.runtime.eval.perplexity import evaluate, load_corpus
 
     corpus = load_corpus(REFERENCE_CORPUS)
-    work = Path(work_dir) if work_dir is not None else cache_dir() / "measure"
     converted: dict[tuple[str, str, bool], Path] = {}
     steps = report.planned
     for i, step in enumerate(steps):
