@@ -255,7 +255,31 @@ CASES: list[Case] = [
          "contains a newline", "letters, digits"),
     Case("profile description with a terminal escape", "pick", _bad_profile(description="x\u001b[2J"), 3,
          "description 'x\\x1b[2J' contains the control character U+001B", "one line of plain text"),
+    # -- chat, verify, pick --measure (issue 24, class 8)
+    Case("chat --system not UTF-8", "chat", lambda w: ["chat", w.artifact(), "--system", "caf\udce9"], 2,
+         "--system is not UTF-8 text (character 4)", "pass UTF-8 text"),
+    Case("verify an ONNX folder lacking a file its manifest lists", "verify",
+         lambda w: ["verify", _onnx_without(w, "tokenizer.json")], 5, "lacks tokenizer.json, which its manifest lists",
+         "re-convert"),
+    Case("pick --measure with the cache under a file", "pick", lambda w: _measure_with_cache_under_a_file(w), 4,
+         "cannot create output folder", "set EDGE_RUN_CACHE to a writable folder"),
 ]
+
+
+def _onnx_without(w: World, name: str) -> Path:
+    """The tiny checkpoint as an ONNX folder (with a .DS_Store beside its files), less ``name``."""
+    from edge_run.converters.onnx.convert import OnnxOptions, convert_to_onnx
+
+    (art,) = convert_to_onnx(w.ckpt(), w.root / "onnx", OnnxOptions(quant="int4", name="m"))
+    (Path(art) / ".DS_Store").write_bytes(bytes(64))
+    (Path(art) / name).unlink()
+    return Path(art)
+
+
+def _measure_with_cache_under_a_file(w: World) -> list[str | Path]:
+    under = w.write("not-a-folder", "") / "cache"
+    w.patches.append(lambda mp: mp.setenv("EDGE_RUN_CACHE", str(under)))
+    return ["pick", "--profile", "pi4-4gb", "--models", w.models(), "--ctx", "512", "--measure", "--chunks", "1"]
 
 
 def test_the_second_table_covers_every_command() -> None:
@@ -346,7 +370,23 @@ FIFO_CASES: dict[str, tuple[Callable[[Path, Path], list[str | Path]], int, str]]
                                                    d / "b"], 3, "is a FIFO"),
     "FIFO x.gguf in --models": (lambda d, art: ["pick", "--profile", "pi4-4gb", "--ctx", "512", "--models",
                                                 d / "models"], 0, ""),
+    "FIFO quality store entry": (lambda d, art: ["pick", "--profile", "pi4-4gb", "--ctx", "512", "--models",
+                                                 _store_fifo(d, art) / "models"], 0, ""),
 }
+
+
+def _store_fifo(d: Path, art: Path) -> Path:
+    """A FIFO under an entry's name in the quality store of ``art``'s checkpoint (the child's cache is d/cache)."""
+    from edge_run.core.manifest import read_manifest
+    from edge_run.runtime.eval.store import QualityStore, StoreKey
+
+    manifest = read_manifest(art)
+    assert manifest is not None
+    entry = QualityStore(d / "cache" / "quality" / "v1").put(StoreKey(manifest.source["digest"], "Q8_0", "", "x",
+                                                                      512, 20), {"bpb": 1.0})
+    entry.unlink()
+    _fifo(entry)
+    return d
 
 
 @pytest.mark.parametrize("name", list(FIFO_CASES))
