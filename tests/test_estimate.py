@@ -92,6 +92,30 @@ def test_memory_guard(tmp_path: Path) -> None:
     assert check_memory(path, 512, available_mib=10_000) is not None
 
 
+@pytest.mark.parametrize("simd", [("avx2",), ("neon",), ("dotprod", "neon")])
+def test_both_load_modes_need_one_copy_of_the_weights(simd: tuple[str, ...],
+                                                      tiny_checkpoint: Callable[[str], Path]) -> None:
+    """mmap: mapped weights + repacked copies (their file pages cold); no-mmap: every weight anonymous. The same
+    memory is needed; only mmap's RSS also shows the cold pages. The guard budgets the need, in the mode asked."""
+    shape = shape_from_checkpoint(tiny_checkpoint("llama"), "Q4_0")
+    on, off = (estimate_memory(shape, 512, simd, mmap=m) for m in ("on", "off"))
+    weights = shape.weight_bytes / MIB
+    assert on.weights_file_mib + on.weights_cold_mib == pytest.approx(weights)
+    assert off.weights_read_mib + off.weights_cold_mib + off.weights_file_mib + off.weights_repacked_mib \
+        >= weights - 1e-9
+    assert on.total_mib == pytest.approx(off.total_mib)
+    assert off.anon_mib - on.anon_mib == pytest.approx(on.weights_file_mib)
+    assert on.rss_mib == pytest.approx(on.total_mib + on.weights_cold_mib) and off.rss_mib == off.total_mib
+    assert (on.weights_cold_mib > 0) == ("neon" not in simd or "dotprod" in simd)
+
+
+def test_memory_guard_names_the_load_mode(tmp_path: Path) -> None:
+    path = write_synthetic_gguf(tmp_path / "a.gguf")
+    for mode, name in (("on", "mmap"), ("off", "no-mmap")):
+        with pytest.raises(InsufficientMemoryError, match=f"\\({name}\\) needs about"):
+            check_memory(path, 512, available_mib=10, mmap=mode)
+
+
 @pytest.mark.zoo
 @pytest.mark.parametrize("quant", ["Q8_0", "Q4_K_M", "Q4_0"])
 def test_planned_size_matches_the_real_file(quant: str, zoo_gguf_dir: Callable[[str, str], Path]) -> None:

@@ -23,8 +23,8 @@ IMATRIX = [dataclasses.replace(synthetic(*f, q), imatrix=True) for f in FAMILY f
 # imatrix twin (same memory, about half the loss); and where a larger model's Q2_K+imat now beats what fitted
 GOLDEN_IMATRIX: dict[str, str] = {
     "pi-zero-2w": "s135m Q4_K_M+imat", "pi-3b": "s360m Q8_0", "pi4-2gb": "s1.7b Q2_K+imat",
-    "pi4-4gb": "l8b Q2_K+imat", "pi4-8gb": "l8b Q4_K_M+imat", "pi5-4gb": "s1.7b Q4_K_M+imat",
-    "pi5-8gb": "l8b Q2_K+imat", "pi5-16gb": "l8b Q4_K_M+imat", "jetson-orin-nano-8gb": "l8b Q2_K+imat",
+    "pi4-4gb": "l8b Q2_K+imat", "pi4-8gb": "l8b Q4_K_M+imat", "pi5-4gb": "l3b Q4_K_M+imat",
+    "pi5-8gb": "l8b Q4_K_M+imat", "pi5-16gb": "l8b Q8_0", "jetson-orin-nano-8gb": "l8b Q4_K_M+imat",
     "laptop-x86-8gb": "l8b Q2_K+imat", "laptop-x86-16gb": "l8b Q8_0", "macbook-m1-8gb": "l8b Q2_K+imat",
 }
 # (profile, ctx) -> pick with --cache-type auto where it differs from the f16 pick (elsewhere it is the same)
@@ -32,8 +32,7 @@ GOLDEN_KV: dict[tuple[str, int], tuple[str, str]] = {
     ("pi-zero-2w", 2048): ("s135m Q4_K_M", "s135m Q8_0 KV q8_0"),
     ("pi4-2gb", 2048): ("s1.7b Q2_K", "s1.7b Q4_K_M KV q8_0"),  # q8_0 KV lets 4-bit weights fit instead of 2-bit
     ("pi-3b", 8192): ("s360m Q4_K_M", "s360m Q8_0 KV q8_0"),  # more bits fit with the smaller cache
-    ("pi5-4gb", 8192): ("l3b Q2_K", "s1.7b Q4_K_M KV q8_0"),
-    ("macbook-m1-8gb", 8192): ("l8b Q2_K", "l3b Q4_K_M KV q8_0"),
+    ("macbook-m1-8gb", 8192): ("l3b Q4_K_M", "l3b Q8_0 KV q8_0"),
 }
 
 

@@ -94,7 +94,7 @@ def _print(r: PickResult, models: str) -> None:
         assert e is not None  # pick() estimates every row it returns
         mark = "->" if row is r.pick else ""
         at = f" @ctx {row.ctx}" if row.ctx else ""
-        table.add_row(f"{mark}{row.candidate.label}{at}", e.load_mode, f"{e.weights_mib:.0f}", f"{e.kv_mib:.0f}",
+        table.add_row(f"{mark}{row.candidate.label}{at}", e.load_mode or "-", f"{e.weights_mib:.0f}", f"{e.kv_mib:.0f}",
                       f"{e.compute_mib:.0f}", f"{e.total_mib:.0f}", "yes" if row.fits else "no",
                       row.quality.label, f"{row.tps:.1f}", str(row.max_ctx or ""), row.reason)
     console.print(table)

@@ -84,7 +84,7 @@ def run(
             "prefill_tokens_per_s": round(result.prefill_tps, 2), "decode_tokens_per_s": round(result.decode_tps, 2),
             "load_seconds": round(backend.load_seconds, 3), "peak_rss_mib": round(peak_rss_mib(), 1),
             "threads": n_threads, "n_ctx": backend.n_ctx, "pick": pick_info,
-            "memory": estimate_artifact(artifact, backend.n_ctx, mmap=backend.options.mmap).to_dict(),
+            "memory": estimate_artifact(artifact, backend.n_ctx, mmap=mmap).to_dict(),
             **({"cluster": cluster_info} if cluster_info else {}),
         })
 

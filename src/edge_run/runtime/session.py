@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from edge_run.runtime.estimate.gguf import MemoryEstimate
 
 DEFAULT_CTX = 2048
+RESOLVED_MODE = {"mmap": "on", "no-mmap": "off"}  # an estimate's load mode -> LoadOptions.mmap
 # the checks import their modules when called: `edge-run --help` and the commands that load nothing stay fast
 
 
@@ -77,7 +78,7 @@ def prepare(artifact: Path, options: SessionOptions) -> LoadOptions:
     est = memory_guard(artifact, ctx, options.force, options.mmap)
     return LoadOptions(n_ctx=ctx, n_threads=options.threads or physical_cores(), n_batch=options.n_batch,
                        seed=options.seed, cache_type=options.cache_type, flash_attn=options.flash_attn,
-                       mmap="on" if est.load_mode == "mmap" else "off")  # the mode the estimate was made for
+                       mmap=RESOLVED_MODE.get(est.load_mode, options.mmap))  # the mode the estimate was made for
 
 
 def open_session(artifact: Path, options: SessionOptions | None = None) -> Backend:

@@ -73,7 +73,10 @@ def open_artifact(artifact: Path, options: LoadOptions) -> Backend:
 def estimate_artifact(artifact: Path, n_ctx: int, simd: tuple[str, ...] | None = None,
                       cache_type: str = "f16", mmap: str = "auto") -> MemoryEstimate:
     simd = host_simd() if simd is None else simd
-    return row_for(artifact).estimate(Path(artifact), None, n_ctx, simd, cache_type, mmap)
+    row = row_for(artifact)
+    if mmap == "auto":  # a row's estimator takes the load mode only if its format has load modes
+        return row.estimate(Path(artifact), None, n_ctx, simd, cache_type)
+    return row.estimate(Path(artifact), None, n_ctx, simd, cache_type, mmap)
 
 
 def check_memory(artifact: Path, n_ctx: int, available_mib: float | None = None,

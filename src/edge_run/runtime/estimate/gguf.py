@@ -105,7 +105,7 @@ class MemoryEstimate:
     cache_type: str
     weights_read_mib: float = 0.0  # without mmap: the weights not repacked, read into anonymous memory
     weights_cold_mib: float = 0.0  # with mmap: the repacked tensors' file pages (read once; reclaimable)
-    load_mode: str = "mmap"  # mmap | no-mmap
+    load_mode: str = ""  # GGUF: mmap | no-mmap; "" for a format without load modes
 
     @property
     def anon_mib(self) -> float:
