@@ -342,3 +342,50 @@ def test_the_library_is_a_same_version_build(rpc_library: Path) -> None:
     needed = read_elf(rpc_library).needed
     assert any(n.startswith("libggml-base.so") for n in needed) and not any("ggml-cpu" in n for n in needed)
     assert os.path.getsize(rpc_library) < 2 << 20
+
+
+# ---------------------------------------------------------------------------------------------- cluster pick
+
+
+def _tight_cluster(tmp_path: Path, memory_mb: int) -> Path:
+    f = tmp_path / "tight.toml"
+    f.write_text("".join(f'[[worker]]\nprofile = "pi4-4gb"\naddress = "10.0.0.{i}:50052"\nmemory_mb = {memory_mb}\n'
+                         for i in (2, 3)))
+    return f
+
+
+@pytest.mark.zoo
+def test_cluster_pick_prefers_one_board_and_splits_only_what_fits_no_board(
+        cli: Callable[..., object], zoo_gguf_dir: Callable[[str, str], Path], tmp_path: Path) -> None:
+    models = zoo_gguf_dir("smollm2-135m", "Q8_0").parent
+    assert zoo_gguf_dir("smollm2-135m", "Q4_K_M").parent == models  # the smaller pairing fits one tight board
+    roomy = cli("cluster", "pick", "pi4-4gb@10.0.0.2:50052,pi4-4gb@10.0.0.3:50052", "--models", models, "--json")
+    assert roomy.code == 0, roomy.stderr  # type: ignore[attr-defined]
+    got = json.loads(roomy.stdout)  # type: ignore[attr-defined]
+    assert got["pick"]["runs_on"] == "pi4-4gb@10.0.0.2:50052" and "fits one board" in got["why"]
+    assert got["pick"]["quant"] == "Q8_0"
+    tight = cli("cluster", "pick", _tight_cluster(tmp_path, 300), "--models", models, "--ctx", "1024", "--json")
+    assert tight.code == 0, tight.stderr  # type: ignore[attr-defined]
+    got = json.loads(tight.stdout)  # type: ignore[attr-defined]
+    split = got["pick"]["split"]
+    assert got["pick"]["quant"] == "Q8_0" and got["pick"]["runs_on"] == "split"
+    assert "the best single-board pairing is smollm2-135m Q4_K_M (pi4-4gb@10.0.0.2:50052)" in got["why"]
+    assert sum(r["layers"] + r["output_layer"] for r in split) == 31
+    assert all(r["need_mib"] <= r["budget_mib"] for r in split if r["endpoint"])
+    assert 0 < got["pick"]["tokens_per_s"] < 1000
+    none = cli("cluster", "pick", _tight_cluster(tmp_path, 100), "--models", models, "--ctx", "1024")
+    assert none.code == 4 and "nothing fits the cluster" in none.stderr  # type: ignore[attr-defined]
+
+
+def test_split_speed_adds_the_nodes_and_the_network(tiny_gguf: Path) -> None:
+    from edge_run.runtime.cluster.pick import Link, split_speed
+    from edge_run.runtime.cluster.plan import plan_cluster
+    from edge_run.runtime.cluster.spec import parse_inline
+    from edge_run.runtime.estimate.gguf import shape_from_gguf
+
+    shape = shape_from_gguf(tiny_gguf)
+    one = plan_cluster(parse_inline("pi4-4gb@127.0.0.1:1"), shape, 256)
+    two = plan_cluster(parse_inline("pi4-4gb@127.0.0.1:1,pi4-4gb@127.0.0.1:2"), shape, 256)
+    fast, slow = Link(1000.0, 0.1), Link(10.0, 5.0)
+    assert split_speed(two, shape, fast) < split_speed(one, shape, fast)  # one more hop per token
+    assert split_speed(two, shape, slow) < split_speed(two, shape, fast)

@@ -95,5 +95,33 @@ def check(
         raise ClusterError(f"{len(bad)} of {len(rows)} workers failed the check", "see the rows above")
 
 
+@app.command("pick")
+def pick(
+    cluster: str = typer.Argument(..., help="cluster FILE, NAME, or profile@host:port,... inline"),
+    models: Path = typer.Option(..., "--models", help="folder of artifacts / checkpoints to pick from"),
+    ctx: int = typer.Option(2048, "--ctx", "-c", min=16, help="context length"),
+    rtt_ms: float = typer.Option(0.3, "--rtt-ms", min=0.0, help="round trip between boards (cluster check)"),
+    bandwidth: float = typer.Option(110.0, "--bandwidth-mbs", min=0.1, help="link bandwidth, MB/s (1 GbE: 110)"),
+    as_json: bool = typer.Option(False, "--json", help="print the pick, the split and every candidate as JSON"),
+) -> None:
+    """The best pairing the cluster can serve: on one board when it fits one, else split (with the table)."""
+    from edge_run.runtime.cluster.pick import Link, pick_cluster
+    from edge_run.runtime.cluster.spec import load_cluster
+    from edge_run.runtime.pick.picker import gather_candidates
+
+    result = pick_cluster(load_cluster(cluster), gather_candidates(models), ctx, Link(bandwidth, rtt_ms))
+    if as_json:
+        print_json(result.to_dict())
+        return
+    sys.stdout.write(result.why + "\n")
+    if result.pick.plan is not None:
+        heads = zip(("layers", "weights", "KV", "other", "need", "budget"), (6, 9, 8, 8, 8, 8), strict=True)
+        sys.stdout.write(f"{'node':<40} " + " ".join(f"{h:>{w}}" for h, w in heads) + "\n")
+        for r in result.pick.plan.to_dict():
+            sys.stdout.write(f"{r['node']:<40} {r['layers'] + r['output_layer']:>6} {r['weight_mib']:>5.0f} MiB "
+                             f"{r['kv_mib']:>4.0f} MiB {r['other_mib']:>4.0f} MiB {r['need_mib']:>4.0f} MiB "
+                             f"{r['budget_mib']:>4.0f} MiB\n")
+
+
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="cluster")

@@ -22,7 +22,7 @@ from edge_run.runtime.cluster.spec import ClusterSpec, Node
 from edge_run.runtime.estimate.gguf import ModelShape, compute_bytes, kv_bytes
 
 MIB = float(1 << 20)
-WORKER_BASELINE_MIB = 60.0  # a worker process before any tensor arrives: Python, llama_cpp, ggml (RSS, measured)
+WORKER_BASELINE_MIB = 55.0  # a worker before any tensor arrives: Python, llama_cpp, ggml (VmRSS here, x86-64)
 LAYER_TENSOR = re.compile(r"^blk\.(\d+)\.")
 OUTPUT_TENSORS = ("output.weight", "output_norm.weight", "output_norm.bias", "output.bias")
 
