@@ -94,30 +94,47 @@ def tick() -> None:
 
 # -- sizes ---------------------------------------------------------------------------------------
 
-def size_of(value: Any, cap: int = 1 << 62) -> int:
-    """About how many characters ``str(value)`` takes (at least that many), counted only until ``cap`` is passed;
-    containers count their items (a list of one string repeated is as large as its text)."""
+def _cap() -> int:
+    budget = BUDGET.get()
+    return budget.limits.max_value + 1 if budget is not None else 1 << 62  # past the limit, the exact size is moot
+
+
+def size_of(value: Any, cap: int | None = None) -> int:
+    """About how many characters ``str(value)`` takes (at least that many), counted only until ``cap`` (the limit)
+    is passed; containers count their items' text (a list of one string repeated is as large as all its text)."""
+    cap = _cap() if cap is None else cap
     total, stack = 0, [value]
     while stack and total <= cap:
         v = stack.pop()
         if isinstance(v, (str, bytes, bytearray)):
             total += len(v)
-        elif isinstance(v, bool) or v is None:
-            total += 5
+        elif isinstance(v, bool) or v is None or isinstance(v, float):
+            total += 24
         elif isinstance(v, int):
             total += v.bit_length() // 3 + 1
-        elif isinstance(v, dict):
-            total += 2 + 4 * len(v)
-            stack.extend(v.keys())
-            stack.extend(v.values())
-        elif isinstance(v, (list, tuple, set, frozenset)):
-            total += 2 + 2 * len(v)
-            stack.extend(v)
+        elif isinstance(v, (list, tuple, set, frozenset, dict)):
+            items = [*v.keys(), *v.values()] if isinstance(v, dict) else v
+            total += 2 + 2 * len(items)
+            kinds = set(map(type, items))  # flat lists of strings or ints are counted in C
+            if kinds <= {str}:
+                total += sum(map(len, items))
+            elif kinds <= {int}:
+                total += sum(map(int.bit_length, items)) // 3 + len(items)
+            elif total <= cap:
+                stack.extend(items)
         elif isinstance(v, Namespace):
             stack.append(v._Namespace__attrs)
         else:
             total += 24
     return total
+
+
+def items_of(value: Any) -> int:
+    """What a value holds: characters of a string, items of a container (references: its items are not copied),
+    digits of a number."""
+    if isinstance(value, (str, bytes, bytearray, list, tuple, set, frozenset, dict)):
+        return len(value)
+    return size_of(value)
 
 
 def _int(value: Any) -> int:
@@ -130,7 +147,7 @@ def _times(a: Any, b: Any) -> int:
     if isinstance(a, int) and isinstance(b, int):
         return size_of(a) + size_of(b)
     seq, n = (a, b) if isinstance(b, int) else (b, a)
-    return size_of(seq) * max(n, 0) if isinstance(n, int) else size_of(a) + size_of(b)
+    return items_of(seq) * max(n, 0) if isinstance(n, int) else items_of(a) + items_of(b)
 
 
 def _power(a: Any, b: Any) -> int:
@@ -213,7 +230,7 @@ def _widened(s: Any, width: Any = 80, *_: Any, **__: Any) -> int:
 # what an operator's result may take; the others (- / // comparisons) make numbers no longer than their operands
 BINOP_SIZES: dict[str, Callable[[Any, Any], int]] = {
     "*": _times,
-    "+": lambda a, b: size_of(a) + size_of(b),
+    "+": lambda a, b: items_of(a) + items_of(b),
     "**": _power,
     "%": _percent,
 }
@@ -361,7 +378,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 
     def getitem(self, obj: Any, argument: Any) -> Any:
         if isinstance(argument, slice):
-            charge(size_of(obj), "with a slice")
+            charge(items_of(obj), "with a slice")
         else:
             tick()
         return super().getitem(obj, argument)

@@ -42,12 +42,18 @@ def _compiled(template: str) -> Template:
     """The template compiled once (a compiled template renders in any number of threads at once)."""
     from jinja2 import TemplateError
 
+    from edge_run.runtime.chat.bounds import BUDGET, Budget, Limits
+
+    limits = Limits.for_input(0, 0)  # jinja computes constant expressions while compiling: they are bounded too
+    token = BUDGET.set(Budget(limits, time.monotonic() + limits.seconds))  # (one past a bound is left to the render)
     try:
         return _environment().from_string(template)
     except TemplateError as e:
         raise ArtifactError(f"the chat template is not valid jinja ({e})", FIX) from e
     except RecursionError as e:
         raise ArtifactError("the chat template nests too deep to compile", FIX) from e
+    finally:
+        BUDGET.reset(token)
 
 
 def input_size(messages: list[dict[str, Any]]) -> int:
