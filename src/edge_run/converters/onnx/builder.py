@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from onnx import TensorProto
@@ -113,13 +114,16 @@ class Unit:
 
 class DecoderBuilder:
     """``importance``: checkpoint tensor name -> per-input-column weights for the scale search;
-    ``plan``: unit key -> bits, overriding the scheme's rules (a budget mix)."""
+    ``plan``: unit key -> bits, overriding the scheme's rules (a budget mix); ``packed4``: unit key -> .npz
+    of (B, scales, zp) already searched at 4 bits with this importance and layout (calibrate.py)."""
 
     def __init__(self, g: Graph, cfg: DecoderConfig, weights: Weights, quant: QuantConfig,
-                 importance: Mapping[str, np.ndarray] | None = None, plan: Mapping[str, int] | None = None) -> None:
+                 importance: Mapping[str, np.ndarray] | None = None, plan: Mapping[str, int] | None = None,
+                 packed4: Mapping[str, Path] | None = None) -> None:
         self.g, self.cfg, self.w, self.q = g, cfg, weights, quant
         self.importance = importance or {}
         self.plan = plan or {}
+        self.packed4 = packed4 or {}
         weights.split_fused(cfg)
         self.linears: dict[str, int | None] = {}  # node path -> bits (None = f32), for the manifest
         self.units: dict[str, Unit] = {}
@@ -151,6 +155,13 @@ class DecoderBuilder:
         importance = self.importance.get(tensors[0].name)
 
         def packed_chunks() -> Iterator[np.ndarray]:
+            if bits == 4 and key in self.packed4:
+                with np.load(self.packed4[key]) as saved:
+                    packed, s, z = (saved[f"arr_{i}"] for i in range(3))
+                scales.append(s)
+                zps.append(z)
+                yield packed
+                return
             for rows in self._rows(tensors):
                 if self.q.scheme.search:
                     packed, s, z = search_rows(rows, bits, block, symmetric, importance)

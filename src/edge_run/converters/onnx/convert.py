@@ -27,9 +27,11 @@ from edge_run.converters.checkpoint import Checkpoint, open_checkpoint
 from edge_run.converters.config_check import check_config
 from edge_run.converters.gguf.vocab import build_vocab
 from edge_run.converters.onnx.builder import DecoderBuilder, Weights
+from edge_run.converters.onnx.calibrate import Calibration, calibrate
 from edge_run.converters.onnx.genai import copy_tokenizer, genai_config
 from edge_run.converters.onnx.graph import OPSET, Graph, save_model
 from edge_run.converters.onnx.hparams import decoder_config
+from edge_run.converters.onnx.mix import plan_mix
 from edge_run.converters.onnx.quantize import QuantConfig, parse_quant
 from edge_run.core.errors import OutputExistsError, ResourceError
 from edge_run.core.fsutil import (
@@ -49,12 +51,13 @@ DATA_FILE = "model.onnx.data"
 
 @dataclass(frozen=True)
 class OnnxOptions:
-    quant: str = "int4"  # comma list of: int4, int4h8, int8, mixed, fp32
+    quant: str = "int4"  # comma list of quantize.SCHEMES names
     block_size: int = 32
     symmetric: bool = False  # asymmetric: lower perplexity (results/bench_onnx.json)
     accuracy_level: int = 4
     name: str | None = None
     force: bool = False
+    calibration_text: Path | None = None  # calibrated schemes; default: calibrate.DEFAULT_TEXT
 
 
 def artifact_dir(out_dir: Path, name: str, quant: QuantConfig) -> Path:
@@ -86,10 +89,15 @@ def _atomic_dir(dest: Path, force: bool) -> Iterator[Path]:
 
 
 def _write_artifact(ckpt: Checkpoint, digest: str, quant: QuantConfig, dest: Path, tokenizer_kind: str,
-                    progress: Progress | None) -> None:
+                    progress: Progress | None, cal: Calibration | None = None) -> None:
     arch_name, spec = lookup(ckpt.config)
     cfg = decoder_config(ckpt, spec)
     stage = quant.label
+    scheme = quant.scheme
+    importance = cal.importance if cal is not None and scheme.calibrate else None
+    packed4 = cal.packed if cal is not None and scheme.calibrate and scheme.search else None
+    plan = (plan_mix(quant, cal.shapes, cal.sensitivity, scheme.budget_bpw)
+            if cal is not None and scheme.budget_bpw is not None else None)
 
     def layer_progress(done: int, total: int) -> None:
         if progress:
@@ -98,7 +106,7 @@ def _write_artifact(ckpt: Checkpoint, digest: str, quant: QuantConfig, dest: Pat
     layer_progress(0, cfg.n_layers)
     with open(dest / DATA_FILE, "wb") as data:
         g = Graph(data, DATA_FILE)
-        builder = DecoderBuilder(g, cfg, Weights(ckpt), quant)
+        builder = DecoderBuilder(g, cfg, Weights(ckpt), quant, importance, plan, packed4)
         builder.build(layer_progress)
     model = g.model(f"{ckpt.name}-{quant.label}", {"edge_run.arch": spec.key, "edge_run.quant": quant.label})
     save_model(model, dest / MODEL_FILE)
@@ -107,6 +115,9 @@ def _write_artifact(ckpt: Checkpoint, digest: str, quant: QuantConfig, dest: Pat
     copy_tokenizer(ckpt, dest, tokenizer_kind)
     n_params = ckpt.parameter_count()
     bits = Counter("f32" if b is None else f"int{b}" for b in builder.linears.values())
+    calibration = {} if importance is None or cal is None else {
+        "calibration": {"text": cal.text, "tokens": cal.tokens, "seconds": cal.seconds,
+                        "int8": sorted(k for k, b in (plan or {}).items() if b == 8)}}
     manifest = Manifest(
         format="onnx", artifact=MODEL_FILE,
         source={"path": str(ckpt.path.resolve()), "digest": digest},
@@ -116,7 +127,7 @@ def _write_artifact(ckpt: Checkpoint, digest: str, quant: QuantConfig, dest: Pat
         sha256=sha256_file(dest / DATA_FILE), tokenizer=tokenizer_kind, context_length=cfg.max_positions,
         extra={"scheme": quant.scheme.name, "block_size": quant.block_size, "symmetric": quant.symmetric,
                "accuracy_level": quant.accuracy_level, "opset": OPSET, "linear_bits": dict(sorted(bits.items())),
-               "data_file": DATA_FILE, "num_layers": cfg.n_layers,
+               "data_file": DATA_FILE, "num_layers": cfg.n_layers, **calibration,
                # every file's digest: edge-run's integrity check covers the graph and tokenizer, not only the data
                "files": {p.name: sha256_file(p) for p in sorted(dest.iterdir()) if p.is_file()}},
     )
@@ -148,14 +159,40 @@ def convert_to_onnx(checkpoint: Path, out_dir: Path, options: OnnxOptions,
     return targets
 
 
+@contextlib.contextmanager
+def _calibration(ckpt: Checkpoint, quants: list[QuantConfig], out_dir: Path, options: OnnxOptions,
+                 progress: Progress | None) -> Iterator[Calibration | None]:
+    """Measured once for every calibrated scheme of the run (the first one's 4-bit layout), in a temp folder
+    that lives until the artifacts are written."""
+    calibrated = [q for q in quants if q.scheme.calibrate]
+    if not calibrated:
+        yield None
+        return
+    _, spec = lookup(ckpt.config)
+    work = Path(out_dir) / f"{TEMP_PREFIX}{os.getpid()}-calibration"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        work.mkdir()
+        cal = calibrate(ckpt, decoder_config(ckpt, spec), calibrated[0], work, options.calibration_text,
+                        any(q.scheme.budget_bpw is not None for q in calibrated), progress)
+        yield cal
+    except OSError as e:
+        raise os_error_to_resource(e, work.name) from e
+    except MemoryError as e:
+        raise ResourceError("out of memory while calibrating") from e
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _convert_all(ckpt: Checkpoint, quants: list[QuantConfig], targets: list[Path], tokenizer_kind: str,
                  options: OnnxOptions, progress: Progress | None) -> None:
     digest = ckpt.digest()
-    for q, target in zip(quants, targets, strict=True):
-        with _atomic_dir(target, options.force) as tmp:
-            try:
-                _write_artifact(ckpt, digest, q, tmp, tokenizer_kind, progress)
-            except OSError as e:
-                raise os_error_to_resource(e, target.name) from e
-            except MemoryError as e:
-                raise ResourceError(f"out of memory while converting {target.name}") from e
+    with _calibration(ckpt, quants, targets[0].parent, options, progress) as cal:
+        for q, target in zip(quants, targets, strict=True):
+            with _atomic_dir(target, options.force) as tmp:
+                try:
+                    _write_artifact(ckpt, digest, q, tmp, tokenizer_kind, progress, cal)
+                except OSError as e:
+                    raise os_error_to_resource(e, target.name) from e
+                except MemoryError as e:
+                    raise ResourceError(f"out of memory while converting {target.name}") from e
