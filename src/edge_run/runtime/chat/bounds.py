@@ -36,6 +36,7 @@ BASE_ALLOC = 64 << 20  # characters all sized operations of one render may make,
 PER_MESSAGE = 1024  # value and output allowance per message (its headers)
 CHECK_EVERY = 64  # loop iterations between deadline checks
 MAX_INT_DIGITS = 4300  # Python's own limit on printing an int
+MAX_JSON_INDENT = 16
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,17 @@ def _listed(value: Any, *_: Any, **__: Any) -> int:
     return 64 * len(value) if isinstance(value, str) else size_of(value)  # a string becomes one object a character
 
 
+def _wrapped(s: Any, width: Any = 79, long_words: Any = True, wrapstring: Any = None, *_: Any, **__: Any) -> int:
+    return size_of(s) * (1 + size_of(wrapstring if wrapstring is not None else "\n"))  # a line holds a character
+
+
+def _json(value: Any, indent: Any = None, *_: Any, **__: Any) -> int:
+    """json.dumps: \\uXXXX escapes; an indent repeats on each line, once per level (levels are bounded by Python's
+    recursion limit, the indent here)."""
+    width = 0 if indent is None else len(indent) if isinstance(indent, str) else _int(indent)
+    return 1 << 62 if width > MAX_JSON_INDENT else 6 * size_of(value) * (1 + width)
+
+
 def _widened(s: Any, width: Any = 80, *_: Any, **__: Any) -> int:
     return max(size_of(s), _int(width))
 
@@ -235,21 +247,28 @@ BINOP_SIZES: dict[str, Callable[[Any, Any], int]] = {
     "%": _percent,
 }
 
-# filters that can make a value much larger than their input: the size of their result, from their arguments
+# filters that can make a value much larger than their input, or that print it (str() of a list of one long string
+# repeated is as large as all its text): the size of their result, from their arguments
 FILTER_SIZES: dict[str, Callable[..., int]] = {
     "join": _joined,
     "replace": _replaced,
     "center": _widened,
     "indent": _indented,
     "format": lambda value, *args, **kwargs: _percent(value, kwargs or args),
-    "wordwrap": lambda s, width=79, *_, **__: 2 * size_of(s) + 64,
+    "wordwrap": _wrapped,
+    "tojson": _json,
     "list": _listed,
     "string": _scaled(1),
-    "tojson": _scaled(6),  # \uXXXX escapes
+    "safe": _scaled(1),
+    "trim": _scaled(1),
+    "truncate": _scaled(1),
+    "wordcount": _scaled(1),
+    "reverse": _scaled(1),
     "pprint": _scaled(2),
-    "e": _scaled(6),
+    "e": _scaled(6),  # &#39; for '
     "escape": _scaled(6),
     "forceescape": _scaled(6),
+    "xmlattr": _scaled(6),
     "urlencode": _scaled(12),  # %XX for each of up to 4 bytes
     "upper": _scaled(3),  # case mappings can lengthen a character to three (U+FB03 -> FFI)
     "lower": _scaled(3),

@@ -209,15 +209,19 @@ class Tokenizer(Protocol):
 
 def prompt_tokens(tok: Tokenizer, render: ChatRender) -> list[int]:
     """Token ids of a chat render: template text with special-token parsing, message text plain, BOS (if the model
-    wants one) at the start. When the render is exact and tokenizing it whole gives the same control tokens, the
-    whole tokenization is used: the same ids as llama.cpp's and transformers' own chat path."""
-    tokens: list[int] = [] if render.parts and not render.parts[0][1] else tok.tokenize("", add_special=True)
-    for n, (text, is_message) in enumerate(render.parts):
-        tokens += tok.tokenize_plain(text) if is_message else tok.tokenize(text, add_special=n == 0)
-    if not render.exact or any(is_message and any(map(tok.is_control, tok.tokenize(text, add_special=False)))
-                               for text, is_message in render.parts):
-        return tokens
-    whole = tok.tokenize(render.text, add_special=True)
-    if [t for t in whole if tok.is_control(t)] == [t for t in tokens if tok.is_control(t)]:
-        return whole
+    wants one) at the start. When the render is exact, no message spells a control token and tokenizing the render
+    whole gives exactly the template's control tokens, the whole tokenization is used: the same ids as llama.cpp's
+    and transformers' own chat path."""
+    head = [] if render.parts and not render.parts[0][1] else tok.tokenize("", add_special=True)
+    own = {n: tok.tokenize(text, add_special=n == 0) for n, (text, is_message) in enumerate(render.parts)
+           if not is_message}
+    if render.exact and not any(is_message and any(map(tok.is_control, tok.tokenize(text, add_special=False)))
+                                for text, is_message in render.parts):
+        whole = tok.tokenize(render.text, add_special=True)
+        controls = [t for t in whole if tok.is_control(t)]
+        if controls == [t for ids in (head, *own.values()) for t in ids if tok.is_control(t)]:
+            return whole
+    tokens = head
+    for n, (text, _) in enumerate(render.parts):
+        tokens += own[n] if n in own else tok.tokenize_plain(text)
     return tokens
