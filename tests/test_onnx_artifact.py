@@ -124,7 +124,7 @@ def test_manifest_describes_the_folder(arch: str, artifacts: dict[str, Path],
     assert m.bits_per_weight == pytest.approx(8 * weight_bytes / m.parameter_count, rel=1e-3)
     assert 4 < m.bits_per_weight < 9
     bits = m.extra["linear_bits"]
-    assert set(bits) == ({"int4"} if arch == "qwen2" else {"int4", "int8"})
+    assert set(bits) == {"int4", "int8"}  # int4: the measured sensitivity mix gives some matrices 8 bits
 
 
 def test_weights_live_in_one_external_file(artifacts: dict[str, Path]) -> None:
