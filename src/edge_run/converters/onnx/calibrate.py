@@ -110,6 +110,14 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
+def _kl_per_position(logp_ref: np.ndarray, logits: np.ndarray, rows: int = 16) -> np.ndarray:
+    """KL(p_ref || softmax(logits)) of each position, ``rows`` positions at a time (temporaries stay small;
+    every value is a per-row reduction, so the result does not depend on ``rows``)."""
+    out = [(np.exp(lr) * (lr - _log_softmax(lg))).sum(axis=-1)
+           for lr, lg in ((logp_ref[a:a + rows], logits[a:a + rows]) for a in range(0, len(logp_ref), rows))]
+    return np.concatenate(out)
+
+
 def _as_int8(packed: np.ndarray, zp: np.ndarray | None, kb: int) -> np.ndarray:
     """4-bit codes [n, kb, block/2] (+ packed zero points, None: 8) -> the same values as symmetric 8-bit
     codes [n, kb, block] (zero point 128)."""
@@ -162,8 +170,8 @@ def calibrate(ckpt: Checkpoint, cfg: DecoderConfig, quant: QuantConfig, work: Pa
         ids = chunks[0][:, :SENSITIVITY_TOKENS]
         feeds = _feeds(cfg, ids)
         (ref,) = sess.run(["logits"], feeds)
-        logp_ref = _log_softmax(ref[0])
-        p_ref = np.exp(logp_ref)
+        logp_ref = np.concatenate([_log_softmax(ref[0, a:a + 16]) for a in range(0, ref.shape[1], 16)])
+        del ref
         keys = sorted(units)
         for j, key in enumerate(keys):
             u = units[key]
@@ -171,7 +179,8 @@ def calibrate(ckpt: Checkpoint, cfg: DecoderConfig, quant: QuantConfig, work: Pa
             codes, scales = _quantized_weight(u, quant, cal.importance.get(u.tensors[0].name), cal.packed[key])
             (logits,) = sess.run(["logits"], {**feeds, f"{key}.weight_Q8": codes, f"{key}.weight_scales": scales})
             del codes, scales
-            cal.sensitivity[key] = float((p_ref * (logp_ref - _log_softmax(logits[0]))).sum(axis=-1).mean())
+            cal.sensitivity[key] = float(_kl_per_position(logp_ref, logits[0]).mean())
+            del logits
             if progress:
                 progress("sensitivity", j + 1, len(keys))
     cal.seconds = round(time.perf_counter() - t0, 1)
