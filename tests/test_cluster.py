@@ -35,9 +35,9 @@ from edge_run.runtime.session import SessionOptions, open_session
 model, cluster, prompt, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 options = SessionOptions(ctx=512, threads=1)
 if cluster:
-    from edge_run.runtime.cluster.host import open_cluster_session
+    from edge_run.runtime.cluster.host import Cluster, open_cluster_session
     from edge_run.runtime.cluster.spec import load_cluster
-    backend, placement = open_cluster_session(Path(model), load_cluster(cluster), options)
+    backend, placement = open_cluster_session(Path(model), Cluster(load_cluster(cluster)), options)
     print(json.dumps(placement.to_dict()))
 else:
     backend = open_session(Path(model), options)
@@ -54,8 +54,8 @@ def free_port() -> int:
 
 
 class WorkerProc:
-    def __init__(self, *args: str) -> None:
-        self.port = free_port()
+    def __init__(self, *args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         cmd = [sys.executable, "-m", "edge_run.cli.main", "worker", "--port", str(self.port), "--threads", "1", *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.banner = self.read_line(60.0)

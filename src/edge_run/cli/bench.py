@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from edge_run.cli._common import console, print_json, progress_bars
+from edge_run.cli.cluster import CLUSTER_HELP
 
 
 def bench_command(
@@ -19,9 +20,12 @@ def bench_command(
     flash_attn: str = typer.Option("auto", "--flash-attn", "-fa",
                                    help="GGUF: llama.cpp's flash attention, auto | on | off (as llama-bench -fa)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    cluster: str = typer.Option(None, "--cluster", help=CLUSTER_HELP),
 ) -> None:
     """Benchmark an artifact on this machine (pp<N> prefill and tg<N> decode tokens/s, like llama-bench)."""
+    from edge_run.cli.cluster import cluster_opener
     from edge_run.core.errors import ArtifactError
+    from edge_run.runtime.backends import open_backend
     from edge_run.runtime.bench import BenchConfig, bench
     from edge_run.runtime.session import verify
 
@@ -30,7 +34,7 @@ def bench_command(
     verify(artifact)
     config = BenchConfig(n_prompt=n_prompt, n_gen=n_gen, repeats=repeats, threads=threads, flash_attn=flash_attn)
     with progress_bars(enabled=not as_json) as progress:
-        result = bench(artifact, config, progress=progress)
+        result = bench(artifact, config, progress=progress, opener=cluster_opener(cluster) or open_backend)
     if as_json:
         print_json(result)
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +31,38 @@ def _ensure_library() -> None:
         sys.stderr.write("building llama.cpp's RPC library for this llama-cpp-python (once, about half a minute)\n")
 
 
+def cli_cluster(value: str) -> Any:
+    """The host.Cluster of ``--cluster VALUE`` for a command that ends with its process: a worker lost or stalled
+    later ends the process with one line and exit code 6."""
+    from edge_run.runtime.cluster.host import Cluster
+    from edge_run.runtime.cluster.spec import load_cluster
+
+    spec = load_cluster(value)
+    _ensure_library()
+    cluster = Cluster(spec)
+    cluster.on_lost(_end_on_lost_worker)
+    return cluster
+
+
 def open_model(artifact: Path, options: Any, cluster: str | None) -> tuple[Any, dict[str, Any] | None]:
     """The backend for a command: session.open_session, or with ``cluster`` the split over its workers (and the
-    placement as a dict for --json). With a cluster, a worker lost later ends the process with exit code 6."""
+    placement as a dict for --json)."""
     from edge_run.runtime.session import open_session
 
     if cluster is None:
         return open_session(artifact, options), None
-    from edge_run.runtime.cluster import host
-    from edge_run.runtime.cluster.spec import load_cluster
+    from edge_run.runtime.cluster.host import open_cluster_session
 
-    spec = load_cluster(cluster)
-    _ensure_library()
-    host.exit_on_lost_worker(_end_on_lost_worker)
-    backend, placement = host.open_cluster_session(artifact, spec, options)
+    backend, placement = open_cluster_session(artifact, cli_cluster(cluster), options)
     return backend, placement.to_dict()
+
+
+def cluster_opener(cluster: str | None) -> Callable[[Path, Any], Any] | None:
+    """For `bench` / `eval`, which open models with their own LoadOptions: open_backend over the cluster."""
+    if cluster is None:
+        return None
+    c = cli_cluster(cluster)
+    return lambda path, load: c.open(path, load)[0]
 
 
 @app.command("build")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from edge_run.cli._common import console, err_console, print_json, progress_bars
+from edge_run.cli.cluster import CLUSTER_HELP
 from edge_run.core.errors import EdgeRunError
 
 if TYPE_CHECKING:
@@ -27,8 +28,10 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     cache_type: str = typer.Option("f16", "--cache-type",
                                    help="KV cache type: f16 | q8_0 | q4_0 | f32 (a quantized one: quality store only)"),
+    cluster: str = typer.Option(None, "--cluster", help=CLUSTER_HELP),
 ) -> None:
     """Measure perplexity and bits per byte the way llama.cpp's perplexity tool does; store them in the manifest."""
+    from edge_run.cli.cluster import cluster_opener
     from edge_run.runtime.eval.perplexity import evaluate, load_corpus, save_quality
     from edge_run.runtime.session import verify
 
@@ -38,7 +41,7 @@ def eval_command(
     text = load_corpus(corpus)
     with progress_bars(enabled=not as_json) as progress:
         result = evaluate(artifact, text, ctx=ctx, chunks=chunks, parent=against, threads=threads,
-                          progress=progress, cache_type=cache_type)
+                          progress=progress, cache_type=cache_type, opener=cluster_opener(cluster))
     saved, not_saved = False, None
     if save:  # a finished measurement is printed even when the manifest cannot take it
         try:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from edge_run.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from edge_run.runtime.backends import Backend
+    from edge_run.runtime.session import SessionOptions
 
 
 def serve_command(
@@ -29,6 +34,8 @@ def serve_command(
     threads: int = typer.Option(None, "--threads", "-t", min=1, help="default: physical cores"),
     queue: int = typer.Option(16, "--queue", min=0, help="requests that may wait while one generates"),
     force: bool = typer.Option(False, "--force", help="load even if the memory estimate exceeds available memory"),
+    cluster: str = typer.Option(None, "--cluster", help="split the model over edge-run workers (as `run --cluster`); "
+                                "a lost worker fails its request with 503 and the next request reconnects"),
 ) -> None:
     """Serve one model over an OpenAI-compatible HTTP API (needs `pip install 'edge-run\\[serve]'`)."""
     try:
@@ -46,7 +53,9 @@ def serve_command(
     sock = bind(host, port)  # before loading: a busy port (or a malformed name) fails fast
     try:
         access = access_policy(sock.getsockname()[0], allow_host, cors, api_key)
-        with open_session(path, SessionOptions(ctx=ctx, threads=threads, force=force)) as backend:
+        options = SessionOptions(ctx=ctx, threads=threads, force=force)
+        opened = open_session(path, options) if cluster is None else _cluster_backend(path, options, cluster)
+        with opened as backend:
             model_id = path.name
             state = ServerState(backend, ServerConfig(model_id=model_id, api_key=api_key, max_waiting=queue,
                                                       access=access))
@@ -61,6 +70,12 @@ def serve_command(
     finally:
         sock.close()
     print("edge-run serve: stopped", flush=True)
+
+
+def _cluster_backend(path: Path, options: SessionOptions, cluster: str) -> Backend:
+    from edge_run.runtime.cluster.recover import open_recovering
+
+    return open_recovering(path, cluster, options)
 
 
 def register(app: typer.Typer) -> None:

@@ -27,7 +27,7 @@ def worker(
 ) -> None:
     """Serve llama.cpp's RPC backend for `run --cluster` hosts until SIGTERM / Ctrl-C."""
     from edge_run.core import __version__
-    from edge_run.runtime.cluster import build
+    from edge_run.runtime.cluster import build, native
     from edge_run.runtime.cluster import worker as lib
 
     options = lib.WorkerOptions(host=host, port=port, threads=threads or physical_cores(),
@@ -35,7 +35,7 @@ def worker(
     lib.check_options(options)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-    if build.cached_rpc_library() is None:
+    if native.bundled_rpc_library() is None and build.cached_rpc_library() is None:
         sys.stderr.write("building llama.cpp's RPC library for this llama-cpp-python (once, about half a minute)\n")
     if not os.environ.get("EDGE_RUN_DEBUG"):  # llama.cpp's server prints a line per connection to fd 1
         sys.stdout.flush()

@@ -42,6 +42,7 @@ from edge_run.runtime.backends import Backend, GenerationParams, LoadOptions, op
 from edge_run.runtime.backends.base import physical_cores
 
 SCHEMA = "edge-run-bench/1"
+Opener = Callable[[Path, LoadOptions], Backend]  # open_backend, or `--cluster`'s
 WARMUP_TOKENS = 2
 
 
@@ -97,10 +98,10 @@ class Runner(Protocol):
 class BackendRunner:
     """An edge-run backend (what `edge-run run` uses)."""
 
-    def __init__(self, path: Path, config: BenchConfig) -> None:
-        self.backend: Backend = open_backend(path, LoadOptions(n_ctx=config.n_ctx, n_threads=config.n_threads,
-                                                               n_batch=config.n_batch, flash_attn=config.flash_attn,
-                                                               reuse_prefix=False))
+    def __init__(self, path: Path, config: BenchConfig, opener: Opener = open_backend) -> None:
+        self.backend: Backend = opener(path, LoadOptions(n_ctx=config.n_ctx, n_threads=config.n_threads,
+                                                         n_batch=config.n_batch, flash_attn=config.flash_attn,
+                                                         reuse_prefix=False))
         self.load_seconds = self.backend.load_seconds
 
     def tokenize(self, text: str) -> list[int]:
@@ -193,8 +194,9 @@ def validate_config(config: BenchConfig) -> None:
 
 
 def bench(artifact: Path, config: BenchConfig | None = None,
-          progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    """Benchmark ``artifact``; a JSON-ready dict (schema ``edge-run-bench/1``, see the README)."""
+          progress: Callable[[str, int, int], None] | None = None, opener: Opener = open_backend) -> dict[str, Any]:
+    """Benchmark ``artifact``; a JSON-ready dict (schema ``edge-run-bench/1``, see the README). ``opener``:
+    how the model is opened (`bench --cluster`: over the cluster's workers)."""
     from edge_run.core.formats import artifact_size
     from edge_run.core.manifest import read_manifest
 
@@ -205,7 +207,7 @@ def bench(artifact: Path, config: BenchConfig | None = None,
     text = prompt_text()
     if progress:
         progress("bench", 0, config.steps)
-    runner = BackendRunner(artifact, config)
+    runner = BackendRunner(artifact, config, opener)
     try:
         runs = measure(runner, config, text, progress)
     finally:

@@ -1,12 +1,16 @@
-"""The host side of a cluster: check every worker, plan the split, make the workers llama.cpp devices, load.
+"""The host side of a cluster: check every worker, plan the split, hand llama.cpp the workers' devices, load.
 
-    load_cluster(SPEC)                      spec.py: nodes (profile, address), budgets
+    Cluster(SPEC).open(artifact, LoadOptions)
       -> probe every worker                 probe.py: TCP connect + HELLO in Python (timeout, protocol version)
-      -> plan_cluster(shape, ctx)           plan.py: slots per node, each within its budget
-      -> register_endpoint(each worker)     native.py: llama.cpp's RPC devices
+      -> plan_cluster(shape, ctx, n_batch)  plan.py: slots per node, each within its budget (n_batch as loaded)
+      -> rpc_devices(each worker)           native.py: llama.cpp's RPC devices, passed as the model's devices
       -> open the GGUF with n_gpu_layers = the workers' slots and tensor_split = their counts
 
-`run`, `chat`, `serve`, `bench` and `eval` call :func:`open_cluster_session` instead of session.open_session.
+A worker lost later (llama.cpp's RPC client aborts) or stalled (links.Watchdog cuts it, and llama.cpp aborts) is
+one ClusterError handed to the handler given to :meth:`Cluster.on_lost`: the CLI ends the process with it,
+`serve` (recover.py) answers 503 and reconnects. llama.cpp keeps a connection per endpoint text for the process's
+life, so each reconnection is a new *generation* of texts for the same workers: ``host:0port``, ``host:00port``
+(its port parser reads the zeros away).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ from edge_run.core.errors import ClusterError, UsageError
 from edge_run.runtime.backends import Backend, LoadOptions, open_backend
 from edge_run.runtime.backends.base import physical_cores
 from edge_run.runtime.cluster import native
+from edge_run.runtime.cluster.links import Watchdog, cut_all, stall_seconds
 from edge_run.runtime.cluster.plan import ClusterPlan, plan_cluster
 from edge_run.runtime.cluster.probe import DEFAULT_TIMEOUT_S, WorkerInfo, probe, split_endpoint
 from edge_run.runtime.cluster.spec import ClusterSpec
@@ -38,7 +43,9 @@ class Placement:
     plan: ClusterPlan
     workers: tuple[WorkerInfo, ...]
     n_gpu_layers: int
-    tensor_split: tuple[float, ...]
+    tensor_split: tuple[float, ...]  # slots per device in ``devices``
+    devices: tuple[int, ...]  # llama.cpp's device handles of the workers, in spec order
+    n_batch: int
 
     def to_dict(self) -> dict[str, Any]:
         info = {w.endpoint: w for w in self.workers}
@@ -47,8 +54,8 @@ class Placement:
             w = info.get(row["endpoint"] or "")
             if w is not None:
                 row.update(rtt_ms=round(w.rtt_ms, 3), free_mib=round(w.free_bytes / 2**20, 1))
-        return {"origin": self.spec.origin, "n_ctx": self.plan.n_ctx, "n_gpu_layers": self.n_gpu_layers,
-                "nodes": rows}
+        return {"origin": self.spec.origin, "n_ctx": self.plan.n_ctx, "n_batch": self.n_batch,
+                "n_gpu_layers": self.n_gpu_layers, "nodes": rows}
 
 
 def check_workers(spec: ClusterSpec, timeout: float = DEFAULT_TIMEOUT_S) -> list[WorkerInfo]:
@@ -57,41 +64,106 @@ def check_workers(spec: ClusterSpec, timeout: float = DEFAULT_TIMEOUT_S) -> list
     return [probe(endpoint, protocol, timeout) for endpoint in spec.endpoints]
 
 
-def place(spec: ClusterSpec, artifact: Path, n_ctx: int, cache_type: str = "f16",
-          timeout: float = DEFAULT_TIMEOUT_S) -> Placement:
-    """Check the workers, plan the split of ``artifact`` and register the workers with llama.cpp."""
-    from edge_run.core.formats import artifact_format
-    from edge_run.runtime.estimate.gguf import shape_from_gguf
-
-    if artifact_format(Path(artifact)) != "gguf":
-        raise UsageError("--cluster splits GGUF models only (llama.cpp's RPC backend)", "pass a .gguf artifact")
-    shape = shape_from_gguf(Path(artifact))
-    plan = plan_cluster(spec, shape, n_ctx, cache_type)
-    workers = check_workers(spec, timeout)
-    for endpoint in spec.endpoints:
-        native.register_endpoint(endpoint)
-    registry = native.registered_endpoints()
-    devices = native.device_names()
-    if len(devices) != 1 + len(registry):
-        raise ClusterError(f"llama.cpp lists {len(devices)} devices ({', '.join(devices)}); expected the CPU and "
-                           f"{len(registry)} RPC workers", "edge-run splits over CPU-only llama.cpp builds")
-    return Placement(spec, plan, tuple(workers), plan.n_gpu_layers, tuple(plan.tensor_split(registry)))
+def connection_text(endpoint: str, generation: int) -> str:
+    """The endpoint text of ``generation`` (0: as written)."""
+    host, _, port = endpoint.rpartition(":")
+    return f"{host}:{'0' * generation}{port}"
 
 
-def open_cluster_session(artifact: Path, spec: ClusterSpec, options: Any,
-                         timeout: float = DEFAULT_TIMEOUT_S) -> tuple[Backend, Placement]:
+class Cluster:
+    """One host's cluster for the process's life: its spec, the current generation of connections, the watchdog.
+
+    ``watch_always``: the watchdog looks for stalls at all times (a CLI command that is always loading or
+    generating); otherwise only inside :meth:`Watchdog.watching` blocks (serve: between requests a worker may be
+    silent for as long as it likes)."""
+
+    def __init__(self, spec: ClusterSpec, timeout: float = DEFAULT_TIMEOUT_S, stall_s: float | None = None,
+                 watch_always: bool = True, on_hang_up: Callable[[str], None] | None = None) -> None:
+        self.spec = spec
+        self.timeout = timeout
+        self.generation = 0
+        self.stalls: dict[str, float] = {}
+        self.watchdog = Watchdog(spec.endpoints, stall_s or stall_seconds(), self._stalled, on_hang_up,
+                                 always=watch_always)
+
+    def _stalled(self, endpoint: str, seconds: float) -> None:
+        self.stalls[endpoint] = seconds
+
+    def on_lost(self, handler: Callable[[ClusterError], None]) -> None:
+        """From now on, a lost or stalled worker calls ``handler(error)`` on the thread that found it (one of
+        llama.cpp's); ``handler`` must end the process or never return (llama.cpp aborts when it returns)."""
+        native.on_rpc_abort(lambda message: handler(self.lost_error(message)))
+
+    def lost_error(self, reason: str) -> ClusterError:
+        """The error for a worker that failed mid-run: a stalled one by the watchdog's record, else those that
+        refuse a connection now (a dying process closes its connections a moment before its listening socket:
+        a few looks, DOWN_PAUSE_S apart)."""
+        if self.stalls:
+            endpoint, seconds = max(self.stalls.items(), key=lambda kv: kv[1])
+            return ClusterError(f"the worker at {endpoint} stopped answering (nothing for {seconds:.0f} s while a "
+                                "reply was due)", "is the board hung or overloaded? restart its worker and retry")
+        down: list[str] = []
+        for _ in range(DOWN_LOOKS):
+            down = unreachable(self.spec.endpoints)
+            if down:
+                break
+            time.sleep(DOWN_PAUSE_S)
+        who = f"the worker at {', '.join(down)} is gone" if down else "a worker stopped answering"
+        return ClusterError(f"{who} ({reason.rstrip('.')})", "restart it (edge-run worker) and run again")
+
+    def cut(self) -> int:
+        """Close every connection of this generation (their workers free the old model's memory and accept a new
+        host); the next :meth:`place` uses a new generation."""
+        self.generation += 1
+        self.stalls.clear()
+        self.watchdog.reset()
+        return cut_all(self.watchdog.peers)
+
+    def check_workers(self, timeout: float | None = None) -> list[WorkerInfo]:
+        """Every worker answers HELLO with this host's protocol; ClusterError naming the first that does not."""
+        protocol = native.load_rpc().protocol
+        return [probe(endpoint, protocol, timeout or self.timeout) for endpoint in self.spec.endpoints]
+
+    def place(self, artifact: Path, n_ctx: int, cache_type: str = "f16", n_batch: int = 512) -> Placement:
+        """Check the workers, plan the split of ``artifact`` (compute buffers for ``n_batch``-token batches, as
+        loaded) and get the workers' llama.cpp devices."""
+        from edge_run.core.formats import artifact_format
+        from edge_run.runtime.estimate.gguf import shape_from_gguf
+
+        if artifact_format(Path(artifact)) != "gguf":
+            raise UsageError("--cluster splits GGUF models only (llama.cpp's RPC backend)", "pass a .gguf artifact")
+        shape = shape_from_gguf(Path(artifact))
+        plan = plan_cluster(self.spec, shape, n_ctx, cache_type, n_batch=n_batch)
+        workers = self.check_workers()
+        counts = {s.node.endpoint: s.count for s in plan.shares if s.node.endpoint}
+        devices: list[int] = []
+        split: list[float] = []
+        for endpoint in self.spec.endpoints:
+            found = native.rpc_devices(connection_text(endpoint, self.generation))
+            devices += found
+            split += [float(counts.get(endpoint, 0))] + [0.0] * (len(found) - 1)  # a worker serves its first device
+        return Placement(self.spec, plan, tuple(workers), plan.n_gpu_layers, tuple(split), tuple(devices), n_batch)
+
+    def open(self, artifact: Path, load: LoadOptions) -> tuple[Backend, Placement]:
+        """``open_backend`` over the cluster: ``load`` with the placement's layers and devices (mmap on: the
+        workers' weights pass through the host's page cache once, on their way out)."""
+        placement = self.place(Path(artifact), load.n_ctx, load.cache_type, load.n_batch)
+        options = replace(load, n_gpu_layers=placement.n_gpu_layers, tensor_split=placement.tensor_split,
+                          mmap="on")
+        with self.watchdog.watching(), native.model_devices(list(placement.devices)):
+            return open_backend(Path(artifact), options), placement
+
+
+def open_cluster_session(artifact: Path, cluster: Cluster, options: Any) -> tuple[Backend, Placement]:
     """session.open_session for a cluster (``options``: a session.SessionOptions): integrity, context, the
     placement, then the backend. The memory check is the plan's, per node."""
     from edge_run.runtime import session
 
     session.verify(artifact)
     ctx = session.resolve_context(artifact, options.ctx)
-    placement = place(spec, Path(artifact), ctx, options.cache_type, timeout)
-    # mmap: the workers' weights pass through the host's page cache once, on their way out
     load = LoadOptions(n_ctx=ctx, n_threads=options.threads or physical_cores(), n_batch=options.n_batch,
-                       seed=options.seed, cache_type=options.cache_type, flash_attn=options.flash_attn, mmap="on",
-                       n_gpu_layers=placement.n_gpu_layers, tensor_split=placement.tensor_split)
-    return open_backend(Path(artifact), load), placement
+                       seed=options.seed, cache_type=options.cache_type, flash_attn=options.flash_attn)
+    return cluster.open(Path(artifact), load)
 
 
 def unreachable(endpoints: list[str], timeout: float = DOWN_CHECK_S) -> list[str]:
@@ -104,22 +176,3 @@ def unreachable(endpoints: list[str], timeout: float = DOWN_CHECK_S) -> list[str
         except OSError:
             down.append(endpoint)
     return down
-
-
-def lost_worker_error(reason: str) -> ClusterError:
-    """The error for llama.cpp's abort when a worker fails mid-run, naming the workers that are gone (a dying
-    process closes its connections a moment before its listening socket: a few looks, DOWN_LOOKS apart)."""
-    endpoints = native.registered_endpoints()
-    down: list[str] = []
-    for _ in range(DOWN_LOOKS):
-        down = unreachable(endpoints)
-        if down:
-            break
-        time.sleep(DOWN_PAUSE_S)
-    who = f"the worker at {', '.join(down)} is gone" if down else "a worker stopped answering"
-    return ClusterError(f"{who} ({reason.rstrip('.')})", "restart it (edge-run worker) and run again")
-
-
-def exit_on_lost_worker(end: Callable[[ClusterError], None]) -> None:
-    """From now on, llama.cpp's RPC abort calls ``end(error)`` (which must end the process) instead of abort()."""
-    native.on_rpc_abort(lambda message: end(lost_worker_error(message)))

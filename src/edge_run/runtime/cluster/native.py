@@ -3,7 +3,9 @@
     import llama_cpp                      loads libllama.so -> libggml.so.0, libggml-base.so.0, libggml-cpu.so.0
     ctypes.CDLL(libggml-rpc.so)           build.py's library; its libggml-base.so.0 binds to the loaded copy
     ggml_backend_rpc_add_server(ep)       connects, asks the worker's device count: a registry of RPC devices
-    ggml_backend_register(reg)            (libggml) llama.cpp's model loader now lists them after the CPU
+    ggml_backend_reg_dev_get(reg, i)      the worker's device(s), handed to llama.cpp's loader as
+                                          llama_model_params.devices (never put in ggml's global registry: a
+                                          device left there after its worker died would hang every later load)
     ggml_backend_rpc_start_server(...)    the worker side: llama.cpp's RPC server over the CPU device
 
 llama.cpp aborts the process when an RPC peer fails (GGML_ABORT in ggml-rpc.cpp): :func:`on_rpc_abort` routes
@@ -12,14 +14,23 @@ those aborts to a Python handler first (ggml_set_abort_callback), which is expec
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from edge_run.core.errors import ClusterError
-from edge_run.runtime.cluster.build import BUILD_COMMAND, RpcBuild, build_rpc_library, cached_rpc_library
+from edge_run.runtime.cluster.build import (
+    BUILD_COMMAND,
+    RpcBuild,
+    build_rpc_library,
+    cached_rpc_library,
+    installed_llama_version,
+    llama_lib_dir,
+    read_stamp,
+)
 
 GGML_BACKEND_DEVICE_TYPE_CPU = 0  # ggml-backend.h enum ggml_backend_dev_type
 ABORT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
@@ -41,6 +52,7 @@ class RpcRuntime:
 _lock = threading.Lock()
 _runtime: RpcRuntime | None = None
 _registered: dict[str, int] = {}  # endpoint -> the registry handle llama.cpp made for it
+_model_lock = threading.Lock()  # one load with explicit devices at a time (model_devices patches llama_cpp)
 _abort_hooks: list[Any] = []  # the ctypes callback objects must outlive the process's last abort
 
 
@@ -62,6 +74,10 @@ def _bind(rpc: Any, ggml: Any, base: Any) -> None:
     rpc.ggml_backend_rpc_start_server.argtypes = [cp, cp, sz, sz, ctypes.POINTER(vp)]
     ggml.ggml_backend_register.restype = None
     ggml.ggml_backend_register.argtypes = [vp]
+    ggml.ggml_backend_reg_dev_count.restype = sz
+    ggml.ggml_backend_reg_dev_count.argtypes = [vp]
+    ggml.ggml_backend_reg_dev_get.restype = vp
+    ggml.ggml_backend_reg_dev_get.argtypes = [vp, sz]
     ggml.ggml_backend_dev_by_type.restype = vp
     ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
     ggml.ggml_backend_dev_count.restype = sz
@@ -78,6 +94,12 @@ def _bind(rpc: Any, ggml: Any, base: Any) -> None:
     base.ggml_version.argtypes = []
 
 
+def bundled_rpc_library() -> RpcBuild | None:
+    """libggml-rpc.so shipped in llama_cpp/lib with its stamp (edge-run's Pi wheel, bundle/llama_wheel.py);
+    None for a llama-cpp-python built without RPC (PyPI's)."""
+    return read_stamp(llama_lib_dir(), installed_llama_version())
+
+
 def load_rpc(build: bool = True) -> RpcRuntime:
     """The RPC backend in this process (built first when ``build`` and it is not cached). ClusterError when it is
     missing (and not to be built) or was built from another ggml than the one llama_cpp loaded."""
@@ -87,7 +109,7 @@ def load_rpc(build: bool = True) -> RpcRuntime:
             return _runtime
         import llama_cpp  # noqa: F401  (loads libllama and with it the ggml libraries the RPC backend binds to)
 
-        found = build_rpc_library() if build else cached_rpc_library()
+        found = bundled_rpc_library() or (build_rpc_library() if build else cached_rpc_library())
         if found is None:
             raise ClusterError("llama.cpp's RPC library is not built for this llama-cpp-python",
                                f"run `{BUILD_COMMAND}` (cmake and a C++ compiler, about half a minute)")
@@ -106,29 +128,49 @@ def load_rpc(build: bool = True) -> RpcRuntime:
         return _runtime
 
 
-def register_endpoint(endpoint: str) -> None:
-    """Make the worker at ``endpoint`` (host:port) a device of llama.cpp's registry (once per process). The caller
-    has checked it answers (probe.py): llama.cpp aborts on a worker that does not."""
+def rpc_devices(endpoint: str) -> list[int]:
+    """The devices of the worker at ``endpoint`` (host:port) as llama.cpp device handles. llama.cpp keeps one
+    connection per endpoint text for the process's life, so a reconnection after a loss uses a new text for the
+    same worker (host.py: leading zeros on the port). The caller has checked the worker answers (probe.py):
+    llama.cpp aborts on one that does not."""
     rt = load_rpc()
     with _lock:
-        if endpoint in _registered:
-            return
-        reg = rt.rpc.ggml_backend_rpc_add_server(endpoint.encode())
-        if not reg:
-            raise ClusterError(f"the worker at {endpoint} offers no device", "restart it")
-        rt.ggml.ggml_backend_register(reg)
-        _registered[endpoint] = reg
+        reg = _registered.get(endpoint)
+        if reg is None:
+            reg = rt.rpc.ggml_backend_rpc_add_server(endpoint.encode())
+            if not reg:
+                raise ClusterError(f"the worker at {endpoint} offers no device", "restart it")
+            _registered[endpoint] = reg
+        return [rt.ggml.ggml_backend_reg_dev_get(reg, i) for i in range(rt.ggml.ggml_backend_reg_dev_count(reg))]
 
 
-def registered_endpoints() -> list[str]:
-    return list(_registered)
-
-
-def device_names() -> list[str]:
-    """llama.cpp's device list now, in registry order (CPU first, then one RPC device per registered worker)."""
+def device_name(device: int) -> str:
     rt = load_rpc()
-    return [rt.ggml.ggml_backend_dev_name(rt.ggml.ggml_backend_dev_get(i)).decode()
-            for i in range(rt.ggml.ggml_backend_dev_count())]
+    return str(rt.ggml.ggml_backend_dev_name(device).decode())
+
+
+@contextlib.contextmanager
+def model_devices(devices: list[int]) -> Iterator[None]:
+    """Within: every llama_cpp.Llama loads its offloaded layers onto exactly ``devices`` (in this order:
+    tensor_split indexes them) instead of every device llama.cpp knows. llama-cpp-python has no parameter for
+    llama_model_params.devices, so its default-params function is wrapped for the duration of the load."""
+    import llama_cpp.llama_cpp as lc
+
+    array = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)  # NULL-terminated
+    address = ctypes.cast(array, ctypes.c_void_p).value
+    with _model_lock:
+        original = lc.llama_model_default_params
+
+        def params() -> Any:
+            p = original()
+            p.devices = address
+            return p
+
+        lc.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            lc.llama_model_default_params = original
 
 
 def on_rpc_abort(handler: Callable[[str], None]) -> None:

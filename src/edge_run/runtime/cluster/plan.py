@@ -106,15 +106,16 @@ def deal(budgets: list[float], slots: int) -> list[int]:
 
 
 def plan_cluster(spec: ClusterSpec, shape: ModelShape, n_ctx: int, cache_type: str = "f16",
-                 counts: list[int] | None = None) -> ClusterPlan:
-    """The split of ``shape`` over ``spec``'s nodes (``counts`` slots each, default dealt by budget);
-    InsufficientMemoryError naming the first node whose share does not fit its budget."""
+                 counts: list[int] | None = None, n_batch: int = 512) -> ClusterPlan:
+    """The split of ``shape`` over ``spec``'s nodes (``counts`` slots each, default dealt by budget), compute
+    buffers sized for ``n_batch``-token batches (what the host loads with: LoadOptions.n_batch is llama.cpp's
+    n_batch and n_ubatch); InsufficientMemoryError naming the first node whose share does not fit its budget."""
     per_slot, host_bytes = slot_weights(shape)
     slots = shape.n_layer + 1
     nodes = [n for n in spec.nodes if n.takes_layers]
     counts = counts if counts is not None else deal([n.memory_mb for n in nodes], slots)
     kv_layer = kv_bytes(shape, n_ctx, cache_type) / max(shape.n_layer, 1)
-    compute = compute_bytes(shape, n_ctx, min(n_ctx, 512))
+    compute = compute_bytes(shape, n_ctx, min(n_ctx, n_batch))
     shares: list[NodeShare] = []
     if not spec.nodes[0].takes_layers:
         shares.append(NodeShare(spec.nodes[0], 0, 0, 0.0, 0.0, host_bytes / MIB))

@@ -265,19 +265,21 @@ class _Loaded:
     """A backend and where its chunks' scored logits come from: llama.cpp's output rows for a GGUF (only the
     scored positions are computed, src/edge_run/runtime/eval/llama_scorer.py), every position's logits otherwise."""
 
-    def __init__(self, path: Path, ctx: int, threads: int | None, batch: int, cache_type: str = "f16") -> None:
+    def __init__(self, path: Path, ctx: int, threads: int | None, batch: int, cache_type: str = "f16",
+                 opener: Callable[[Path, LoadOptions], Backend] | None = None) -> None:
         from edge_run.runtime.artifacts.formats import row_for
 
+        open_model = opener or open_backend
         self.scorer: Any = None
         self.cache_type = cache_type
         chunk_scorer = row_for(path).chunk_scorer  # the format's own scorer of a chunk's scored rows, if any
         if chunk_scorer is not None:
-            self.backend = open_backend(path, self._options(ctx, threads, batch, logits_all=False))
+            self.backend = open_model(path, self._options(ctx, threads, batch, logits_all=False))
             self.scorer = chunk_scorer(self.backend)
             if self.scorer is not None:
                 return
             self.backend.close()
-        self.backend = open_backend(path, self._options(ctx, threads, batch, logits_all=True))
+        self.backend = open_model(path, self._options(ctx, threads, batch, logits_all=True))
 
     def _options(self, ctx: int, threads: int | None, batch: int, logits_all: bool) -> LoadOptions:
         extra: dict[str, Any] = {"n_threads": threads} if threads else {}
@@ -328,12 +330,13 @@ def _check_trained_context(artifact: Path, ctx: int) -> None:
 def evaluate(artifact: Path, corpus: Corpus, *, ctx: int = 512, chunks: int | None = None,
              parent: Path | None = None, parent_store: Path | None = None, record_to: Path | None = None,
              threads: int | None = None, batch: int = 512, progress: Progress | None = None,
-             cache_type: str = "f16") -> EvalResult:
+             cache_type: str = "f16", opener: Callable[[Path, LoadOptions], Backend] | None = None) -> EvalResult:
     """Evaluate ``artifact`` on ``corpus`` (``cache_type``: the KV cache element type, as `run --cache-type`).
 
     ``parent``: another artifact (e.g. the F16) to measure KL divergence against, loaded beside this one.
     ``parent_store``: instead, a parent run recorded earlier with ``record_to``.
     ``record_to``: write this model's scored log-probabilities there (a later run's ``parent_store``).
+    ``opener``: how models are opened (default open_backend; `eval --cluster`: over the cluster's workers).
     """
     import time
 
@@ -341,7 +344,7 @@ def evaluate(artifact: Path, corpus: Corpus, *, ctx: int = 512, chunks: int | No
         raise UsageError("give either a parent artifact or a stored parent run, not both")
     _check_trained_context(Path(artifact), ctx)
     t0 = time.perf_counter()
-    with _Loaded(artifact, ctx, threads, batch, cache_type) as loaded:
+    with _Loaded(artifact, ctx, threads, batch, cache_type, opener) as loaded:
         flash_attn = loaded.flash_attn
         backend = loaded.backend
         tokens = backend.tokenize(corpus.text, add_special=True)

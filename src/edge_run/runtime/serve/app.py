@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from edge_run.core.errors import EdgeRunError
+from edge_run.core.errors import ClusterError, EdgeRunError
 from edge_run.runtime.backends import Backend, GenerationParams, GenerationResult
 from edge_run.runtime.serve.guard import AccessGuard, AccessPolicy
 from edge_run.runtime.serve.schema import (
@@ -171,9 +171,14 @@ class ServerState:
         self.worker.close()
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "model": self.config.model_id, "model_loaded": True,
-                "rss_mib": round(self.process.memory_info().rss / 2**20, 1), "queue_depth": self.worker.queue_depth,
-                "generating": self.worker.busy, "completed": self.worker.completed, "n_ctx": self.backend.n_ctx}
+        report = {"status": "ok", "model": self.config.model_id, "model_loaded": True,
+                  "rss_mib": round(self.process.memory_info().rss / 2**20, 1), "queue_depth": self.worker.queue_depth,
+                  "generating": self.worker.busy, "completed": self.worker.completed, "n_ctx": self.backend.n_ctx}
+        cluster_health = getattr(self.backend, "cluster_health", None)
+        if cluster_health is not None:  # serve --cluster: which worker is gone (runtime/cluster/recover.py)
+            report["cluster"] = cluster_health()
+            report["status"] = report["cluster"]["status"]
+        return report
 
     def model_card(self) -> dict[str, Any]:
         return {"id": self.config.model_id, "object": "model", "created": self.created, "owned_by": "edge-run"}
@@ -228,6 +233,9 @@ async def _collect(request: Request, state: ServerState, job: Job) -> tuple[str,
 def _job_error(error: Exception) -> ApiError:
     if isinstance(error, ShuttingDown):
         return _shutting_down()
+    if isinstance(error, ClusterError):  # serve --cluster: a worker was lost; the next request reconnects
+        return ApiError(503, error.one_line(), "cluster_unavailable", type_="server_error",
+                        headers={"Retry-After": "5"})
     if isinstance(error, EdgeRunError):
         return ApiError(400, error.one_line(), "invalid_request")
     return ApiError(500, f"internal error ({type(error).__name__}: {error})", "internal_error", type_="server_error")
