@@ -18,6 +18,7 @@ from typing import Any
 import typer
 
 from edge_run.cli._line_reader import LineReader
+from edge_run.cli.cluster import CLUSTER_HELP
 from edge_run.core.errors import ArtifactError, EdgeRunError, UsageError
 from edge_run.runtime.backends import Backend, GenerationParams
 from edge_run.runtime.chat.conversation import Conversation
@@ -40,15 +41,18 @@ def chat_command(
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(None, "--threads", "-t", min=1, help="default: physical cores"),
     force: bool = typer.Option(False, "--force", help="load even if the memory estimate exceeds available memory"),
+    cluster: str = typer.Option(None, "--cluster", help=CLUSTER_HELP),
 ) -> None:
     """Chat with a model in the terminal."""
-    from edge_run.runtime.session import SessionOptions, open_session, resolve_artifact
+    from edge_run.cli.cluster import open_model
+    from edge_run.runtime.session import SessionOptions, resolve_artifact
 
     if system is not None:
         system = checked_text(system, "--system", sys.getfilesystemencoding(), "pass {} text")
     path, _ = resolve_artifact(artifact, profile, models, ctx)
     params = GenerationParams(max_tokens=max_tokens or 1 << 30, temperature=temperature, top_p=top_p, seed=seed)
-    with open_session(path, SessionOptions(ctx=ctx, threads=threads, force=force, seed=seed)) as backend:
+    model, _ = open_model(path, SessionOptions(ctx=ctx, threads=threads, force=force, seed=seed), cluster)
+    with model as backend:
         if not backend.chat_template():
             raise ArtifactError(f"{path.name} has no chat template",
                                 "use `edge-run run` for plain completion, or convert a checkpoint that has one")
