@@ -123,3 +123,44 @@ def _wait_health(url: str, ok: Callable[[dict[str, Any]], bool], within: float =
         if ok(h) or time.monotonic() > deadline:
             return h
         time.sleep(0.3)
+
+
+# ---------------------------------------------------------------------------------------------- refused up front
+
+
+@pytest.mark.parametrize(("spec", "words"), [
+    ("pi4-4gb@127.0.0.1:50070,pi4-4gb@localhost:50070", "127.0.0.1:50070 and localhost:50070 are the same worker"),
+    ("pi4-4gb@10.9.8.7:50052", "10.9.8.7:50052 is this machine, the host, listed as its own worker"),
+])
+def test_one_worker_twice_or_the_host_as_its_own_worker_is_refused_before_connecting(
+        cli: Callable[..., Any], tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch, spec: str, words: str) -> None:
+    from edge_run.core.errors import UsageError
+    from edge_run.runtime.cluster import host
+    from edge_run.runtime.cluster.spec import parse_inline
+
+    monkeypatch.setattr(host, "own_addresses", lambda: {"10.9.8.7"})  # this machine's LAN address, say
+    with pytest.raises(UsageError, match=words.replace(".", r"\.").replace("(", r"\(")):
+        host.check_distinct(parse_inline(spec))
+    if "localhost" in spec:  # the CLI says it in one line, exit 2, nothing connected
+        r = cli("run", str(tiny_gguf), "-p", "hi", "-n", "2", "--cluster", spec)
+        assert r.code == 2 and words in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+@pytest.mark.zoo
+def test_a_second_host_on_a_busy_worker_gets_a_clear_error(
+        zoo_gguf_dir: Callable[[str, str], Path], workers: Callable[..., WorkerProc]) -> None:  # noqa: F811
+    model = zoo_gguf_dir("smollm2-135m", "Q8_0")
+    a = workers()
+    run = subprocess.Popen([sys.executable, "-m", "edge_run.cli.main", "run", str(model), "-p", "1, 2, 3, 4, 5,",
+                            "-n", "1500", "--ctx", "2048", "--threads", "1", "--cluster", _spec(a)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert run.stdout is not None and run.stdout.read(8)  # the first host is generating
+        t0 = time.monotonic()
+        second = subprocess.run([sys.executable, "-m", "edge_run.cli.main", "run", str(model), "-p", "hi", "-n", "2",
+                                 "--cluster", _spec(a)], capture_output=True, text=True, timeout=60)
+        assert second.returncode == ClusterError.exit_code and time.monotonic() - t0 < 30
+        assert "serving another host" in second.stderr and second.stderr.count("\n") == 1, second.stderr
+    finally:
+        run.kill()
+        run.wait()

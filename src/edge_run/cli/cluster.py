@@ -85,10 +85,12 @@ def check(
 ) -> None:
     """Connect to every worker: reachable, protocol, free memory, round-trip time; one row per node."""
     from edge_run.runtime.cluster import native
+    from edge_run.runtime.cluster.host import check_distinct
     from edge_run.runtime.cluster.probe import probe
     from edge_run.runtime.cluster.spec import load_cluster
 
     spec = load_cluster(cluster)
+    check_distinct(spec)
     _ensure_library()
     protocol = native.load_rpc().protocol
     rows: list[dict[str, Any]] = []

@@ -64,6 +64,40 @@ def check_workers(spec: ClusterSpec, timeout: float = DEFAULT_TIMEOUT_S) -> list
     return [probe(endpoint, protocol, timeout) for endpoint in spec.endpoints]
 
 
+def own_addresses() -> set[str]:
+    """This machine's non-loopback interface addresses."""
+    import psutil
+
+    found = set()
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family in (socket.AF_INET, socket.AF_INET6):
+                ip = a.address.split("%")[0]
+                if not ip.startswith("127.") and ip != "::1":
+                    found.add(ip)
+    return found
+
+
+def check_distinct(spec: ClusterSpec) -> None:
+    """Before any connection: two workers that are one (names resolving to the same address and port), and a
+    worker at one of this machine's own LAN addresses (the host listed as its own worker: one board's memory
+    counted twice) are usage errors. Loopback workers are allowed on purpose (local tests, one board per
+    process)."""
+    from edge_run.runtime.cluster.links import resolve
+
+    seen: dict[tuple[str, int], str] = {}
+    own = own_addresses()
+    for endpoint in spec.endpoints:
+        for peer in resolve([endpoint]):
+            if peer in seen and seen[peer] != endpoint:
+                raise UsageError(f"{spec.origin}: {seen[peer]} and {endpoint} are the same worker "
+                                 f"({peer[0]}:{peer[1]})", "each worker serves one share; list it once")
+            seen[peer] = endpoint
+            if peer[0] in own:
+                raise UsageError(f"{spec.origin}: {endpoint} is this machine, the host, listed as its own worker",
+                                 "give the host's share as an item without @address (e.g. pi5-8gb,pi4-4gb@HOST:PORT)")
+
+
 def connection_text(endpoint: str, generation: int) -> str:
     """The endpoint text of ``generation`` (0: as written)."""
     host, _, port = endpoint.rpartition(":")
@@ -79,6 +113,7 @@ class Cluster:
 
     def __init__(self, spec: ClusterSpec, timeout: float = DEFAULT_TIMEOUT_S, stall_s: float | None = None,
                  watch_always: bool = True, on_hang_up: Callable[[str], None] | None = None) -> None:
+        check_distinct(spec)
         self.spec = spec
         self.timeout = timeout
         self.generation = 0
