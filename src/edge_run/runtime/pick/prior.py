@@ -47,6 +47,7 @@ def prior_bpb(n_params: int) -> float:
 
 
 UNMEASURED = "unmeasured"  # basis of a prediction from the parameter count alone
+PUBLISHED = "published"  # basis of a value from another's measurement of the same model (pick/published.py)
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,17 @@ class Quality:
         return self.basis.startswith(UNMEASURED)
 
     @property
+    def published(self) -> bool:
+        """Nothing of this model was measured here: the value is a published figure for the same model (or
+        predicted from one), src/edge_run/runtime/pick/published.py."""
+        return self.basis.startswith(PUBLISHED)
+
+    @property
     def label(self) -> str:
         if self.unmeasured:
             return f"unmeasured (~{self.bpb:.2f})"
+        if self.published:
+            return f"{self.bpb:.3f}{'*' if 'predicted' in self.basis else ''} published"
         return f"{self.bpb:.3f}" + ("" if self.measured else "*")
 
 

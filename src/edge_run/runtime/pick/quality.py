@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edge_run.runtime.eval.store import QualityStore, Stored
-from edge_run.runtime.pick.prior import KV_DELTA_BPB, Quality, predict, usable
+from edge_run.runtime.pick import published
+from edge_run.runtime.pick.prior import KV_DELTA_BPB, PUBLISHED, Quality, predict, usable
 
 if TYPE_CHECKING:
     from edge_run.runtime.pick.types import Candidate
@@ -86,6 +88,8 @@ def candidate_quality(c: Candidate) -> Quality:
         def loss(q: str) -> float:
             return predicted_loss(shape, None if q.upper() == c.quant.upper() else q)
     q = predict(c.quant, c.n_params, list(c.references), loss=loss, imatrix=c.imatrix)
+    if q.unmeasured:
+        q = published_quality(c, loss) or q
     if not c.cache_type or c.cache_type == "f16":
         return q
     measured = dict(c.kv_deltas).get(c.cache_type)
@@ -93,6 +97,26 @@ def candidate_quality(c: Candidate) -> Quality:
     how = "measured" if measured is not None else "predicted"
     return Quality(q.bpb + delta, q.measured and measured is not None,
                    f"{q.basis}; KV {c.cache_type}: {how} {delta:+.4f}")
+
+
+def published_quality(c: Candidate, loss: Callable[[str], float] | None = None) -> Quality | None:
+    """The pairing's quality from the published figures of the model it is (src/edge_run/runtime/pick/published.py):
+    the figure of its own quant type, else predicted from the closest published one as from a measured one; None
+    when its model has none."""
+    if c.shape is None:
+        return None
+    model = published.match(published.local_names(c.model, c.checkpoint, c.path), c.shape.n_layer, c.shape.n_embd,
+                            c.shape.n_vocab)
+    if model is None:
+        return None
+    refs = published.references(model)
+    q = predict(c.quant, c.n_params, refs, loss=loss, imatrix=c.imatrix)
+    sources = "; ".join(dict.fromkeys(str(e["source"]) for _, e in refs))
+    if q.measured:  # the model's own figure at this quant type
+        ppl = next(e["ppl"] for r, e in refs if r.upper() == c.quant.upper() and e["imatrix"] == c.imatrix)
+        return Quality(q.bpb, False, f"{PUBLISHED}: {model.name} {q.basis.split()[-1]}, PPL {ppl:g} ({sources})")
+    how = q.basis.replace("measured", "published")
+    return Quality(q.bpb, False, f"{PUBLISHED}: {how} of {model.name} ({sources})")
 
 
 def measure_command(c: Candidate, profile: str, models: str = "models") -> str:

@@ -91,5 +91,6 @@ class Row:
                 "constraints": list(self.constraints), "max_ctx": self.max_ctx or None, "at_ctx": self.ctx or None,
                 "memory": self.estimate.to_dict() if self.estimate else None,
                 "quality": {"bpb": round(self.quality.bpb, 4), "measured": self.quality.measured,
-                            "unmeasured": self.quality.unmeasured, "basis": self.quality.basis},
+                            "unmeasured": self.quality.unmeasured, "published": self.quality.published,
+                            "basis": self.quality.basis},
                 "decode_tokens_per_s": round(self.tps, 2)}
