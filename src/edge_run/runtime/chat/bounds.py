@@ -16,7 +16,7 @@ import string
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
@@ -29,8 +29,9 @@ from jinja2.visitor import NodeTransformer
 from edge_run.core.errors import ArtifactError
 
 HINT = "the model's chat template is at fault: fix it, or run without --chat"
-BASE_SECONDS = 1.0  # plus SECONDS_PER_MB for the messages' text
+BASE_SECONDS = 1.0  # plus SECONDS_PER_MB for the messages' text and SECONDS_PER_MESSAGE for each message
 SECONDS_PER_MB = 2.0
+SECONDS_PER_MESSAGE = 100e-6  # about 5 times what a message of a real template takes here, bounded (2 cores, x86)
 BASE_VALUE = 1 << 20  # characters one value (the output included) may have, plus 8 per character of the messages
 BASE_ALLOC = 64 << 20  # characters all sized operations of one render may make, plus 32 per character of the messages
 PER_MESSAGE = 1024  # value and output allowance per message (its headers)
@@ -48,30 +49,37 @@ class Limits:
     @classmethod
     def for_input(cls, chars: int, messages: int) -> Limits:
         """The limits for a render of ``messages`` messages holding ``chars`` characters."""
-        return cls(seconds=BASE_SECONDS + SECONDS_PER_MB * chars / 1e6,
+        return cls(seconds=BASE_SECONDS + SECONDS_PER_MB * chars / 1e6 + SECONDS_PER_MESSAGE * messages,
                    max_value=BASE_VALUE + 8 * chars + PER_MESSAGE * messages,
                    max_alloc=BASE_ALLOC + 32 * chars + PER_MESSAGE * messages)
 
 
-@dataclass
 class Budget:
-    limits: Limits
-    deadline: float  # time.monotonic()
-    made: int = field(default=0)
+    """The bounds of one render in progress (a template makes many small values: checking them is kept cheap)."""
+
+    __slots__ = ("deadline", "left", "limits", "max_value")
+
+    def __init__(self, limits: Limits, deadline: float) -> None:
+        self.limits, self.deadline = limits, deadline  # deadline: time.monotonic()
+        self.max_value, self.left = limits.max_value, limits.max_alloc
+
+    def late(self) -> None:
+        raise ArtifactError(f"the chat template ran past its {self.limits.seconds:.1f} s limit", HINT)
 
     def tick(self) -> None:
         if time.monotonic() > self.deadline:
-            raise ArtifactError(f"the chat template ran past its {self.limits.seconds:.1f} s limit", HINT)
+            self.late()
 
     def charge(self, size: int, what: str) -> None:
-        if size > self.limits.max_value:
+        if size > self.max_value:
             raise ArtifactError(f"the chat template tried to make a value of about {_count(size)} characters {what} "
-                                f"(the limit is {self.limits.max_value:,})", HINT)
-        self.made += size
-        if self.made > self.limits.max_alloc:
+                                f"(the limit is {self.max_value:,})", HINT)
+        self.left -= size
+        if self.left < 0:
             raise ArtifactError(f"the chat template made more than {self.limits.max_alloc:,} characters of values",
                                 HINT)
-        self.tick()
+        if time.monotonic() > self.deadline:
+            self.late()
 
 
 def _count(n: int) -> str:
@@ -89,8 +97,8 @@ def charge(size: int, what: str) -> None:
 
 def tick() -> None:
     budget = BUDGET.get()
-    if budget is not None:
-        budget.tick()
+    if budget is not None and time.monotonic() > budget.deadline:
+        budget.late()
 
 
 # -- sizes ---------------------------------------------------------------------------------------
@@ -247,6 +255,8 @@ BINOP_SIZES: dict[str, Callable[[Any, Any], int]] = {
     "%": _percent,
 }
 
+BINOP_WHAT = {operator: f"with the {operator} operator" for operator in BINOP_SIZES}
+
 # filters that can make a value much larger than their input, or that print it (str() of a list of one long string
 # repeated is as large as all its text): the size of their result, from their arguments
 FILTER_SIZES: dict[str, Callable[..., int]] = {
@@ -319,22 +329,25 @@ def bounded_iter(items: Iterable[Any]) -> Iterator[Any]:
 
 
 def _sized(what: str, estimate: Callable[..., int], *args: Any, **kwargs: Any) -> None:
+    budget = BUDGET.get()
+    if budget is None:
+        return
     try:
         size = estimate(*args, **kwargs)
     except (TypeError, ValueError, AttributeError) as e:
-        raise ArtifactError(f"the chat template's arguments cannot be sized ({what}: {e})",
-                            HINT) from e
-    charge(size, what)
+        raise ArtifactError(f"the chat template's arguments cannot be sized ({what}: {e})", HINT) from e
+    budget.charge(size, what)
 
 
 def _bounded_filter(name: str, f: Callable[..., Any], estimate: Callable[..., int]) -> Callable[..., Any]:
     lead = 0 if getattr(f, "jinja_pass_arg", None) is None else 1  # the context the filter is passed first
+    what = f"with the |{name} filter"
 
     @wraps(f)
     def run(*args: Any, **kwargs: Any) -> Any:
         if len(args) > lead:
             args = (*args[:lead], materialized(args[lead]), *args[lead + 1:])
-        _sized(f"with the |{name} filter", estimate, *args[lead:], **kwargs)
+        _sized(what, estimate, *args[lead:], **kwargs)
         return f(*args, **kwargs)
 
     return run
@@ -372,7 +385,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 
     @staticmethod
     def _printed(value: Any) -> Any:
-        charge(size_of(value), "to print")
+        charge(len(value) if type(value) is str else size_of(value), "to print")
         return value
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
@@ -388,8 +401,11 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         return "".join(map(str, values))
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        _sized(f"with the {operator} operator", BINOP_SIZES[operator], left, right)
-        return super().call_binop(context, operator, left, right)
+        if operator == "+" and type(left) is str and type(right) is str:  # most of what templates compute
+            charge(len(left) + len(right), BINOP_WHAT["+"])
+        else:
+            _sized(BINOP_WHAT[operator], BINOP_SIZES[operator], left, right)
+        return self.binop_table[operator](left, right)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         tick()

@@ -215,8 +215,9 @@ def prompt_tokens(tok: Tokenizer, render: ChatRender) -> list[int]:
     head = [] if render.parts and not render.parts[0][1] else tok.tokenize("", add_special=True)
     own = {n: tok.tokenize(text, add_special=n == 0) for n, (text, is_message) in enumerate(render.parts)
            if not is_message}
-    if render.exact and not any(is_message and any(map(tok.is_control, tok.tokenize(text, add_special=False)))
-                                for text, is_message in render.parts):
+    if len(own) < len(render.parts) and render.exact and not any(
+            is_message and any(map(tok.is_control, tok.tokenize(text, add_special=False)))
+            for text, is_message in render.parts):
         whole = tok.tokenize(render.text, add_special=True)
         controls = [t for t in whole if tok.is_control(t)]
         if controls == [t for ids in (head, *own.values()) for t in ids if tok.is_control(t)]:
