@@ -263,6 +263,19 @@ CASES: list[Case] = [
          "re-convert"),
     Case("pick --measure with the cache under a file", "pick", lambda w: _measure_with_cache_under_a_file(w), 4,
          "cannot create output folder", "set EDGE_RUN_CACHE to a writable folder"),
+    # -- serve (issue 24, classes 3 and 5)
+    Case("serve --api-key not ASCII", "serve", lambda w: ["serve", w.artifact(), "--api-key", "ключ"], 2,
+         "--api-key (or EDGE_RUN_API_KEY) must be printable ASCII without spaces", "letters, digits and punctuation"),
+    Case("serve --api-key not UTF-8", "serve", lambda w: ["serve", w.artifact(), "--api-key", "k\udcff"], 2,
+         "must be printable ASCII without spaces", "letters, digits and punctuation"),
+    Case("serve --api-key with a space", "serve", lambda w: ["serve", w.artifact(), "--api-key", "my key"], 2,
+         "must be printable ASCII without spaces", "letters, digits and punctuation"),
+    Case("serve --cors not an origin", "serve",
+         lambda w: ["serve", w.artifact(), "--port", "0", "--cors", "evil.example"], 2,
+         "--cors 'evil.example' is not an origin", "scheme://host[:port]"),
+    Case("serve --allow-host with a scheme", "serve",
+         lambda w: ["serve", w.artifact(), "--port", "0", "--allow-host", "http://box.lan"], 2,
+         "--allow-host 'http://box.lan' is not a host name", "no scheme, no port"),
 ]
 
 
