@@ -36,7 +36,9 @@ HOSTILE: dict[str, tuple[str, str]] = {
     "recursive macro": ("{% macro f(n) %}{{ f(n) }}{{ f(n) }}{% endmacro %}{{ f(1) }}", "recursed too deep"),
     "string times 3e9": ("{{ 'x' * 3000000000 }}", TOO_BIG),
     "list times 3e9": ("{{ ['x'] * 3000000000 }}", TOO_BIG),
-    "power": ("{{ 7 ** 1000000000 }}", TOO_BIG),
+    "power": ("{{ 7 ** 1000000000 }}", "a number of about"),
+    "squaring": ("{% set ns = namespace(n=7 ** 4000) %}{% for i in range(30) %}{% set ns.n = ns.n * ns.n %}"
+                 "{% endfor %}{{ ns.n // 7 }}", "a number of about"),
     "doubling with ~": ("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}"
                         "{% endfor %}{{ ns.s }}", TOO_BIG),
     "doubling with +": ("{% set ns = namespace(s=['x']) %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}"

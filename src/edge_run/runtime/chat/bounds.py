@@ -152,16 +152,33 @@ def _int(value: Any) -> int:
     return value
 
 
+def _number(digits: int) -> int:
+    """A whole number's size, refused past Python's limit on printing one: the arithmetic of larger numbers (their
+    division is quadratic) would run in C, out of reach of the deadline."""
+    if digits > MAX_INT_DIGITS:
+        raise ArtifactError(f"the chat template tried to make a number of about {_count(digits)} digits "
+                            f"(the limit is {MAX_INT_DIGITS:,})", HINT)
+    return digits
+
+
+def _whole(*values: Any) -> bool:
+    return all(isinstance(v, int) for v in values)
+
+
 def _times(a: Any, b: Any) -> int:
-    if isinstance(a, int) and isinstance(b, int):
-        return size_of(a) + size_of(b)
+    if _whole(a, b):
+        return _number(size_of(a) + size_of(b))
     seq, n = (a, b) if isinstance(b, int) else (b, a)
     return items_of(seq) * max(n, 0) if isinstance(n, int) else items_of(a) + items_of(b)
 
 
+def _plus(a: Any, b: Any) -> int:
+    return _number(max(size_of(a), size_of(b)) + 1) if _whole(a, b) else items_of(a) + items_of(b)
+
+
 def _power(a: Any, b: Any) -> int:
-    if isinstance(a, int) and isinstance(b, int) and b > 0 and a not in (0, 1, -1):
-        return a.bit_length() * b // 3 + 1
+    if _whole(a, b) and b > 0 and a not in (0, 1, -1):
+        return _number(a.bit_length() * b // 3 + 1)
     return 24
 
 
@@ -250,7 +267,7 @@ def _widened(s: Any, width: Any = 80, *_: Any, **__: Any) -> int:
 # what an operator's result may take; the others (- / // comparisons) make numbers no longer than their operands
 BINOP_SIZES: dict[str, Callable[[Any, Any], int]] = {
     "*": _times,
-    "+": lambda a, b: items_of(a) + items_of(b),
+    "+": _plus,
     "**": _power,
     "%": _percent,
 }
