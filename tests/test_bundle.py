@@ -125,7 +125,7 @@ def _install_sh(bundle: Path, cpuinfo: str, machine: str = "aarch64", **env: str
 def test_install_sh_is_valid_posix_sh(tmp_path: Path) -> None:
     b = _fake_bundle(tmp_path, "armv8-a", "pi4-4gb")
     assert subprocess.run(["sh", "-n", str(b / "install.sh")], capture_output=True).returncode == 0
-    assert "@" not in re.sub(r"@PREFIX@|\[serve\]==0\.1\.0", "", (b / "install.sh").read_text())
+    assert "@" not in re.sub(r"@PREFIX@|@WORKER_ARGS@|\[serve\]==0\.1\.0", "", (b / "install.sh").read_text())
 
 
 def test_install_sh_refuses_a_pi5_bundle_on_a_pi4(tmp_path: Path) -> None:
@@ -247,12 +247,25 @@ def test_cross_built_wheel_is_aarch64_without_dotprod_or_openmp(armv8a_wheel: Pa
                     for p in Path(llama_cpp.__file__).parent.rglob("*.py") if "__pycache__" not in p.parts)
     assert sorted(n[len("llama_cpp/"):] for n in names if n.startswith("llama_cpp/") and n.endswith(".py")) == x86_py
     libs = sorted((tmp_path / "llama_cpp" / "lib").glob("lib*.so*"))
-    assert {"libllama.so", "libggml.so", "libggml-base.so", "libggml-cpu.so"} <= {p.name for p in libs}
+    shipped = {p.name for p in libs}
+    assert {"libllama.so", "libggml.so", "libggml-base.so", "libggml-cpu.so", "libggml-rpc.so"} <= shipped
+    # llama.cpp's RPC backend for `edge-run worker` on the board: aarch64, linked into libggml, stamped
+    libdir = tmp_path / "llama_cpp" / "lib"
+    rpc = read_elf(libdir / "libggml-rpc.so")
+    assert rpc.machine == "aarch64" and "libggml-base.so" in rpc.needed
+    assert "libggml-rpc.so" in read_elf(libdir / "libggml.so").needed
+    from edge_run.runtime.cluster.build import read_stamp
+
+    stamp = read_stamp(libdir, "0.3.36+armv8a")
+    assert stamp is not None and stamp.protocol == (7, 0, 0) and re.fullmatch(r"\d+\.\d+\.\d+", stamp.ggml_version)
     readelf, objdump = _tool("aarch64-linux-gnu-readelf"), _tool("aarch64-linux-gnu-objdump")
     for lib in libs:
         header = subprocess.run([readelf, "-h", "-d", str(lib)], capture_output=True, text=True).stdout
         assert "AArch64" in header, lib.name
         assert "libgomp" not in header and "RUNPATH" in header and "$ORIGIN" in header, lib.name
+    syms = subprocess.run([readelf, "-W", "--dyn-syms", str(libdir / "libggml-rpc.so")], capture_output=True,
+                          text=True).stdout
+    assert "ggml_backend_rpc_start_server" in syms and "ggml_backend_rpc_add_server" in syms
     cpu = subprocess.run([objdump, "-d", str(tmp_path / "llama_cpp" / "lib" / "libggml-cpu.so")],
                          capture_output=True, text=True).stdout
     assert "fmla" in cpu  # NEON code is there ...
@@ -269,9 +282,22 @@ def test_cross_build_cache_hit_is_fast(armv8a_wheel: Path) -> None:
     assert build_llama_wheel(baseline_named("armv8-a")).resolve() == armv8a_wheel.resolve()
     assert time.monotonic() - t < 2.0
     info = json.loads((armv8a_wheel.parent / "build.json").read_text())
-    assert info["baseline"] == "armv8-a" and info["llama_cpp_python"] == "0.3.36"
+    assert info["baseline"] == "armv8-a" and info["llama_cpp_python"] == "0.3.36" and info["format"] == 2
     assert not [p for p in armv8a_wheel.parent.parent.iterdir() if p.name.startswith(".edge-run-")]
 
+
+
+def test_a_wheel_cached_before_rpc_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_run.runtime.bundle.llama_wheel import WHEEL_FORMAT, cached_llama_wheel
+
+    monkeypatch.setenv("EDGE_RUN_CACHE", str(tmp_path))
+    folder = tmp_path / "llama-cpp-python" / "0.3.36" / "armv8a"
+    folder.mkdir(parents=True)
+    (folder / "llama_cpp_python-0.3.36+armv8a-py3-none-manylinux_2_34_aarch64.whl").write_bytes(b"old")
+    (folder / "build.json").write_text(json.dumps({"baseline": "armv8-a"}))  # written before ggml-rpc was in it
+    assert cached_llama_wheel(baseline_named("armv8-a"), "0.3.36") is None
+    (folder / "build.json").write_text(json.dumps({"format": WHEEL_FORMAT}))
+    assert cached_llama_wheel(baseline_named("armv8-a"), "0.3.36") is not None
 
 
 # ------------------------------------------------------------------------------------- bad input (no build)
@@ -373,8 +399,8 @@ def test_pi4_bundle(cli, armv8a_wheel: Path, tiny_gguf: Path, tmp_path: Path) ->
     r = cli("bundle", "--models", src, "--profile", "pi4-4gb", "--out", out, "--python", "3.11")
     assert r.code == 0, r.stderr
     names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    assert {"install.sh", "edge-run.service", "README.txt", "SHA256SUMS", "models/tiny.Q8_0.gguf",
-            "models/tiny.Q8_0.gguf.manifest.json", f"wheels/{armv8a_wheel.name}"} <= names
+    assert {"install.sh", "edge-run.service", "edge-run-worker.service", "README.txt", "SHA256SUMS",
+            "models/tiny.Q8_0.gguf", "models/tiny.Q8_0.gguf.manifest.json", f"wheels/{armv8a_wheel.name}"} <= names
     wheels = [n for n in names if n.startswith("wheels/")]
     assert any(re.match(r"wheels/edge_run-.*-py3-none-any\.whl$", n) for n in wheels)
     assert any(re.match(r"wheels/numpy-.*-cp311-cp311-manylinux.*aarch64.*\.whl$", n) for n in wheels)

@@ -5,7 +5,9 @@
       wheels/         edge-run, its dependencies (+ serve) for linux-aarch64 / CPython X.Y, pip, and
                       llama_cpp_python-<pin>+<baseline>-py3-none-manylinux_*_aarch64.whl (cross-built)
       install.sh      CPU check -> sha256 check -> venv -> pip install --no-index -> launcher, unit
+                      (--worker: + the worker unit, installed and enabled)
       edge-run.service  systemd unit: edge-run serve ARTIFACT --host 127.0.0.1 --threads N --ctx C
+      edge-run-worker.service  systemd unit: edge-run worker --threads N + install.sh --worker's --host/--port/--allow
       README.txt      what was picked for which board, and why
       SHA256SUMS      every file above except install.sh and SHA256SUMS itself
     OUT.tar.gz
@@ -151,15 +153,23 @@ def _unit(v: Values) -> dict[str, str]:
             "THREADS": str(int(v.threads)), "CTX": str(int(v.ctx))}
 
 
+def _worker_unit(v: Values) -> dict[str, str]:
+    """edge-run-worker.service: install.sh --worker replaces @PREFIX@ and @WORKER_ARGS@ on the ExecStart line
+    (values it checked: see templates/install.sh step 0)."""
+    return {"DESCRIPTION": systemd_text(f"edge-run worker: a share of a split model ({v.profile})"),
+            "THREADS": str(int(v.threads))}
+
+
 TEMPLATES: dict[str, tuple[Callable[[Values], dict[str, str]], frozenset[str]]] = {
-    "install.sh": (_install_sh, frozenset({"PREFIX"})),
+    "install.sh": (_install_sh, frozenset({"PREFIX", "WORKER_ARGS"})),
     "edge-run.service": (_unit, frozenset({"PREFIX"})),
+    "edge-run-worker.service": (_worker_unit, frozenset({"PREFIX", "WORKER_ARGS"})),
 }
 
 
 def render(template: str, baseline: Baseline, profile: str, python: str, artifact: str, requirements: str,
            threads: int = 4, ctx: int = DEFAULT_CTX) -> str:
-    """``templates/<template>`` (install.sh, edge-run.service) filled in for one bundle."""
+    """``templates/<template>`` (install.sh, edge-run.service, edge-run-worker.service) filled in for one bundle."""
     values, keep = TEMPLATES[template]
     return _fill(_template(template), values(Values(baseline, profile, python, artifact, requirements, threads,
                                                     ctx)), keep)

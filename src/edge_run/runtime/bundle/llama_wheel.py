@@ -4,12 +4,15 @@
         │  its llama_cpp/ package + vendor/llama.cpp: the very sources the pinned version ships
         ▼
     cmake (llama-cpp-python's own CMakeLists.txt) + a cross toolchain (toolchain.py), GGML_NATIVE=OFF,
-    the baseline's arch flags, no OpenMP, no tests/examples/server/tools/mtmd; targets llama ggml ggml-base
-    ggml-cpu (the libraries llama_cpp/*.py load with ctypes from llama_cpp/lib, RPATH $ORIGIN)
+    the baseline's arch flags, no OpenMP, no tests/examples/server/tools/mtmd, GGML_RPC=ON; targets llama
+    ggml ggml-base ggml-cpu ggml-rpc (the libraries llama_cpp/*.py load with ctypes from llama_cpp/lib,
+    RPATH $ORIGIN; libggml.so needs libggml-rpc.so, llama.cpp's RPC client and server)
         │  checked: every library is aarch64 and needs nothing beyond libc/libm/libstdc++/libgcc_s/each other
         ▼
     llama_cpp_python-<pin>+<baseline tag>-py3-none-manylinux_2_<glibc>_aarch64.whl
         (the same layout as PyPI's: llama_cpp/*.py, llama_cpp/lib/lib*.so; RECORD with sha256)
+        + llama_cpp/lib/build.json: the RPC stamp runtime/cluster/build.py reads (ggml version, RPC protocol),
+          so `edge-run worker` on the board loads the shipped libggml-rpc.so instead of building one
 
 Cache: ``<cache>/llama-cpp-python/<pin>/<baseline tag>/`` holds the wheel and build.json. A build runs in
 a ``.edge-run-build-PID-*`` folder beside it and is renamed into place when complete, so an interrupted
@@ -42,15 +45,18 @@ from edge_run.runtime.bundle.toolchain import Toolchain, find_toolchain
 from edge_run.runtime.bundle.wheel import normalize_dist, set_metadata_version, write_wheel
 
 DIST = "llama-cpp-python"
-LIB_TARGETS = ("llama", "ggml", "ggml-base", "ggml-cpu")
+LIB_TARGETS = ("llama", "ggml", "ggml-base", "ggml-cpu", "ggml-rpc")
+WHEEL_FORMAT = 2  # build.json "format": 2 = with ggml-rpc; a cached wheel of another format is rebuilt
+RPC_STAMP = "build.json"  # in llama_cpp/lib, as runtime/cluster/build.py writes it beside its libggml-rpc.so
+RPC_STAMP_FORMAT = 1
 # What the libraries may need from the device: glibc, the C++ runtime, and each other (nothing else: no libgomp).
 ALLOWED_NEEDED = re.compile(r"^(libc|libm|libdl|libpthread|librt|ld-linux-aarch64|libstdc\+\+|libgcc_s|libllama|"
-                            r"libggml|libggml-base|libggml-cpu)\.so(\.\d+)*$")
+                            r"libggml|libggml-base|libggml-cpu|libggml-rpc)\.so(\.\d+)*$")
 CMAKE_OPTIONS = (
     "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=OFF", "-DGGML_OPENMP=OFF", "-DGGML_BACKEND_DL=OFF",
     "-DGGML_CPU_ALL_VARIANTS=OFF", "-DLLAVA_BUILD=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_OPENSSL=OFF",
-    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_CURL=OFF", "-DGGML_RPC=ON", "-DGGML_RPC_RDMA=OFF",  # RPC over TCP only (no libibverbs on a Pi)
     # one file per library, named as ctypes loads it (wheels cannot hold the libllama.so -> .so.0 symlinks)
     "-DCMAKE_PLATFORM_NO_VERSIONED_SONAME=ON",
 )
@@ -182,7 +188,19 @@ def check_libraries(libs: dict[str, Path]) -> str:
     return f"manylinux_{glibc[0]}_{glibc[1]}_aarch64"
 
 
-def _assemble(src: Path, build: Path, version: str, baseline: Baseline, out_dir: Path) -> Path:
+def rpc_stamp(src: Path, log: Path, full_version: str, seconds: float) -> dict[str, Any]:
+    """llama_cpp/lib/build.json: what runtime/cluster/build.py's read_stamp needs to trust the shipped
+    libggml-rpc.so (the ggml version cmake printed, the vendored header's RPC protocol)."""
+    m = re.search(r"ggml version:\s*(\S+)", log.read_text(errors="replace"))
+    header = (src / "vendor" / "llama.cpp" / "ggml" / "include" / "ggml-rpc.h").read_text(errors="replace")
+    parts = [re.search(rf"#define\s+RPC_PROTO_{k}_VERSION\s+(\d+)", header) for k in ("MAJOR", "MINOR", "PATCH")]
+    if m is None or not all(parts):
+        raise BuildError("the cross build printed no ggml version, or ggml-rpc.h has no RPC protocol version")
+    return {"format": RPC_STAMP_FORMAT, "llama_cpp_python": full_version, "ggml_version": m.group(1),
+            "protocol": [int(p.group(1)) for p in parts if p], "seconds": round(seconds, 1), "machine": "aarch64"}
+
+
+def _assemble(src: Path, build: Path, version: str, baseline: Baseline, out_dir: Path, stamp: dict[str, Any]) -> Path:
     libs = _libraries(build)
     missing = [t for t in LIB_TARGETS if f"lib{t}.so" not in libs]
     if missing:
@@ -197,6 +215,7 @@ def _assemble(src: Path, build: Path, version: str, baseline: Baseline, out_dir:
     for name, path in libs.items():
         files[f"llama_cpp/lib/{name}"] = path
     full_version = f"{version}+{baseline.wheel_tag}"
+    files[f"llama_cpp/lib/{RPC_STAMP}"] = (json.dumps({**stamp, "baseline": baseline.name}, indent=2) + "\n").encode()
     metadata = set_metadata_version((src / "PKG-INFO").read_text(encoding="utf-8"), full_version)
     return write_wheel(out_dir, DIST, full_version, f"py3-none-{platform_tag}", files, metadata)
 
@@ -208,6 +227,7 @@ def _prefix_map(work: Path) -> list[str]:
 
 
 def _build(version: str, baseline: Baseline, toolchain: Toolchain, work: Path, out_dir: Path) -> Path:
+    started = time.monotonic()
     src = _extract(fetch_sdist(version, work), work / "src")
     build = work / "build"
     build.mkdir()
@@ -216,12 +236,18 @@ def _build(version: str, baseline: Baseline, toolchain: Toolchain, work: Path, o
     _run(["cmake", "-S", str(src), "-B", str(build), *generator, *CMAKE_OPTIONS,
           f"-DSKBUILD_PLATLIB_DIR={work / 'stage'}", *_prefix_map(work), *toolchain.write_cmake(work, baseline)], log)
     _run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", *LIB_TARGETS], log)
-    return _assemble(src, build, version, baseline, out_dir)
+    stamp = rpc_stamp(src, log, f"{version}+{baseline.wheel_tag}", time.monotonic() - started)
+    return _assemble(src, build, version, baseline, out_dir, stamp)
 
 
 def cached_llama_wheel(baseline: Baseline, version: str | None = None) -> Path | None:
+    """The cached wheel, or None (absent, or built by an older edge-run: without ggml-rpc)."""
     folder = wheel_cache_root() / (version or pinned_llama_version()) / baseline.wheel_tag
-    found = sorted(folder.glob(f"{normalize_dist(DIST)}-*.whl")) if folder.is_dir() else []
+    try:
+        current = json.loads((folder / "build.json").read_text(encoding="utf-8")).get("format") == WHEEL_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return None
+    found = sorted(folder.glob(f"{normalize_dist(DIST)}-*.whl")) if current else []
     return found[0] if found else None
 
 
@@ -247,7 +273,7 @@ def build_llama_wheel(baseline: Baseline, version: str | None = None, work_dir: 
         out = work / "out"
         out.mkdir()
         wheel = _build(version, baseline, toolchain, work, out)
-        info = {"llama_cpp_python": version, "baseline": baseline.name, "march": baseline.march,
+        info = {"format": WHEEL_FORMAT, "llama_cpp_python": version, "baseline": baseline.name, "march": baseline.march,
                 "toolchain": toolchain.name, "seconds": round(time.monotonic() - started, 1), "wheel": wheel.name}
         (out / "build.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         final = (parent if cache_ok else base) / baseline.wheel_tag

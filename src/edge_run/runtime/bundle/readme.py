@@ -43,6 +43,8 @@ def readme_text(result: PickResult, baseline: Baseline, python: str, n_ctx: int,
         "Install (no network, no compiler):  sh install.sh        (EDGE_RUN_PREFIX=/opt/edge-run by default)",
         f"Serve:  edge-run serve {sh_word(model)} --host 127.0.0.1 --threads {threads} "
         f"--ctx {n_ctx}   (edge-run.service runs this under systemd, restarting on failure)",
+        f"Worker: sh install.sh --worker --host ADDR --allow NET   (this board serves a share of a model split "
+        f"over a cluster: edge-run-worker.service, edge-run worker --threads {threads}; llama.cpp RPC built in)",
         "",
         "Wheels:",
         *[f"  {w}" for w in wheels],

@@ -1,9 +1,15 @@
 #!/bin/sh
 # Installs this edge-run bundle offline: no network, no compiler. Written by `edge-run bundle`.
 #   sh install.sh            checks the CPU, the sha256 of every file, then installs into $EDGE_RUN_PREFIX
+#   sh install.sh --worker [--host ADDR --allow ADDR/CIDR ...] [--port N]
+#                            the same, and sets this board up as a cluster worker: edge-run-worker.service
+#                            (`edge-run worker --host ADDR --port N --allow ...`, default 127.0.0.1:50052) installed
+#                            in $EDGE_RUN_UNIT_DIR and enabled. A --host other than loopback needs --allow (llama.cpp's
+#                            RPC protocol has no authentication: only the listed hosts get through)
 # Environment (all optional):
-#   EDGE_RUN_PREFIX          where to install (default /opt/edge-run): venv/, bin/edge-run, models/, edge-run.service
-#                            (an absolute path of letters, digits and . _ / + -)
+#   EDGE_RUN_PREFIX          where to install (default /opt/edge-run): venv/, bin/edge-run, models/, edge-run.service,
+#                            edge-run-worker.service (an absolute path of letters, digits and . _ / + -)
+#   EDGE_RUN_UNIT_DIR        where --worker installs its unit (default /etc/systemd/system)
 #   EDGE_RUN_PYTHON          the Python to build the venv with (default pythonX.Y, else python3 if it is X.Y)
 #   EDGE_RUN_CPUINFO         the cpuinfo file to check (default /proc/cpuinfo)
 #   EDGE_RUN_MACHINE         the machine name to check (default: uname -m)
@@ -21,6 +27,55 @@ CPUINFO=${EDGE_RUN_CPUINFO:-/proc/cpuinfo}
 MACHINE=${EDGE_RUN_MACHINE:-$(uname -m)}
 
 fail() { code=$1; shift; printf 'error: %s\n' "$*" >&2; exit "$code"; }
+shown() { printf '%s' "$1" | tr -c 'A-Za-z0-9._/:+,=-' '?' | cut -c 1-60; }  # a value, for a one-line error
+
+# ---- 0. options: each value checked against a character set that needs no escaping in sh, sed or systemd
+WORKER=0
+WORKER_HOST=127.0.0.1
+WORKER_PORT=50052
+WORKER_ALLOW=""
+WORKER_ONLY=""
+while [ $# -gt 0 ]; do
+    opt=$1
+    case "$opt" in
+        --worker) WORKER=1; shift; continue ;;
+        -h|--help) sed -n '2,/^set -eu/p' "$0" | sed '$d'; exit 0 ;;
+        --host|--port|--allow) [ $# -ge 2 ] || fail 2 "$opt needs a value"
+            value=$2; shift 2; WORKER_ONLY=$opt ;;
+        --host=*|--port=*|--allow=*) value=${opt#*=}; opt=${opt%%=*}; shift; WORKER_ONLY=$opt ;;
+        *) fail 2 "unknown option $(shown "$opt"). sh install.sh [--worker [--host ADDR] [--port N] [--allow NET]...]" ;;
+    esac
+    case "$opt" in
+        --host) case "$value" in
+                ""|-*|*[!A-Za-z0-9.:-]*) fail 2 "--host $(shown "$value") is not an address." \
+                    "Use an IP address of this board (e.g. 10.0.0.2) or its host name" ;;
+            esac
+            [ "${#value}" -le 253 ] || fail 2 "--host is ${#value} characters long. Use an IP address"
+            WORKER_HOST=$value ;;
+        --port) case "$value" in
+                ""|*[!0-9]*) fail 2 "--port $(shown "$value") is not a TCP port. Choose 1-65535" ;;
+            esac
+            while case "$value" in 0?*) true ;; *) false ;; esac; do value=${value#0}; done
+            if [ "${#value}" -gt 5 ] || [ "$value" -lt 1 ] || [ "$value" -gt 65535 ]; then
+                fail 2 "--port $(shown "$value") is not a TCP port. Choose 1-65535"
+            fi
+            WORKER_PORT=$value ;;
+        --allow) case "$value" in
+                ""|/*|*[!0-9A-Fa-f.:/]*) fail 2 "--allow $(shown "$value") is not an address or network." \
+                    "Write an address (10.0.0.5) or a CIDR network (10.0.0.0/24)" ;;
+            esac
+            [ "${#value}" -le 49 ] || fail 2 "--allow is ${#value} characters long. Write 10.0.0.0/24"
+            WORKER_ALLOW="$WORKER_ALLOW $value" ;;
+    esac
+done
+if [ "$WORKER" = 0 ] && [ -n "$WORKER_ONLY" ]; then
+    fail 2 "$WORKER_ONLY sets up a cluster worker. Add --worker"
+fi
+case "$WORKER_HOST" in
+    127.*|::1|localhost) ;;
+    *) [ -n "$WORKER_ALLOW" ] || fail 2 "--host $WORKER_HOST exposes the worker, and llama.cpp's RPC protocol has no" \
+        "authentication. Name the hosts that may connect: --allow 10.0.0.2 or --allow 10.0.0.0/24" ;;
+esac
 
 has_all() {  # has_all "needed words" "present words"
     for w in $1; do
@@ -105,12 +160,23 @@ fi
 have=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 [ "$have" = "$PYTHON_VERSION" ] || fail 3 "this bundle's wheels are for Python $PYTHON_VERSION but $PY is $have." \
     "build the bundle with --python $have"
-found=""
-for d in /lib/aarch64-linux-gnu /usr/lib/aarch64-linux-gnu /lib64 /usr/lib64 /lib /usr/lib; do
-    if [ -e "$d/libstdc++.so.6" ]; then found=$d; break; fi
-done
-[ -n "$found" ] || fail 4 "this system has no libstdc++.so.6, which llama.cpp and onnxruntime need." \
-    "install the libstdc++6 package (Raspberry Pi OS has it)"
+# the dynamic loader's own answer (its search path, not a guessed list of folders)
+"$PY" -c 'import ctypes; ctypes.CDLL("libstdc++.so.6")' 2>/dev/null || fail 4 "this system has no" \
+    "libstdc++.so.6, which llama.cpp and onnxruntime need. install the libstdc++6 package (Raspberry Pi OS has it)"
+if [ -n "$WORKER_ALLOW" ]; then  # the worker's own rule (ipaddress.ip_network), before anything is installed
+    set -f
+    # shellcheck disable=SC2086
+    bad=$("$PY" -c 'import ipaddress, sys
+for a in sys.argv[1:]:
+    try:
+        ipaddress.ip_network(a, strict=False)
+    except ValueError:
+        print(a)
+        break' $WORKER_ALLOW) || bad="?"
+    set +f
+    [ -z "$bad" ] || fail 2 "--allow $(shown "$bad") is not an address or network." \
+        "Write an address (10.0.0.5) or a CIDR network (10.0.0.0/24)"
+fi
 PIP_WHEEL=$(ls wheels/pip-*.whl 2>/dev/null | head -n 1)
 [ -n "$PIP_WHEEL" ] || fail 5 "the bundle has no pip wheel. copy the whole bundle again"
 
@@ -138,3 +204,29 @@ sed "/^ExecStart=/s#@PREFIX@#$PREFIX#g" edge-run.service > "$PREFIX/edge-run.ser
 printf 'installed edge-run for %s (%s) in %s\n' "$PROFILE" "$BASELINE" "$PREFIX"
 printf 'try:   %s run %s -p %s\n' "$PREFIX/bin/edge-run" "$PREFIX/models/$ARTIFACT_SH" "'The capital of France is'"
 printf 'serve: sudo cp %s /etc/systemd/system/ && sudo systemctl enable --now edge-run\n' "$PREFIX/edge-run.service"
+[ "$WORKER" = 1 ] || exit 0
+
+# ---- 5. --worker: the worker's unit, every value one double-quoted systemd word (checked in 0: no quote,
+# backslash, space, % or $ can be in them), installed and enabled
+ARGS="--host \"$WORKER_HOST\" --port \"$WORKER_PORT\""
+set -f
+for a in $WORKER_ALLOW; do ARGS="$ARGS --allow \"$a\""; done
+set +f
+sed -e "/^ExecStart=/s#@PREFIX@#$PREFIX#g" -e "/^ExecStart=/s#@WORKER_ARGS@#$ARGS#" edge-run-worker.service \
+    > "$PREFIX/edge-run-worker.service"
+UNIT_DIR=${EDGE_RUN_UNIT_DIR:-/etc/systemd/system}
+{ mkdir -p "$UNIT_DIR" && cp "$PREFIX/edge-run-worker.service" "$UNIT_DIR/"; } 2>/dev/null || fail 4 "cannot write" \
+    "$UNIT_DIR/edge-run-worker.service. run as root (sudo sh install.sh --worker ...)"
+state=""
+if command -v systemctl >/dev/null 2>&1; then state=$(systemctl is-system-running 2>/dev/null) || true; fi
+case "$state" in
+    ""|offline|unknown)
+        printf 'worker: %s installed, but systemd is not running here; start the worker with: %s worker %s\n' \
+            "$UNIT_DIR/edge-run-worker.service" "$PREFIX/bin/edge-run" "$(printf '%s' "$ARGS" | tr -d '"')" ;;
+    *)
+        { systemctl daemon-reload && systemctl enable edge-run-worker.service && \
+            systemctl restart edge-run-worker.service; } || fail 4 "systemctl could not enable edge-run-worker." \
+            "see: journalctl -u edge-run-worker"
+        printf 'worker: edge-run-worker enabled and started, listening on %s:%s (allowed:%s)\n' "$WORKER_HOST" \
+            "$WORKER_PORT" "${WORKER_ALLOW:- loopback only}" ;;
+esac
