@@ -100,7 +100,6 @@ class ONNXBackend(Backend):
         self._tok_json = tok_json
         self._plain_tokenizer: Any = None
         self._special = {int(a["id"]) for a in tok_json.get("added_tokens", []) if a.get("special")}
-        self._added = {int(a["id"]) for a in tok_json.get("added_tokens", [])}
         self._byte_level = "ByteLevel" in json.dumps(tok_json.get("decoder") or {})
         self._pieces: dict[int, bytes] = {}
 
@@ -143,11 +142,13 @@ class ONNXBackend(Backend):
         return ids
 
     def tokenize_plain(self, text: str) -> list[int]:
-        """Without the added tokens, special-token text is split like any other text by the BPE model."""
+        """Without the special added tokens, special-token text is split like any other text by the BPE model (the
+        other added tokens, such as Gemma's runs of newlines, stay: llama.cpp's user-defined tokens)."""
         if self._plain_tokenizer is None:
             from tokenizers import Tokenizer
 
-            self._plain_tokenizer = Tokenizer.from_str(json.dumps({**self._tok_json, "added_tokens": []}))
+            added = [a for a in self._tok_json.get("added_tokens", []) if not a.get("special")]
+            self._plain_tokenizer = Tokenizer.from_str(json.dumps({**self._tok_json, "added_tokens": added}))
         return list(self._plain_tokenizer.encode(text, add_special_tokens=False).ids)
 
     def detokenize(self, tokens: list[int]) -> str:
@@ -178,8 +179,8 @@ class ONNXBackend(Backend):
         return token in self._eos
 
     def is_control(self, token: int) -> bool:
-        """Every added token: tokenize matches them all in the text, tokenize_plain (no added tokens) none."""
-        return token in self._added
+        """The special added tokens: tokenize matches them in the text, tokenize_plain never."""
+        return token in self._special
 
     # -- the graph ------------------------------------------------------------------------------
     def _bind(self, last_only: bool) -> Any:
