@@ -47,8 +47,14 @@ class Server:
             return data
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> tuple[int, str, str]:
+        """Send ``sig`` (unless it has exited already) and wait. After a signal of one's own, use ``wait``: a
+        second SIGTERM makes the server exit at once, without its clean shutdown."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 30) -> tuple[int, str, str]:
+        """Wait for the process to end (killed after ``timeout`` s); its exit code, stdout and stderr."""
         try:
             out, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

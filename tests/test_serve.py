@@ -191,7 +191,7 @@ def test_queue_full_disconnect_and_sigterm(busy_server: Server) -> None:
         killer.join()
     assert events[-1] == "data: [DONE]", events[-3:]
     assert any('"finish_reason": "length"' in e for e in events)
-    code, out, err = s.stop(timeout=30)
+    code, out, err = s.wait(timeout=30)
     assert code == 0, err
     assert "Traceback" not in err and "stopped" in out
 
