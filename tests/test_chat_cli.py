@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -202,13 +203,16 @@ def test_system_prompt_that_is_not_utf8_is_refused_before_loading(tiny_gguf: Pat
 READER = """
 import sys, termios
 from edge_run.cli._line_reader import LineReader
-reader = LineReader(int(sys.argv[1]))
-while (line := reader.read("> ")) is not None:
-    mode = "line-mode" if termios.tcgetattr(0)[3] & termios.ICANON else "raw"
-    print("GOT", ascii(line.text), line.too_long, mode, flush=True)
-print("END", flush=True)
+try:
+    with LineReader(int(sys.argv[1])) as reader:
+        while (line := reader.read("> ")) is not None:
+            print("GOT", ascii(line.text), line.too_long, flush=True)
+    end = "END"
+except KeyboardInterrupt:
+    end = "INTERRUPTED"
+print(end, "line-mode" if termios.tcgetattr(0)[3] & termios.ICANON else "raw", flush=True)
 """
-GOT = rb"GOT (.+?) (True|False) line-mode"  # the terminal is back in its line mode once a line is read
+GOT = rb"GOT (.+?) (True|False)\r\n"
 
 
 @pytest.mark.parametrize(("typed", "got"), [
@@ -232,7 +236,7 @@ def test_line_reader_editing(typed: bytes, got: str) -> None:
         assert child.match.group(1).decode() == got and child.match.group(2) == b"False"
         child.expect_exact(b"> ")
         child.sendeof()
-        child.expect_exact(b"END")
+        child.expect_exact(b"END line-mode")  # the terminal has its line mode back
     finally:
         child.close()
 
@@ -252,8 +256,35 @@ def test_line_reader_takes_a_long_multi_line_paste() -> None:
         child.expect(GOT)
         assert child.match.group(1) == b"'short'" and child.match.group(2) == b"False"
         child.expect_exact(b"> ")
-        child.sendintr()  # Ctrl-C at the prompt: KeyboardInterrupt, as input() raises it
-        child.expect_exact(b"KeyboardInterrupt")
+        child.sendintr()  # Ctrl-C at the prompt: KeyboardInterrupt, as input() raises it, the line mode back
+        child.expect_exact(b"INTERRUPTED line-mode")
         child.expect(pexpect.EOF)
     finally:
         child.close()
+
+
+def test_typing_is_shown_on_the_terminal_when_stdout_is_not_it(tmp_path: Path) -> None:
+    """`edge-run chat ... | tee log`: the typed text shows on the terminal, as the terminal's own echo did."""
+    import shlex
+
+    import pexpect
+
+    out = tmp_path / "out.txt"
+    command = f"exec {shlex.quote(sys.executable)} -c {shlex.quote(READER)} 1000 > {shlex.quote(str(out))}"
+    def prompts(n: int) -> None:  # the reader waits for a line (the terminal's echo is off, its own is on)
+        deadline = time.monotonic() + 20
+        while not (out.exists() and out.read_text(encoding="utf-8").count("> ") >= n):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    child = pexpect.spawn("/bin/sh", ["-c", command], cwd=str(REPO), timeout=30)
+    try:
+        prompts(1)
+        _type_bytes(child, b"shown\r")
+        child.expect_exact(b"shown")
+        prompts(2)
+        _type_bytes(child, b"\x04")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert out.read_text(encoding="utf-8") == "> GOT 'shown' False\n> END line-mode\n"

@@ -5,7 +5,9 @@ paste without a word; GNU readline silently drops bytes that are not valid UTF-8
 terminal the line is read with the line mode off, one chunk of bytes at a time, and edited here: Enter ends
 it; Backspace, Ctrl-U (the whole line) and Ctrl-W (a word) erase; Ctrl-D on an empty line is the end; escape
 sequences (arrow keys, bracketed-paste markers) are dropped; Ctrl-C still raises KeyboardInterrupt. The
-terminal's settings are restored before the line is returned. From a pipe, lines are read as they come.
+terminal stays in that mode from the first read until the reader is closed (a context manager: the chat's
+end, Ctrl-C and SIGTERM included); switching back between lines would let the kernel echo, and cut at 4,095
+bytes, the rest of a multi-line paste arriving meanwhile. From a pipe, lines are read as they come.
 
 Either way a line is bytes, decoded here with ``surrogateescape``: a byte that is not text in the terminal's
 encoding becomes a lone surrogate, which the caller refuses with one line. A line is read up to ``limit``
@@ -18,6 +20,7 @@ import os
 import sys
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
 ESC, BACKSPACE, DELETE, CTRL_D, CTRL_U, CTRL_W, TAB = 0x1B, 0x08, 0x7F, 0x04, 0x15, 0x17, 0x09
 LINE_ENDS = (0x0A, 0x0D)
@@ -38,6 +41,21 @@ class LineReader:
         self.terminal = os.isatty(self.fd)
         self._ahead = b""  # bytes read past the end of the previous line (a multi-line paste)
         self._after_cr = False  # the previous line ended with CR: an LF right after it belongs to that end
+        self._saved: list[Any] | None = None  # the terminal's settings while they are changed
+
+    def __enter__(self) -> LineReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Give the terminal its settings back."""
+        if self._saved is not None:
+            import termios
+
+            termios.tcsetattr(self.fd, termios.TCSANOW, self._saved)
+            self._saved = None
 
     def read(self, prompt: str) -> Line | None:
         """The next line (without its end); None at the end of the input (Ctrl-D on an empty terminal line)."""
@@ -65,22 +83,21 @@ class LineReader:
                 return (bytes(buf), too_long) if buf or too_long else None
 
     def _terminal_line(self, prompt: str) -> tuple[bytes, bool] | None:
-        import termios
+        if self._saved is None:  # before the prompt: nothing typed after it is echoed by the terminal too
+            import termios
 
-        saved = termios.tcgetattr(self.fd)
-        raw = termios.tcgetattr(self.fd)
-        raw[0] &= ~termios.ICRNL  # Enter arrives as CR, a pasted CR LF as one line end (not CR->LF, then LF)
-        raw[3] &= ~(termios.ICANON | termios.ECHO | termios.IEXTEN)  # ISIG stays: Ctrl-C is still SIGINT
-        raw[6][termios.VMIN], raw[6][termios.VTIME] = 1, 0
-        termios.tcsetattr(self.fd, termios.TCSANOW, raw)  # before the prompt: nothing typed after it is echoed twice
+            self._saved = termios.tcgetattr(self.fd)
+            raw = termios.tcgetattr(self.fd)
+            raw[0] &= ~termios.ICRNL  # Enter arrives as CR, a pasted CR LF as one line end (not CR->LF, then LF)
+            raw[3] &= ~(termios.ICANON | termios.ECHO | termios.IEXTEN)  # ISIG stays: Ctrl-C is still SIGINT
+            raw[6][termios.VMIN], raw[6][termios.VTIME] = 1, 0
+            termios.tcsetattr(self.fd, termios.TCSANOW, raw)
+        self._echo(prompt.encode(self.encoding, "replace"), prompt=True)
         try:
-            _echo(prompt.encode(self.encoding, "replace"))
             return self._edit()
         except KeyboardInterrupt:
             self._ahead = b""  # Ctrl-C drops the rest of a paste too
             raise
-        finally:
-            termios.tcsetattr(self.fd, termios.TCSANOW, saved)
 
     def _edit(self) -> tuple[bytes, bool] | None:
         buf = bytearray()
@@ -109,7 +126,7 @@ class LineReader:
                     escape = 1
                 elif b in LINE_ENDS:
                     self._ahead, self._after_cr = data[i + 1:], b == 0x0D
-                    _echo(echo + b"\n")  # the terminal's output mode turns it into CR LF
+                    self._echo(echo + b"\n")  # the terminal's output mode turns it into CR LF
                     return bytes(buf), too_long
                 elif b in (BACKSPACE, DELETE):
                     echo += _erase(buf, 1)
@@ -120,7 +137,7 @@ class LineReader:
                 elif b == CTRL_D:
                     if not buf:
                         self._ahead = data[i + 1:]
-                        _echo(echo)
+                        self._echo(echo)
                         return None
                 elif b >= 0x20 or b == TAB:
                     if len(buf) < self.limit:
@@ -128,7 +145,25 @@ class LineReader:
                         echo.append(b)
                     else:
                         too_long = True
-            _echo(echo)
+            self._echo(echo)
+
+    def _echo(self, data: bytes | bytearray, prompt: bool = False) -> None:
+        """Show the prompt on stdout and typed text on the terminal: stdout when it is the terminal (in order with
+        the prompt), else the terminal stdin reads from (as the terminal's own echo would: `chat | tee log` still
+        shows the typing)."""
+        if not data:
+            return
+        try:
+            to_terminal = not os.isatty(sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout replaced by a stream without a file
+            to_terminal = True
+        if prompt or not to_terminal:
+            _echo(data)
+            return
+        try:
+            os.write(self.fd, bytes(data))
+        except OSError:  # stdin's terminal opened read-only
+            pass
 
 
 def _echo(data: bytes | bytearray) -> None:

@@ -145,7 +145,12 @@ def _command(conversation: Conversation, text: str) -> bool:
 
 def _loop(backend: Backend, conversation: Conversation, params: GenerationParams) -> None:
     reserve = min(256, backend.n_ctx // 4)
-    reader = LineReader(MAX_PROMPT_BYTES)
+    with LineReader(MAX_PROMPT_BYTES) as reader:
+        _converse(backend, conversation, params, reader, reserve)
+
+
+def _converse(backend: Backend, conversation: Conversation, params: GenerationParams, reader: LineReader,
+              reserve: int) -> None:
     while (line := _read_line(reader)) is not None:
         text = line.strip()
         if not text:
