@@ -72,10 +72,19 @@ def load_modes() -> str:
     rows = [[r["artifact"], str(r["ctx"]), r["mmap"], r["auto_would"], f"{r['estimate_rss_mib']:.0f}",
              f"{r['measured_peak_rss_mib']:.0f}", f"{r['error_pct']:+.1f}%", f"{r['load_seconds']:.1f}",
              f"{r['first_token_seconds']:.1f}", f"{r['load_average_1m']:.1f}"] for r in doc["rows"]]
+    converts = [[f"{c['checkpoint']} -> {c['quants']}", f"{c['wall_seconds'] / 60:.1f}", f"{c['peak_rss_mib']:.0f}",
+                 _f(c.get("load_average_1m"))] for c in doc.get("convert", [])]
     return (f"From [`results/load_modes.json`](../../results/load_modes.json): {doc['cpu_count']} CPUs "
             f"({', '.join(doc['simd'])}); a shared machine, its 1-minute load average beside each run.\n\n"
             + table(["artifact", "ctx", "mmap", "auto picks", "estimate peak MiB", "measured peak MiB", "error",
-                     "load s", "first token s", "load avg"], rows))
+                     "load s", "first token s", "load avg"], rows)
+            + ("\n`edge-run convert` of the random-weight BF16 checkpoints (GNU time: wall, the largest process's "
+               "peak RSS):\n\n" + table(["conversion", "wall min", "peak RSS MiB", "load avg"], converts)
+               if converts else ""))
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
 
 
 GENERATORS = {"shape-picks": shape_picks, "results-load-modes": load_modes}

@@ -9,6 +9,10 @@ Each artifact is read once before its runs, so every load finds the file in the 
 The machine's load average is recorded beside every row: the timings of a shared machine vary with it.
 
     python -m tools.measure_load ARTIFACT.gguf ... [--ctx 2048 8192] [--modes on off] [--out results/load_modes.json]
+
+``--convert CHECKPOINT --quants q4_k_m`` measures `edge-run convert` instead (wall time and peak RSS from GNU
+time: the largest process of the tree, the converter and llama.cpp's quantizer running in it); ``--time-log LOG``
+records a conversion already run under ``/usr/bin/time -v`` from its log. Rows go to the file's ``convert`` list.
 """
 
 from __future__ import annotations
@@ -82,29 +86,79 @@ def measure(artifacts: list[Path], contexts: list[int], modes: list[str], n_prom
     return rows
 
 
+def parse_time_log(text: str) -> dict[str, Any]:
+    """Wall seconds, peak RSS and the command of a ``/usr/bin/time -v`` report."""
+    fields = dict(line.strip().rsplit(": ", 1) for line in text.splitlines() if line.startswith("\t") and ": " in line)
+    wall = [float(x) for x in fields["Elapsed (wall clock) time (h:mm:ss or m:ss)"].split(":")]
+    seconds = sum(x * 60 ** i for i, x in enumerate(reversed(wall)))
+    return {"command": fields["Command being timed"].strip('"'), "wall_seconds": round(seconds, 1),
+            "peak_rss_mib": round(int(fields["Maximum resident set size (kbytes)"]) / 1024, 1),
+            "exit_status": int(fields["Exit status"])}
+
+
+def convert_once(checkpoint: Path, quants: str, out: Path, name: str) -> dict[str, Any]:
+    load_avg = os.getloadavg()[0]
+    cmd = ["/usr/bin/time", "-v", "nice", "-n", "10", sys.executable, "-m", "edge_run.cli.main", "convert",
+           str(checkpoint), "--out", str(out), "-q", quants, "--name", name]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    row = {**parse_time_log(done.stderr), "load_average_1m": round(load_avg, 2)}
+    if done.returncode != 0:
+        raise SystemExit(f"convert failed ({done.returncode}): {done.stderr[-1500:]}")
+    return row
+
+
+def _convert_row(run: dict[str, Any], name: str, quants: str, out: Path) -> dict[str, Any]:
+    files = {q: out / f"{name}.{q.upper()}.gguf" for q in quants.split(",")}
+    sizes = {q.upper(): round(f.stat().st_size / 2**20, 1) for q, f in files.items() if f.is_file()}
+    return {"checkpoint": name, "quants": quants.upper(), **run, **({"file_mib": sizes} if sizes else {})}
+
+
+def _save(out: Path, rows: list[dict[str, Any]], converts: list[dict[str, Any]]) -> None:
+    doc: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    if rows:  # rows of other artifacts measured before are kept; these replace their own
+        mine = {(r["artifact"], r["ctx"], r["mmap"]) for r in rows}
+        rows = [r for r in doc.get("rows", []) if (r["artifact"], r["ctx"], r["mmap"]) not in mine] + rows
+    if converts:
+        mine_c = {(r["checkpoint"], r["quants"]) for r in converts}
+        converts = [r for r in doc.get("convert", []) if (r["checkpoint"], r["quants"]) not in mine_c] + converts
+    doc.update(simd=list(host_simd()), cpu_count=os.cpu_count(), rows=rows or doc.get("rows", []),
+               convert=converts or doc.get("convert", []))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("artifacts", nargs="+", type=Path)
+    ap.add_argument("artifacts", nargs="*", type=Path)
     ap.add_argument("--ctx", nargs="+", type=int, default=[2048, 8192])
     ap.add_argument("--modes", nargs="+", default=["on", "off"], choices=["on", "off"])
     ap.add_argument("--prompt-tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--convert", type=Path, metavar="CHECKPOINT", help="measure `edge-run convert` of it")
+    ap.add_argument("--quants", default="q4_k_m", help="--convert / --time-log: the quant list converted")
+    ap.add_argument("--convert-out", type=Path, help="--convert / --time-log: the output folder")
+    ap.add_argument("--name", help="--convert / --time-log: the artifact base name (default: the checkpoint's)")
+    ap.add_argument("--time-log", type=Path, help="record a conversion run under /usr/bin/time -v from its log")
+    ap.add_argument("--load-average", type=float, help="--time-log: the 1-minute load average when it started")
     ap.add_argument("--out", type=Path, default=Path("results/load_modes.json"))
     args = ap.parse_args()
-    rows = measure(args.artifacts, args.ctx, args.modes, args.prompt_tokens, args.threads)
-    print(f"{'artifact':28} {'ctx':>5} {'mmap':>4} {'est MiB':>8} {'meas MiB':>9} {'err %':>6} {'load s':>7} "
-          f"{'1st tok s':>9}")
+    converts = []
+    if args.convert or args.time_log:
+        name = args.name or (args.convert.resolve().name if args.convert else "")
+        out = args.convert_out or Path(tempfile.mkdtemp())
+        run = {**parse_time_log(args.time_log.read_text()), "load_average_1m": args.load_average} if args.time_log \
+            else convert_once(args.convert, args.quants, out, name)
+        converts.append(_convert_row(run, name, args.quants, out))
+        print(json.dumps(converts[-1]))
+    rows = measure(args.artifacts, args.ctx, args.modes, args.prompt_tokens, args.threads) if args.artifacts else []
+    if rows:
+        print(f"{'artifact':28} {'ctx':>5} {'mmap':>4} {'est MiB':>8} {'meas MiB':>9} {'err %':>6} {'load s':>7} "
+              f"{'1st tok s':>9}")
     for r in rows:
         print(f"{r['artifact']:28} {r['ctx']:>5} {r['mmap']:>4} {r['estimate_rss_mib']:>8} "
               f"{r['measured_peak_rss_mib']:>9} {r['error_pct']:>6} {r['load_seconds']:>7} "
               f"{r['first_token_seconds']:>9}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.out.exists():  # rows of other artifacts measured before are kept; these replace their own
-        old = json.loads(args.out.read_text())["rows"]
-        mine = {(r["artifact"], r["ctx"], r["mmap"]) for r in rows}
-        rows = [r for r in old if (r["artifact"], r["ctx"], r["mmap"]) not in mine] + rows
-    args.out.write_text(json.dumps({"simd": list(host_simd()), "cpu_count": os.cpu_count(), "rows": rows},
-                                   indent=2) + "\n")
+    _save(args.out, rows, converts)
 
 
 if __name__ == "__main__":
