@@ -36,6 +36,8 @@ class LoadOptions:
     n_gpu_layers: int = 0  # GGUF: layer slots offloaded to llama.cpp's non-CPU devices (a --cluster's RPC workers)
     tensor_split: tuple[float, ...] = ()  # GGUF: slots per such device, in llama.cpp's registry order
     mmap: str = "auto"  # GGUF use_mmap: on | off | auto (src/edge_run/runtime/estimate/load_mode.py)
+    n_seq: int = 1  # GGUF: sequences sharing the context (serve --parallel), each with its own n_ctx of KV cache
+    draft: str = ""  # GGUF: speculative decoding, "" (off) | "ngram" (prompt lookup; backends/speculative.py)
 
 
 @dataclass(frozen=True)
