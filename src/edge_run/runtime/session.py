@@ -38,6 +38,8 @@ class SessionOptions:
     cache_type: str = "f16"
     flash_attn: str = "auto"  # GGUF: auto | on | off (LoadOptions.flash_attn)
     mmap: str = "auto"  # GGUF: auto | on | off (LoadOptions.mmap)
+    parallel: int = 1  # GGUF: sequences of ctx tokens each (serve --parallel); the guard counts all their KV cache
+    draft: str = ""  # GGUF: speculative decoding (LoadOptions.draft)
 
 
 def verify(artifact: Path) -> Manifest | None:
@@ -75,9 +77,10 @@ def prepare(artifact: Path, options: SessionOptions) -> LoadOptions:
     """Every check before loading, in order; the LoadOptions to open the artifact with."""
     verify(artifact)
     ctx = resolve_context(artifact, options.ctx)
-    est = memory_guard(artifact, ctx, options.force, options.mmap)
+    est = memory_guard(artifact, ctx * options.parallel, options.force, options.mmap)
     return LoadOptions(n_ctx=ctx, n_threads=options.threads or physical_cores(), n_batch=options.n_batch,
                        seed=options.seed, cache_type=options.cache_type, flash_attn=options.flash_attn,
+                       n_seq=options.parallel, draft=options.draft,
                        mmap=RESOLVED_MODE.get(est.load_mode, options.mmap))  # the mode the estimate was made for
 
 

@@ -49,6 +49,30 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
+@contextlib.contextmanager
+def _sequences(llama_cpp: Any, n_seq: int) -> Iterator[None]:
+    """llama-cpp-python's Llama takes no n_seq_max: it reads its context parameters from
+    llama_context_default_params, called once while the Llama is made. For n_seq > 1 that call returns them with
+    n_seq_max = n_seq and one unified KV cache (kv_unified: any mix of sequences decodes as one micro-batch; split
+    caches decode only consecutive sequence ids together), sized n_seq x n_ctx cells as llama-server sizes it."""
+    if n_seq == 1:
+        yield
+        return
+    module = llama_cpp.llama_cpp
+    default = module.llama_context_default_params
+
+    def params() -> Any:
+        p = default()
+        p.n_seq_max, p.kv_unified = n_seq, True
+        return p
+
+    module.llama_context_default_params = params
+    try:
+        yield
+    finally:
+        module.llama_context_default_params = default
+
+
 def _attach_pool(llm: Any, n_threads: int) -> Threadpool | None:
     """One set of ggml workers for every graph of the context, as llama-bench and llama-cli attach; without it
     (None: ggml could not start one) ggml starts and joins threads for each graph."""
@@ -78,9 +102,9 @@ class GGUFBackend(Backend):
         use_mmap = gguf_use_mmap(path, options.mmap)  # auto: mmap unless llama.cpp repacks most weights
         t0 = time.perf_counter()
         try:
-            with _quiet_stderr():
+            with _quiet_stderr(), _sequences(llama_cpp, options.n_seq):
                 self.llm = llama_cpp.Llama(
-                    model_path=str(path), n_ctx=options.n_ctx, n_threads=options.n_threads,
+                    model_path=str(path), n_ctx=options.n_ctx * options.n_seq, n_threads=options.n_threads,
                     n_threads_batch=options.n_threads, n_batch=options.n_batch, n_ubatch=options.n_batch,
                     logits_all=options.logits_all, use_mmap=use_mmap, seed=options.seed, verbose=False,
                     type_k=cache_type, type_v=cache_type,
@@ -102,12 +126,13 @@ class GGUFBackend(Backend):
         self.load_seconds = time.perf_counter() - t0
         self.path = path
         self.options = options
-        self.n_ctx = self.llm.n_ctx()
+        self.n_ctx = self.llm.n_ctx() if options.n_seq == 1 else options.n_ctx  # per sequence (serve's slots)
+        self.n_seq = options.n_seq
         self.n_vocab = self.llm.n_vocab()
         self.metadata: dict[str, str] = dict(self.llm.metadata)
         self._vocab = self.llm._model.vocab
         self._pieces: dict[int, bytes] = {}
-        self._loop = DecodeLoop(llama_cpp, self.llm.ctx, self.llm.n_batch, self.n_vocab)
+        self._loop = DecodeLoop(llama_cpp, self.llm.ctx, self.llm.n_batch, self.n_vocab, self.n_ctx, options.draft)
 
     # -- tokens ---------------------------------------------------------------------------------
     def bos_token_id(self) -> int | None:
@@ -202,6 +227,10 @@ class GGUFBackend(Backend):
         It keeps the KV cache of the common prefix with the previous call and evaluates only the rest."""
         self.cached_tokens = self.cached_prefix(prompt_tokens)
         return self._loop.generate(prompt_tokens, self.cached_tokens, params)
+
+    def draft_counts(self) -> tuple[int, int]:
+        """Draft tokens evaluated and kept by speculative decoding (--draft) over this backend's life."""
+        return self._loop.drafted, self._loop.accepted
 
     def close(self) -> None:
         if self._pool is not None:
