@@ -28,13 +28,14 @@ import numpy as np
 
 from edge_run.core.errors import ArtifactError
 from edge_run.runtime.backends.base import GenerationParams
+from edge_run.runtime.backends.speculative import MAX_DRAFT, DraftControl, NgramIndex, verify
 
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size
 TYPICAL_P = 1.0
 
 
 class Sampler(Protocol):
-    def sample(self, ctx: Any) -> int: ...
+    def sample(self, ctx: Any, row: int = -1) -> int: ...
     def close(self) -> None: ...
 
 
@@ -56,8 +57,9 @@ class GreedyPick:
         self._address: int | None = None
         self._row: np.ndarray = np.empty(0, np.float32)
 
-    def sample(self, ctx: Any) -> int:
-        address = ctypes.cast(self._logits_ith(ctx, -1), ctypes.c_void_p).value
+    def sample(self, ctx: Any, row: int = -1) -> int:
+        """The first maximum of the logits of batch row ``row`` (-1: the last one with logits)."""
+        address = ctypes.cast(self._logits_ith(ctx, row), ctypes.c_void_p).value
         if address != self._address:
             if not address:
                 raise ArtifactError("llama.cpp returned no logits for the last token",
@@ -87,8 +89,8 @@ class SamplerChain:
         for link in links:
             lc.llama_sampler_chain_add(self.chain, link)  # the chain owns it from here
 
-    def sample(self, ctx: Any) -> int:
-        return int(self._lc.llama_sampler_sample(self.chain, ctx, -1))
+    def sample(self, ctx: Any, row: int = -1) -> int:
+        return int(self._lc.llama_sampler_sample(self.chain, ctx, row))
 
     def close(self) -> None:
         if self.chain is not None:
@@ -96,11 +98,43 @@ class SamplerChain:
             self.chain = None
 
 
-class DecodeLoop:
-    """Prefill and token-by-token decode on one llama.cpp context; remembers which tokens its KV cache holds."""
+class TokenBatch:
+    """A llama_batch (llama_batch_init) of up to ``size`` tokens, each in one sequence, logits where asked."""
 
-    def __init__(self, lc: Any, ctx: Any, n_batch: int, n_vocab: int) -> None:
+    def __init__(self, lc: Any, size: int) -> None:
+        self._lc, self.size, self.n = lc, size, 0
+        self.batch = lc.llama_batch_init(size, 0, 1)
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        """Append one token; its row in the batch."""
+        b, i = self.batch, self.n
+        b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, 1, logits
+        b.seq_id[i][0] = seq
+        self.n = i + 1
+        return i
+
+    def decode(self, ctx: Any, what: str) -> None:
+        self.batch.n_tokens = self.n
+        rc = self._lc.llama_decode(ctx, self.batch)
+        self.n = 0
+        if rc != 0:
+            _failed(rc, what)
+
+    def close(self) -> None:
+        if self.batch is not None:
+            self._lc.llama_batch_free(self.batch)
+            self.batch = None
+
+
+class DecodeLoop:
+    """Prefill and token-by-token decode on one llama.cpp context; remembers which tokens its KV cache holds.
+    With ``draft`` ("ngram", backends/speculative.py) each step evaluates the sampled token and a draft of the
+    tokens that may follow in one batch (``generate_drafted``)."""
+
+    def __init__(self, lc: Any, ctx: Any, n_batch: int, n_vocab: int, n_ctx: int = 0, draft: str = "") -> None:
         self._lc, self._ctx, self._n_batch, self._n_vocab = lc, ctx, n_batch, n_vocab
+        self._n_ctx, self.draft = n_ctx, draft
+        self.drafted = self.accepted = 0  # draft tokens evaluated / kept, over the loop's life
         self._memory = lc.llama_get_memory(ctx)
         self._one = (lc.llama_token * 1)()
         self._one_batch = lc.llama_batch_get_one(self._one, 1)
@@ -139,6 +173,9 @@ class DecodeLoop:
         a token is evaluated only when the next one is asked for."""
         self.forget(keep)
         self.prefill(prompt[keep:])
+        if self.draft:
+            yield from self.generate_drafted(prompt, params)
+            return
         sampler = make_sampler(self._lc, self._n_vocab, params)
         decode, one, batch, ctx, cached = self._lc.llama_decode, self._one, self._one_batch, self._ctx, self.cached
         try:
@@ -152,6 +189,44 @@ class DecodeLoop:
                 cached.append(token)
         finally:
             sampler.close()
+
+
+    def generate_drafted(self, prompt: list[int], params: GenerationParams) -> Iterator[int]:
+        """Speculative decoding by prompt lookup after the prompt is evaluated: each step evaluates the last
+        token and its draft in one batch; the rows are sampled in order and the drafts' KV entries past the
+        first rejection are dropped. Yields exactly the tokens ``generate`` would (greedy)."""
+        lc, ctx, seq_rm, memory, cached = self._lc, self._ctx, self._lc.llama_memory_seq_rm, self._memory, self.cached
+        sampler = make_sampler(lc, self._n_vocab, params)
+        index, control = NgramIndex(prompt), DraftControl()
+        batch = TokenBatch(lc, min(self._n_batch, 1 + MAX_DRAFT))
+        n_out = 0
+        try:
+            token = sampler.sample(ctx)
+            while True:
+                yield token
+                n_out += 1
+                index.append(token)
+                room = min(batch.size - 1, params.max_tokens - n_out, (self._n_ctx or 1 << 30) - len(cached) - 2)
+                drafts = index.draft(min(control.length(), room))
+                pos = len(cached)
+                rows = [batch.add(t, pos + i, 0, True) for i, t in enumerate([token, *drafts])]
+                batch.decode(ctx, f"token {pos}")
+                out = verify(lambda row: sampler.sample(ctx, row), rows, drafts)
+                kept = len(out) - 1
+                cached.append(token)
+                cached += drafts[:kept]
+                if kept < len(drafts):
+                    seq_rm(memory, 0, len(cached), -1)
+                control.update(len(drafts), kept)
+                self.drafted, self.accepted = self.drafted + len(drafts), self.accepted + kept
+                for t in out[:-1]:
+                    yield t
+                    n_out += 1
+                    index.append(t)
+                token = out[-1]
+        finally:
+            sampler.close()
+            batch.close()
 
 
 def _failed(rc: int, what: str) -> NoReturn:
