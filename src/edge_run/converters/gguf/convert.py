@@ -35,6 +35,7 @@ from edge_run.core.fsutil import (
 )
 from edge_run.core.manifest import Manifest, manifest_path_for, write_manifest
 from edge_run.core.quoting import artifact_base_name
+from edge_run.core.tuning import of_checkpoint
 
 # progress(stage, done, total): stage is a short label such as "F16" or "Q4_K_M"
 Progress = Callable[[str, int, int], None]
@@ -97,7 +98,8 @@ def _convert(ckpt: Checkpoint, spec: ArchSpec, quants: list[QuantType], targets:
     out_dir = next(iter(targets.values())).parent
     digest = ckpt.digest()
     inter = options.intermediate.upper()
-    extra = {"intermediate": inter, "imatrix": bool(options.imatrix)}
+    # instruction-tuned / base / unknown, from the checkpoint's files (the picker's chat preference reads it)
+    extra = {"intermediate": inter, "imatrix": bool(options.imatrix), **of_checkpoint(ckpt.path).to_dict()}
 
     def report(stage: str) -> Callable[[int, int], None]:
         return lambda done, total: progress(stage, done, total) if progress else None

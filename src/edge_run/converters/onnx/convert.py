@@ -43,6 +43,7 @@ from edge_run.core.fsutil import (
 )
 from edge_run.core.manifest import Manifest, write_manifest
 from edge_run.core.quoting import artifact_base_name
+from edge_run.core.tuning import of_checkpoint
 
 Progress = Callable[[str, int, int], None]
 MODEL_FILE = "model.onnx"
@@ -127,7 +128,7 @@ def _write_artifact(ckpt: Checkpoint, digest: str, quant: QuantConfig, dest: Pat
         sha256=sha256_file(dest / DATA_FILE), tokenizer=tokenizer_kind, context_length=cfg.max_positions,
         extra={"scheme": quant.scheme.name, "block_size": quant.block_size, "symmetric": quant.symmetric,
                "accuracy_level": quant.accuracy_level, "opset": OPSET, "linear_bits": dict(sorted(bits.items())),
-               "data_file": DATA_FILE, "num_layers": cfg.n_layers, **calibration,
+               "data_file": DATA_FILE, "num_layers": cfg.n_layers, **calibration, **of_checkpoint(ckpt.path).to_dict(),
                # every file's digest: edge-run's integrity check covers the graph and tokenizer, not only the data
                "files": {p.name: sha256_file(p) for p in sorted(dest.iterdir()) if p.is_file()}},
     )
