@@ -49,7 +49,9 @@ def chat_command(
 
     if system is not None:
         system = checked_text(system, "--system", sys.getfilesystemencoding(), "pass {} text")
-    path, _ = resolve_artifact(artifact, profile, models, ctx)
+    path, pick_info = resolve_artifact(artifact, profile, models, ctx)
+    if pick_info and pick_info.get("note"):  # the best fit for the profile is not instruction-tuned
+        print(f"note: {pick_info['note']}", file=sys.stderr, flush=True)
     params = GenerationParams(max_tokens=max_tokens or 1 << 30, temperature=temperature, top_p=top_p, seed=seed)
     model, _ = open_model(path, SessionOptions(ctx=ctx, threads=threads, force=force, seed=seed), cluster)
     with model as backend:

@@ -56,7 +56,11 @@ def run(
     if profile is not None:
         from edge_run.runtime.pick import picker
 
-        artifact, pick_info = picker.resolve_for_run(profile, models, artifact, ctx or DEFAULT_CTX)
+        # --chat picks for a chat: an instruction-tuned model first, and a note when the best fit is not one
+        artifact, pick_info = picker.resolve_for_run(profile, models, artifact, ctx or DEFAULT_CTX,
+                                                     "chat" if chat else "text")
+        if pick_info["note"] and not as_json:
+            print(f"note: {pick_info['note']}", file=sys.stderr, flush=True)
     params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     options = SessionOptions(ctx=ctx, threads=n_threads, force=force, seed=seed, flash_attn=flash_attn, mmap=mmap)
     model, cluster_info = open_model(artifact, options, cluster)

@@ -91,12 +91,13 @@ def open_session(artifact: Path, options: SessionOptions | None = None) -> Backe
 
 
 def resolve_artifact(artifact: Path | None, profile: str | None, models: Path | None,
-                     ctx: int | None) -> tuple[Path, dict[str, object] | None]:
-    """ARTIFACT, or the pick for a device profile (``--profile NAME --models DIR``), converted if it is planned."""
+                     ctx: int | None, purpose: str = "chat") -> tuple[Path, dict[str, object] | None]:
+    """ARTIFACT, or the pick for a device profile (``--profile NAME --models DIR``), converted if it is planned;
+    ``chat`` and ``serve`` pick for a chat (an instruction-tuned model first: src/edge_run/runtime/pick/picker.py)."""
     if profile is not None:
         from edge_run.runtime.pick import picker
 
-        return picker.resolve_for_run(profile, models, artifact, ctx or DEFAULT_CTX)
+        return picker.resolve_for_run(profile, models, artifact, ctx or DEFAULT_CTX, purpose)
     if artifact is None:
         raise UsageError("no artifact given", "pass an artifact path or --profile NAME --models DIR")
     return Path(artifact), None

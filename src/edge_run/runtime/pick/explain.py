@@ -3,6 +3,7 @@
     binding constraint = why the best-quality row that lost was rejected (one sentence)
     counterfactuals    = q8_0 KV cache savings, how much more the next model up needs, the largest context ...
     nothing fits       = the smallest pairing and how much memory it lacks, or the context limit, or --min-tps
+    chat note          = for a chat: the best fit is a base model, so a tuned one was picked (or none fits)
 
 Split out of src/edge_run/runtime/pick/picker.py (which calls it); library only, nothing printed.
 """
@@ -14,6 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from edge_run.core.errors import NothingFitsError
+from edge_run.core.tuning import INSTRUCT
 from edge_run.runtime.estimate.gguf import MemoryEstimate
 from edge_run.runtime.profiles import DeviceProfile
 
@@ -107,3 +109,23 @@ def explain(profile: DeviceProfile, rows: list[Row], choice: Row, budget: float,
         "format": f"format: {top.reason}",
     }[top.constraint]
     return binding, counter
+
+
+def chat_note(rows: list[Row], best: Row, choice: Row) -> str:
+    """One line for a chat pick whose best fit by quality is not instruction-tuned ("" when it is)."""
+    if best.candidate.tuning.kind == INSTRUCT:
+        return ""
+    chosen, top = choice.candidate, best.candidate
+    if choice is not best:
+        line = f"the best fit, {top.label}, is {top.tuning.label}; for chat, picked {chosen.label}"
+        if chosen.tuning.kind == INSTRUCT:
+            return line
+        line += f", {chosen.tuning.label}"
+    else:
+        line = f"the pick, {chosen.label}, is {chosen.tuning.label}"
+    tuned = [r for r in rows if r.candidate.tuning.kind == INSTRUCT]
+    if not tuned:
+        return line + ", and no candidate is instruction-tuned: it may continue a chat's text rather than answer it"
+    smallest = min(tuned, key=lambda r: r.estimate.total_mib if r.estimate else float("inf"))
+    return (line + f"; no instruction-tuned candidate fits (the smallest, {smallest.candidate.label}: "
+            f"{smallest.reason})")

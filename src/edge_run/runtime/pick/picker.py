@@ -10,7 +10,8 @@
     rows: fits? (anonymous memory and mmap'd weights within budget, trained context, --min-tps), why not;
           --min-ctx: a row that fits only at a shorter context is evaluated at the longest one that fits
         ▼
-    pick = best quality among the rows that fit (ties: measured, f16 KV cache, full context, faster, smaller)
+    pick = best quality among the rows that fit (ties: measured, f16 KV cache, full context, faster, smaller);
+           for a chat (--for chat): the best instruction-tuned row that fits, else unknown, else base (CHAT_ORDER)
     binding constraint = why the best-quality row that lost was rejected     (src/edge_run/runtime/pick/explain.py)
     counterfactuals    = q8_0 KV cache savings, how much more the next model up needs, ...
 
@@ -39,11 +40,12 @@ from edge_run.core.gguf_header import GGML_TYPES
 from edge_run.core.manifest import Manifest, read_manifest
 from edge_run.core.quants import BY_NAME as QUANT_NAMES
 from edge_run.core.quants import KV_CACHE_TYPES, PLANNED_QUANTS
+from edge_run.core.tuning import BASE, INSTRUCT, UNKNOWN, Tuning, first_known, of_checkpoint, of_gguf, recorded
 from edge_run.runtime.artifacts import formats as format_rows
 from edge_run.runtime.estimate.gguf import CACHE_BYTES, MemoryEstimate, shape_from_checkpoint, shape_from_gguf
 from edge_run.runtime.estimate.speed import decode_speed
 from edge_run.runtime.eval.store import QualityStore
-from edge_run.runtime.pick.explain import explain, nothing_fits
+from edge_run.runtime.pick.explain import chat_note, explain, nothing_fits
 from edge_run.runtime.pick.prior import CORPUS_KEY, usable
 from edge_run.runtime.pick.quality import candidate_quality, store_kv_deltas, store_references
 from edge_run.runtime.pick.types import Candidate, Row
@@ -62,6 +64,11 @@ HEADROOM_FRACTION = 0.05
 HEADROOM_MIN_MIB = 64.0
 CTX_STEP = 256  # llama.cpp pads the KV cache to 256 cells: fitted contexts are multiples of it
 MAX_CTX_SEARCH = 131072
+# what a pick is for: text (continue a prompt: quality alone ranks) or chat (`chat`, `serve`, `run --chat`)
+PURPOSES = ("text", "chat")
+# a chat pick's order among the pairings that fit, before quality: a base model continues the text of a chat
+# turn instead of answering it (Gemma 3 270M base repeats the prompt; SmolLM2-135M-Instruct answers)
+CHAT_ORDER = {INSTRUCT: 0, UNKNOWN: 1, BASE: 2}
 
 
 # ------------------------------------------------------------------------------------- estimators
@@ -149,7 +156,7 @@ def _orphan_candidate(path: Path) -> Candidate | None:
     if not model or quant.upper() not in QUANT_NAMES:
         model, quant = stem, "?"
     return Candidate(model, quant.upper(), shape, sum(t.ne0 * t.ne1 for t in shape.tensors), path=path,
-                     has_manifest=False)
+                     has_manifest=False, tuning=_artifact_tuning(path, None))
 
 
 def gather_candidates(models_dir: Path, quants: Iterable[str] = PLANNED_QUANTS,
@@ -184,13 +191,14 @@ def gather_candidates(models_dir: Path, quants: Iterable[str] = PLANNED_QUANTS,
         imatrix = bool(m.extra.get("imatrix")) if isinstance(m.extra, dict) else False
         have.add((digest, m.quant.upper(), imatrix))
         name = _model_name(path, m)
+        tuning = _artifact_tuning(path, m)
         out.append(Candidate(
             model=name.removesuffix(IMATRIX_SUFFIX) if imatrix else name, quant=m.quant,
             shape=shape_from_gguf(path) if m.format == "gguf" else None,
             n_params=m.parameter_count, format=m.format, path=path,
             checkpoint=Path(m.source["path"]) if m.source.get("path") else None,
             context_length=m.context_length, references=refs_for(digest), digest=digest, imatrix=imatrix,
-            kv_deltas=store_kv_deltas(store, digest)))
+            kv_deltas=store_kv_deltas(store, digest), tuning=tuning))
     plans = [(q.upper(), False) for q in quants] + [(q.upper(), True) for q in imatrix_quants]
     for ckpt_dir in checkpoints:
         out.extend(_planned(ckpt_dir, plans, have, refs_for, store))
@@ -212,9 +220,21 @@ def _planned(ckpt_dir: Path, plans: list[tuple[str, bool]], have: set[tuple[str,
     references = refs_for(digest)
     kv_deltas = store_kv_deltas(store, digest)
     shapes = {q: shape_from_checkpoint(ckpt_dir, q) for q in dict.fromkeys(q for q, _ in plans)}
+    tuning = first_known(lambda: of_checkpoint(ckpt_dir))
     return [Candidate(model=plan.name, quant=q, shape=shapes[q], n_params=n_params, checkpoint=ckpt_dir,
-                      context_length=ctx, references=references, digest=digest, imatrix=imatrix, kv_deltas=kv_deltas)
+                      context_length=ctx, references=references, digest=digest, imatrix=imatrix, kv_deltas=kv_deltas,
+                      tuning=tuning)
             for q, imatrix in plans if (digest, q, imatrix) not in have]
+
+
+def _artifact_tuning(path: Path, m: Manifest | None) -> Tuning:
+    """What the manifest recorded at convert time, else what the source checkpoint's or the artifact's own files
+    say (a GGUF's metadata; an ONNX folder's tokenizer files)."""
+    source = Path(m.source["path"]) if m is not None and isinstance(m.source.get("path"), str) else None
+    return first_known(
+        lambda: recorded(m.extra) if m is not None else None,
+        lambda: of_checkpoint(source) if source is not None and source.is_dir() else None,
+        lambda: of_checkpoint(path) if path.is_dir() else of_gguf(path))
 
 
 def candidate_for_artifact(path: Path) -> Candidate:
@@ -225,16 +245,17 @@ def candidate_for_artifact(path: Path) -> Candidate:
         if m is None:
             raise ArtifactError(f"{path} has no manifest.json", "convert it with `edge-run convert`")
         return Candidate(path.name, m.quant, None, m.parameter_count, format=m.format, path=path,
-                         context_length=m.context_length)
+                         context_length=m.context_length, tuning=_artifact_tuning(path, m))
     if not path.is_file():
         raise ArtifactError(f"artifact {path} does not exist", "pass an existing .gguf file")
     shape = shape_from_gguf(path)
     if m is None:
-        return Candidate(path.stem, "?", shape, sum(t.ne0 * t.ne1 for t in shape.tensors), path=path)
+        return Candidate(path.stem, "?", shape, sum(t.ne0 * t.ne1 for t in shape.tensors), path=path,
+                         tuning=_artifact_tuning(path, None))
     entry = (m.quality or {}).get(CORPUS_KEY)
     refs = ((m.quant, entry),) if isinstance(entry, dict) and "bpb" in entry else ()
     return Candidate(_model_name(path, m), m.quant, shape, m.parameter_count, path=path,
-                     context_length=m.context_length, references=refs)
+                     context_length=m.context_length, references=refs, tuning=_artifact_tuning(path, m))
 
 
 # ------------------------------------------------------------------------------------------ picking
@@ -250,10 +271,13 @@ class PickResult:
     pick: Row
     binding: str  # what stops a better pick, one sentence
     counterfactuals: tuple[str, ...]
+    purpose: str = "text"  # one of PURPOSES
+    note: str = ""  # for a chat: why the pick is not the best fit by quality, or that it is not chat-tuned
 
     def to_dict(self) -> dict[str, Any]:
         return {"profile": self.profile.name, "budget_mib": round(self.budget_mib, 1), "ctx": self.ctx,
-                "min_tps": self.min_tps, "cache_type": self.cache_type, "pick": self.pick.to_dict(),
+                "min_tps": self.min_tps, "cache_type": self.cache_type, "for": self.purpose,
+                "pick": self.pick.to_dict(), "pick_note": self.note or None,
                 "binding_constraint": self.binding, "counterfactuals": list(self.counterfactuals),
                 "candidates": [r.to_dict() for r in self.rows]}
 
@@ -322,13 +346,18 @@ def evaluate(c: Candidate, profile: DeviceProfile, ctx: int, min_tps: float = 0.
 
 
 def pick(profile: DeviceProfile, candidates: list[Candidate], ctx: int = 2048, min_tps: float = 0.0,
-         cache_type: str = "f16", headroom_mib: float | None = None, min_ctx: int | None = None) -> PickResult:
+         cache_type: str = "f16", headroom_mib: float | None = None, min_ctx: int | None = None,
+         purpose: str = "text") -> PickResult:
     """The best-quality candidate that fits; NothingFitsError names the smallest pairing and its need.
 
     ``cache_type`` "auto": every pairing with an f16 KV cache and with each of KV_DIMENSION (ranked below its
     f16 twin at equal quality, so a quantized cache is only picked where it makes a better pairing fit).
     ``min_ctx`` < ``ctx``: a pairing that fits only at a shorter context is ranked at the longest one that fits
-    down to ``min_ctx`` (the user allows trading context for quality; by default the context is a requirement)."""
+    down to ``min_ctx`` (the user allows trading context for quality; by default the context is a requirement).
+    ``purpose`` "chat": the best instruction-tuned pairing that fits (CHAT_ORDER), with a note when the best fit
+    by quality is not tuned."""
+    if purpose not in PURPOSES:
+        raise UsageError(f"--for {purpose!r} is not a purpose", f"choose from: {', '.join(PURPOSES)}")
     if ctx < 16:
         raise UsageError(f"--ctx {ctx} is too small", "pass a context of at least 16 tokens")
     if cache_type != "auto" and cache_type not in CACHE_BYTES:
@@ -355,10 +384,17 @@ def pick(profile: DeviceProfile, candidates: list[Candidate], ctx: int = 2048, m
     fitting = [r for r in rows if r.fits]
     if not fitting:
         raise nothing_fits(profile, rows, budget, ctx, min_tps)
-    choice = fitting[0]
-    binding, counter = explain(profile, rows, choice, budget, ctx, min_tps, cache_type, _estimate, _fits,
+    best = fitting[0]
+    choice, note, pool = best, "", rows
+    if purpose == "chat":
+        choice = min(fitting, key=lambda r: CHAT_ORDER[r.candidate.tuning.kind])  # the first of the most tuned
+        note = chat_note(rows, best, choice)
+        # what stops a better pick among the pairings at least as chat-ready as the choice
+        pool = [r for r in rows if CHAT_ORDER[r.candidate.tuning.kind] <= CHAT_ORDER[choice.candidate.tuning.kind]]
+    binding, counter = explain(profile, pool, choice, budget, ctx, min_tps, cache_type, _estimate, _fits,
                                kv_auto=requested == "auto")
-    return PickResult(profile, budget, ctx, min_tps, requested, tuple(rows), choice, binding, tuple(counter))
+    return PickResult(profile, budget, ctx, min_tps, requested, tuple(rows), choice, binding, tuple(counter),
+                      purpose, note)
 
 
 def _kv_ok(c: Candidate, cache_type: str) -> bool:
@@ -377,9 +413,10 @@ def _shorter(r: Row, profile: DeviceProfile, min_ctx: int, min_tps: float, cache
 # ------------------------------------------------------------------------------------------ run --profile
 
 def resolve_for_run(profile_name: str, models: Path | None, artifact: Path | None,
-                    ctx: int) -> tuple[Path, dict[str, Any]]:
-    """What `edge-run run --profile NAME` loads: the pick under ``models`` (converted first when it is a
-    planned pairing), or ``artifact`` once it is checked to fit the profile."""
+                    ctx: int, purpose: str = "text") -> tuple[Path, dict[str, Any]]:
+    """What `edge-run run --profile NAME` loads: the pick under ``models`` for ``purpose`` (converted first when
+    it is a planned pairing), or ``artifact`` once it is checked to fit the profile. ``info["note"]``: the chat
+    pick's note (src/edge_run/runtime/pick/explain.py chat_note), "" when there is nothing to say."""
     from edge_run.runtime.profiles import get_profile
 
     profile = get_profile(profile_name)
@@ -390,12 +427,13 @@ def resolve_for_run(profile_name: str, models: Path | None, artifact: Path | Non
     else:
         raise UsageError("--profile needs --models DIR (or an artifact to check)",
                          "pass --models with converted artifacts or checkpoints")
-    result = pick(profile, candidates, ctx)
+    result = pick(profile, candidates, ctx, purpose=purpose)
     chosen = result.pick.candidate
     path = chosen.path if chosen.path is not None else convert_planned(chosen)
     info = {"profile": profile.name, "model": chosen.model, "quant": chosen.quant, "converted": chosen.planned,
             "estimate_mib": round(result.pick.estimate.total_mib, 1) if result.pick.estimate else None,
-            "budget_mib": round(result.budget_mib, 1), "binding_constraint": result.binding}
+            "budget_mib": round(result.budget_mib, 1), "binding_constraint": result.binding, "for": purpose,
+            "tuning": chosen.tuning.kind, "note": result.note}
     return path, info
 
 

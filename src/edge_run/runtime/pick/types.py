@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_run.core.tuning import UNKNOWN, Tuning
 from edge_run.runtime.estimate.gguf import MemoryEstimate, ModelShape
 from edge_run.runtime.pick.prior import Quality
 
@@ -34,6 +35,8 @@ class Candidate:
     cache_type: str = ""  # KV cache type of this pairing ("" = the pick's --cache-type); see picker.KV_DIMENSION
     # KV cache type -> measured BPB change of this model with that cache vs f16 (same text, same weights)
     kv_deltas: tuple[tuple[str, float], ...] = field(default=(), repr=False, compare=False)
+    # instruction-tuned / base / unknown (src/edge_run/core/tuning.py): a pick for chat prefers a tuned model
+    tuning: Tuning = field(default=Tuning(UNKNOWN), compare=False)
 
     @property
     def planned(self) -> bool:
@@ -55,7 +58,7 @@ class Candidate:
                 "path": str(self.path) if self.path else None,
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None,
                 "parameter_count": self.n_params, "context_length": self.trained_ctx, "manifest": self.has_manifest,
-                "imatrix": self.imatrix, "cache_type": self.cache_type or None}
+                "imatrix": self.imatrix, "cache_type": self.cache_type or None, **self.tuning.to_dict()}
 
 
 @dataclass(frozen=True)
