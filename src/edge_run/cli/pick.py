@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from edge_run.cli._common import console, err_console, print_json, progress_bars
+from edge_run.core.tuning import BASE, INSTRUCT, UNKNOWN
 from edge_run.runtime.eval.store import QualityStore
 from edge_run.runtime.pick.picker import PickResult, gather_candidates, pick
 from edge_run.runtime.pick.quality import measure_command
@@ -26,6 +27,8 @@ def pick_cmd(
     min_ctx: int = typer.Option(None, "--min-ctx", min=16,
                                 help="allow trading context for quality: rank pairings that fit only at a shorter "
                                      "context, down to this one (default: --ctx is a requirement)"),
+    purpose: str = typer.Option("text", "--for", help="text: the best quality that fits; chat (as `chat`, `serve`, "
+                                "`run --chat` pick): an instruction-tuned model first"),
     as_json: bool = typer.Option(False, "--json"),
     plot: Path = typer.Option(None, "--plot", help="write quality vs memory (PNG) with budget and Pareto frontier"),
     measure: bool = typer.Option(False, "--measure", help="measure the quality the ranking needs first (stored)"),
@@ -37,11 +40,11 @@ def pick_cmd(
     store = QualityStore.default()
     dev = get_profile(profile)
     result = pick(dev, gather_candidates(models, store=store), ctx=ctx, min_tps=min_tps, cache_type=cache_type,
-                  min_ctx=min_ctx)
+                  min_ctx=min_ctx, purpose=purpose)
     if measure:
         _measure(result, store, chunks, min(slice_chunks, chunks), budget_seconds, quiet=as_json)
         result = pick(dev, gather_candidates(models, store=store), ctx=ctx, min_tps=min_tps, cache_type=cache_type,
-                      min_ctx=min_ctx)
+                      min_ctx=min_ctx, purpose=purpose)
     for problem in dict.fromkeys(store.problems):
         err_console.print(f"note: {problem}", markup=False, soft_wrap=True)  # one line each, as long as it is
     if plot is not None:
@@ -86,7 +89,7 @@ def _measure(result: PickResult, store: QualityStore, chunks: int, slice_chunks:
 
 
 def _print(r: PickResult, models: str) -> None:
-    table = Table("pairing", "load", "weights", "KV", "compute", "total MiB", "fits", "BPB", "tok/s", "max ctx",
+    table = Table("pairing", "load", "weights", "KV", "compute", "total MiB", "fits", "BPB", "chat", "tok/s", "max ctx",
                   "why not",
                   title=f"{r.profile.description}: budget {r.budget_mib:.0f} MiB at ctx {r.ctx}")
     for row in r.rows:
@@ -96,18 +99,25 @@ def _print(r: PickResult, models: str) -> None:
         at = f" @ctx {row.ctx}" if row.ctx else ""
         table.add_row(f"{mark}{row.candidate.label}{at}", e.load_mode or "-", f"{e.weights_mib:.0f}", f"{e.kv_mib:.0f}",
                       f"{e.compute_mib:.0f}", f"{e.total_mib:.0f}", "yes" if row.fits else "no",
-                      row.quality.label, f"{row.tps:.1f}", str(row.max_ctx or ""), row.reason)
+                      row.quality.label, CHAT_MARKS[row.candidate.tuning.kind], f"{row.tps:.1f}",
+                      str(row.max_ctx or ""), row.reason)
     console.print(table)
     console.print("BPB* = predicted from the same model's measured quality and the pairing's tensor-type mix; "
-                  "unmeasured = nothing of that model is measured (ranked below every measured model)")
+                  "unmeasured = nothing of that model is measured (ranked below every measured model); chat: tuned = "
+                  "instruction-tuned, base = base model, ? = not known (--for chat picks a tuned model first)")
     for cmd in dict.fromkeys(measure_command(row.candidate, r.profile.name, models)
                              for row in r.rows if row.quality.unmeasured):
         console.print(f"measure the unmeasured: {cmd}", markup=False)
     at = f" at ctx {r.pick.ctx} (--min-ctx)" if r.pick.ctx else ""
     console.print(f"pick: {r.pick.candidate.label}{at}, BPB {r.pick.quality.label} ({r.pick.quality.basis}), "
                   f"binding constraint: {r.binding}", markup=False)
+    if r.note:
+        console.print(f"for chat: {r.note}", markup=False)
     for note in r.counterfactuals:
         console.print(f"  - {note}")
+
+
+CHAT_MARKS = {INSTRUCT: "tuned", BASE: "base", UNKNOWN: "?"}
 
 
 def register(app: typer.Typer) -> None:
