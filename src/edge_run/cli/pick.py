@@ -112,7 +112,7 @@ def _print(r: PickResult, models: str) -> None:
     console.print(f"pick: {r.pick.candidate.label}{at}, BPB {r.pick.quality.label} ({r.pick.quality.basis}), "
                   f"binding constraint: {r.binding}", markup=False)
     if r.note:
-        console.print(f"for chat: {r.note}", markup=False)
+        console.print(f"note: {r.note}", markup=False)
     for note in r.counterfactuals:
         console.print(f"  - {note}")
 
