@@ -4,6 +4,7 @@ rootfs cache key, the one-line errors when the tools are missing, and the CLI's 
 from __future__ import annotations
 
 import ctypes
+import json
 import mmap
 import os
 import subprocess
@@ -67,6 +68,7 @@ def test_parse_json_reads_the_indented_object_after_other_output() -> None:
 @pytest.mark.parametrize(("args", "needle"), [
     (["--cpus", "cortex-a9"], "unknown cpu cortex-a9"),
     (["--rss-ctx", "512,big"], "--rss-ctx"),
+    (["--only", "clusters"], "--only 'clusters' is not a step"),
 ])
 def test_cli_usage_errors(args: list[str], needle: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "tools.arm_check", *args], cwd=ROOT, capture_output=True, text=True,
@@ -84,3 +86,29 @@ def test_every_board_runs_a_bundle_that_exists_and_expects_its_cores_features() 
         assert profile.arch == "arm64"
         if board.cpu == arm_check.HOME_CPU[board.profile]:  # the bundle's own board: same features as the profile
             assert tuple(sorted(profile.simd)) == board.simd
+
+
+def test_only_cluster_replaces_its_rows_and_keeps_the_full_legs_others(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def row(what: str, ok: bool = True, artifact: str = "") -> dict[str, object]:
+        return {"cpu": "cortex-a72", "what": what, "artifact": artifact, "ok": ok}
+
+    out = tmp_path / "arm_check.json"
+    out.write_text(json.dumps({"leg_seconds": 1130, "rows": [row("install pi4-4gb bundle"), row("run ctx 512", True,
+                                                                                            "Q8_0")], "failed": 0}))
+    monkeypatch.setitem(arm_check.SETTINGS, "steps", ("cluster",))
+    new = {"leg_seconds": 300, "cluster_step_seconds": 120.0, "failed": 1,
+           "rows": [row("install pi4-4gb bundle"), row("cluster: x86 host + 2 workers", False, "Q4_K_M")]}
+    merged = arm_check.merge_partial(out, new)
+    assert [(r["what"], r["artifact"]) for r in merged["rows"]] == [
+        ("run ctx 512", "Q8_0"), ("install pi4-4gb bundle", ""), ("cluster: x86 host + 2 workers", "Q4_K_M")]
+    assert merged["leg_seconds"] == 1130 and merged["failed"] == 1 and merged["cluster_step_seconds"] == 120.0
+    assert merged["partial"]["steps"] == ["cluster"] and merged["partial"]["seconds"] == 300
+
+
+def test_the_cluster_step_runs_a_bundle_and_quant_the_leg_has() -> None:
+    from tools import arm_cluster
+
+    assert arm_check.CLUSTER_QUANT in arm_check.GGUF_QUANTS
+    assert arm_check.HOME_CPU[arm_check.CLUSTER_PROFILE] == arm_cluster.WORKER_CPU
+    assert arm_check.WORKER_INSTALL == ("--worker",)

@@ -1,7 +1,7 @@
 """The emulated ARM leg: Pi bundles installed and run in an arm64 Debian rootfs under qemu-user, per Pi CPU.
 
     python -m tools.arm_check [--cpus cortex-a72,cortex-a53,cortex-a76,max] [--out results/arm_check.json]
-                              [--rss-out results/arm_rss.json]
+                              [--rss-out results/arm_rss.json] [--only cluster]
     make arm-check
 
 What it does (see tools/arm_rootfs.py for the rootfs and how commands run in it):
@@ -16,6 +16,11 @@ What it does (see tools/arm_rootfs.py for the rootfs and how commands run in it)
     build run there anyway dies with SIGILL.
  5. Peak RSS of the Q4_0 / Q4_K_M / Q8_0 runs at ctx 512 and 2048 (guest memory only: tools/arm_rss.py)
     against src/edge_run/runtime/estimate/gguf.py for pi4-4gb (cortex-a72) and pi5-8gb (cortex-a76).
+ 6. Cluster (tools/arm_cluster.py): the Pi 4 bundle is installed with `install.sh --worker` (its
+    edge-run-worker.service must hold the worker's command line); two aarch64 `edge-run worker`s from it on
+    cortex-a72, and an x86 `edge-run run --cluster` splitting SmolLM2 Q4_K_M across them over loopback: the
+    text must equal the single x86 process's, and each worker must end cleanly on SIGTERM.
+    `--only cluster` runs this step alone (with the install it needs) and merges its rows into --out.
 A table is printed at the end; exit status 0 only when every row passes. Emulated timings mean nothing and are
 not reported, except the leg's own wall time.
 """
@@ -68,6 +73,10 @@ BOARDS: dict[str, Board] = {b.cpu: b for b in (
 NEGATIVE = ("pi5-8gb", "cortex-a72")
 HOME_CPU = {"pi4-4gb": "cortex-a72", "pi5-8gb": "cortex-a76"}  # where each bundle is installed
 RSS_ONLY_TOKENS = 2  # the ctx-2048 runs add memory rows: two tokens reach the peak (the KV cache is allocated)
+STEPS = ("runs", "cluster")  # --only picks one; "runs": detect, answers, negative, memory
+CLUSTER_PROFILE, CLUSTER_QUANT = "pi4-4gb", "Q4_K_M"
+WORKER_INSTALL = ("--worker",)  # loopback 127.0.0.1:50052 (the unit's defaults); the leg's workers use free ports
+SETTINGS["steps"] = STEPS
 
 
 @dataclass
@@ -217,9 +226,54 @@ def detect_row(root: Path, board: Board, prefix: str) -> Row:
     return row
 
 
-def install(root: Path, profile: str, cpu: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return arm_rootfs.run_emulated(root, cpu, ["sh", f"/opt/bundles/{profile}/install.sh"], timeout=1800,
+def install(root: Path, profile: str, cpu: str, env: dict[str, str] | None = None,
+            args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return arm_rootfs.run_emulated(root, cpu, ["sh", f"/opt/bundles/{profile}/install.sh", *args], timeout=1800,
                                    env={"EDGE_RUN_PREFIX": f"/opt/{profile}", "PIP_NO_COMPILE": "1", **(env or {})})
+
+
+# ------------------------------------------------------------------------------------------- cluster
+
+def worker_unit_row(root: Path, prefix: str) -> Row:
+    """install.sh --worker wrote the worker's unit where systemd reads it, with the command line it runs."""
+    want = f'ExecStart={prefix}/venv/bin/edge-run worker --threads 4 --host "127.0.0.1" --port "50052"'
+    try:
+        lines = (root / "etc" / "systemd" / "system" / "edge-run-worker.service").read_text().splitlines()
+    except OSError as e:
+        return Row(HOME_CPU[CLUSTER_PROFILE], "worker unit (install.sh --worker)", detail=str(e))
+    got = next((ln for ln in lines if ln.startswith("ExecStart=")), "")
+    return Row(HOME_CPU[CLUSTER_PROFILE], "worker unit (install.sh --worker)", ok=got == want, answer=got[10:],
+               detail=f"expected {want[10:]}")
+
+
+def cluster_row(root: Path, prefix: str, arts: dict[str, Path], ref: dict[str, str]) -> Row:
+    """Two emulated aarch64 workers, an x86 host splitting the model across them: the x86 text (arm_cluster.py)."""
+    from tools import arm_cluster
+
+    cpu, key = arm_cluster.WORKER_CPU, CLUSTER_QUANT
+    row = Row(cpu, f"cluster: x86 host + {arm_cluster.WORKERS} workers", key)
+    t0 = time.monotonic()
+    try:
+        with arm_cluster.emulated_workers(root, prefix) as workers:
+            started = time.monotonic() - t0
+            spec = ",".join(f"{CLUSTER_PROFILE}@{w.endpoint}" for w in workers)
+            rc, data, err = run_json([*edge_run_cmd(), "run", str(arts[key]), "-p", PROMPT, "-n",
+                                      str(SETTINGS["tokens"]), "--ctx", "512", "--threads", str(THREADS),
+                                      "--cluster", spec, "--json"], timeout=1800)
+    except (EdgeRunError, subprocess.TimeoutExpired) as e:
+        row.detail = str(e)[:200]
+        return row
+    clean = all(w.stopped_cleanly for w in workers)
+    row.rc, row.answer = rc, data.get("text", "")
+    row.equal_x86 = rc == 0 and row.answer == ref[key]
+    row.ok = bool(row.equal_x86) and clean and "Paris" in row.answer
+    nodes = data.get("cluster", {}).get("nodes", [])
+    row.detail = (f"layers {'/'.join(str(n.get('layers')) for n in nodes)}; workers stopped cleanly on SIGTERM: "
+                  f"{clean}" if rc == 0 else (err.splitlines() or ["no output"])[-1][:200])
+    row.extra = {"quant": key, "ctx": 512, "x86_text": ref[key], "cluster": data.get("cluster"),
+                 "workers": [w.banner for w in workers], "workers_start_s": round(started, 1),
+                 "seconds": round(time.monotonic() - t0, 1)}
+    return row
 
 
 def negative_rows(root: Path, arts: dict[str, Path]) -> list[Row]:
@@ -253,13 +307,20 @@ def group_rows(pristine: Path, profile: str, boards: list[Board], arts: dict[str
                 shutil.copy2(manifest, dest.with_name(manifest.name))
         shutil.copytree(bundle(arts, work, profile), root / "opt" / "bundles" / profile)
         cpu = HOME_CPU[profile]
-        log(f"install {profile} bundle on {cpu}")
-        proc = install(root, profile, cpu)
+        worker = profile == CLUSTER_PROFILE and "cluster" in SETTINGS["steps"]
+        args = WORKER_INSTALL if worker else ()
+        log(f"install {profile} bundle on {cpu} {' '.join(args)}")
+        proc = install(root, profile, cpu, args=args)
         rows.append(Row(cpu, f"install {profile} bundle", ok=proc.returncode == 0, rc=proc.returncode,
-                        answer=(proc.stderr.strip().splitlines() or [""])[-1][:120]))
+                        answer=(proc.stderr.strip().splitlines() or [""])[-1][:120], detail=" ".join(args)))
         if proc.returncode != 0:
             return rows, idle
         prefix = f"/opt/{profile}"
+        if worker:
+            log(f"cluster: {profile} workers on {HOME_CPU[profile]}, x86 host")
+            rows += [logged(worker_unit_row(root, prefix)), logged(cluster_row(root, prefix, arts, ref))]
+        if "runs" not in SETTINGS["steps"]:
+            return rows, idle
         for board in boards:
             log(f"{board.cpu}: detect + runs ({profile} build)")
             rows.append(logged(detect_row(root, board, prefix)))
@@ -299,6 +360,24 @@ def rss_table(rows: list[Row], arts: dict[str, Path], idle_qemu_mib: float) -> l
 
 # ------------------------------------------------------------------------------------------------ main
 
+def merge_partial(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """--only STEP: this run's rows replace the previous full leg's rows of the same (cpu, step, artifact); the
+    others are kept, and ``partial`` says which steps this run redid and when."""
+    try:
+        prev = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return summary
+
+    def key(r: dict[str, Any]) -> tuple[str, str, str]:
+        return r["cpu"], r["what"], r["artifact"]
+    new = {key(r) for r in summary["rows"]}
+    rows = [r for r in prev.get("rows", []) if key(r) not in new] + summary["rows"]
+    partial = {"steps": list(SETTINGS["steps"]), "seconds": summary["leg_seconds"],
+               "date": time.strftime("%Y-%m-%d %H:%M"), "failed": summary["failed"]}
+    return {**prev, "rows": rows, "failed": sum(1 for r in rows if not r["ok"] and not r["what"].startswith("rss")),
+            "cluster_step_seconds": summary["cluster_step_seconds"], "partial": partial}
+
+
 def print_table(rows: list[Row]) -> None:
     head = ("cpu", "step", "artifact", "answer", "= x86", "rc", "ok")
     body = [(r.cpu, r.what, Path(r.artifact).name[:28], repr(r.answer[:40]),
@@ -323,6 +402,8 @@ def leg(cpus: list[str], out: Path, rss_out: Path, negative: bool = True, rss_ga
         ref = x86_reference(arts)
         groups = {profile: [BOARDS[c] for c in cpus if BOARDS[c].profile == profile]
                   for profile in bundle_profiles({BOARDS[c].profile for c in cpus}, negative)}
+        if "runs" not in SETTINGS["steps"]:  # --only cluster: the Pi 4 bundle, installed as a worker
+            groups = {CLUSTER_PROFILE: []}
         with ThreadPoolExecutor(len(groups)) as pool:  # one bundle and rootfs copy per group, run side by side
             results = list(pool.map(lambda g: group_rows(pristine, g[0], g[1], arts, ref, work), groups.items()))
         rows = [r for group_rows_, _ in results for r in group_rows_]
@@ -342,9 +423,15 @@ def leg(cpus: list[str], out: Path, rss_out: Path, negative: bool = True, rss_ga
     summary = {"leg_seconds": round(leg_s), "rootfs_build_seconds": round(rootfs_s), "cold_rootfs": rootfs_s > 0,
                "prompt": PROMPT, "n_tokens": SETTINGS["tokens"], "x86_reference": ref,
                "rows": [asdict(r) for r in rows], "failed": len(failed)}
+    cluster_s = [r.extra["seconds"] for r in rows if r.what.startswith("cluster") and "seconds" in r.extra]
+    summary["cluster_step_seconds"] = cluster_s[0] if cluster_s else None
+    if tuple(SETTINGS["steps"]) != STEPS:
+        summary = merge_partial(out, summary)
     qemu_idle = {"qemu_idle_python_mib": round(idle.qemu_mib, 1),
                  "idle_python_guest_mib": round(idle.guest_peak_mib, 1)} if idle else {}
-    for path, data in ((out, summary), (rss_out, {**qemu_idle, "rows": table})):
+    outputs = ((out, summary), (rss_out, {**qemu_idle, "rows": table})) if "runs" in SETTINGS["steps"] else \
+        ((out, summary),)
+    for path, data in outputs:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -365,7 +452,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="fail the leg when a memory row is more than 5%% off the estimate (default: report it)")
     ap.add_argument("--no-negative", action="store_true",
                     help="skip the Pi 5 build on cortex-a72 check (it needs the Pi 5 bundle too)")
+    ap.add_argument("--only", help=f"one step of {', '.join(STEPS)} (with the installs it needs); its rows replace "
+                                   "the same rows in --out")
     args = ap.parse_args(argv)
+    if args.only is not None and args.only not in STEPS:
+        print(f"error: --only {args.only!r} is not a step. choose from {', '.join(STEPS)}", file=sys.stderr)
+        return 2
+    SETTINGS["steps"] = (args.only,) if args.only else STEPS
     cpus = [c.strip() for c in args.cpus.split(",") if c.strip()]
     try:
         SETTINGS["rss_ctx"] = tuple(int(c) for c in args.rss_ctx.split(","))
