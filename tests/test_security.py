@@ -81,8 +81,17 @@ def _calls_and_imports(path: Path) -> tuple[set[str], list[ast.Call]]:
     return imported, [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
 
 
-# the one module that opens a socket: `edge-run serve` binds its listener (test_server_only_listens_on_loopback)
-LISTENERS = {"src/edge_run/runtime/serve/server.py": {"socket"}}
+# The modules that may use sockets, each for one reason: `edge-run serve` binds its listener
+# (test_server_only_listens_on_loopback) and reads the host's own names for its Host allowlist; the cluster talks
+# only to the workers the user listed (--cluster) and `edge-run worker` binds its listener (loopback unless told).
+LISTENERS = {
+    "src/edge_run/runtime/serve/server.py": {"socket"},
+    "src/edge_run/runtime/serve/guard.py": {"socket"},
+    "src/edge_run/runtime/cluster/worker.py": {"socket"},
+    "src/edge_run/runtime/cluster/links.py": {"socket"},
+    "src/edge_run/runtime/cluster/host.py": {"socket"},
+    "src/edge_run/runtime/cluster/probe.py": {"socket"},
+}
 
 
 def test_package_has_no_unpickling_or_network_code() -> None:
