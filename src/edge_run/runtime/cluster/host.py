@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edge_run.core.errors import ClusterError, UsageError
+from edge_run.core.errors import ArtifactError, ClusterError, InsufficientMemoryError, UsageError
 from edge_run.runtime.backends import Backend, LoadOptions, open_backend
 from edge_run.runtime.backends.base import physical_cores
 from edge_run.runtime.cluster import native
@@ -159,16 +159,18 @@ class Cluster:
         protocol = native.load_rpc().protocol
         return [probe(endpoint, protocol, timeout or self.timeout) for endpoint in self.spec.endpoints]
 
-    def place(self, artifact: Path, n_ctx: int, cache_type: str = "f16", n_batch: int = 512) -> Placement:
-        """Check the workers, plan the split of ``artifact`` (compute buffers for ``n_batch``-token batches, as
-        loaded) and get the workers' llama.cpp devices."""
+    def place(self, artifact: Path, n_ctx: int, cache_type: str = "f16", n_batch: int = 512,
+              logits_all: bool = False) -> Placement:
+        """Check the workers, plan the split of ``artifact`` (compute scratch for ``n_batch``-token batches, as
+        loaded, with every token's logits when ``logits_all``) and get the workers' llama.cpp devices."""
         from edge_run.core.formats import artifact_format
         from edge_run.runtime.estimate.gguf import shape_from_gguf
 
         if artifact_format(Path(artifact)) != "gguf":
             raise UsageError("--cluster splits GGUF models only (llama.cpp's RPC backend)", "pass a .gguf artifact")
         shape = shape_from_gguf(Path(artifact))
-        plan = plan_cluster(self.spec, shape, n_ctx, cache_type, n_batch=n_batch)
+        plan = plan_cluster(self.spec, shape, n_ctx, cache_type, n_batch=n_batch,
+                            n_outputs=n_batch if logits_all else 1, file_bytes=Path(artifact).stat().st_size)
         workers = self.check_workers()
         counts = {s.node.endpoint: s.count for s in plan.shares if s.node.endpoint}
         devices: list[int] = []
@@ -181,12 +183,20 @@ class Cluster:
 
     def open(self, artifact: Path, load: LoadOptions) -> tuple[Backend, Placement]:
         """``open_backend`` over the cluster: ``load`` with the placement's layers and devices (mmap on: the
-        workers' weights pass through the host's page cache once, on their way out)."""
-        placement = self.place(Path(artifact), load.n_ctx, load.cache_type, load.n_batch)
+        workers' weights pass through the host's page cache once, on their way out, and a model abandoned to a
+        lost worker (recover.py) keeps only reclaimable file pages of its embeddings)."""
+        placement = self.place(Path(artifact), load.n_ctx, load.cache_type, load.n_batch, load.logits_all)
         options = replace(load, n_gpu_layers=placement.n_gpu_layers, tensor_split=placement.tensor_split,
                           mmap="on")
         with self.watchdog.watching(), native.model_devices(list(placement.devices)):
-            return open_backend(Path(artifact), options), placement
+            try:
+                return open_backend(Path(artifact), options), placement
+            except ArtifactError as e:  # the file passed its checks: what failed is a worker's allocation
+                raise InsufficientMemoryError(
+                    f"llama.cpp could not load {Path(artifact).name} over the cluster: a worker refused the memory "
+                    "of its share (a memory limit below the plan, or the board is short of memory)",
+                    "`edge-run cluster check` shows each worker's free memory; add a node or lower --ctx "
+                    "(EDGE_RUN_DEBUG=1 shows llama.cpp's log)") from e
 
 
 def open_cluster_session(artifact: Path, cluster: Cluster, options: Any) -> tuple[Backend, Placement]:

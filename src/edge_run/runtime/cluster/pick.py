@@ -81,7 +81,7 @@ class ClusterPick:
 def split_speed(plan: ClusterPlan, shape: ModelShape, link: Link, position: int = 512,
                 cache_type: str = "f16") -> float:
     """Predicted decode tokens/s of ``plan`` (module docstring)."""
-    total = sum(s.weight_mib for s in plan.shares) or 1.0
+    total = sum(s.weight_mib for s in plan.shares if s.count) or 1.0
     t = PER_TOKEN_OVERHEAD_S
     workers = [s for s in plan.shares if s.count and not s.node.is_host]
     for s in plan.shares:
