@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from edge_run.core.errors import NothingFitsError
+from edge_run.core.errors import NothingFitsError, UsageError
+from edge_run.core.tuning import BASE, INSTRUCT, UNKNOWN, Tuning
 from edge_run.runtime.estimate.gguf import ModelShape, TensorInfo
 from edge_run.runtime.estimate.quant_mix import tensor_bytes, tensor_type
 from edge_run.runtime.pick.picker import Candidate, pick
@@ -104,3 +106,56 @@ def test_pick_cli_end_to_end(tiny_checkpoint: Callable[[str], Path], tmp_path: P
     res = cli("run", "--profile", "pi-3b", "--models", tmp_path, "--ctx", "256", "-p", "The", "-n", "3", "--json")
     assert res.code == 0, res.stderr
     assert json.loads(res.stdout)["pick"]["quant"] == data["pick"]["quant"]
+
+
+# ------------------------------------------------------------------------------------------ a pick for chat
+
+def tuned(kinds: dict[str, str]) -> list[Candidate]:
+    """CANDIDATES with each model's tuning (model -> instruct | base; others unknown)."""
+    return [replace(c, tuning=Tuning(kinds.get(c.model, UNKNOWN), "test")) for c in CANDIDATES]
+
+
+def test_a_chat_pick_prefers_an_instruction_tuned_model_and_says_why() -> None:
+    cands = tuned({"l3b": BASE, "l8b": BASE, "s135m": INSTRUCT, "s360m": INSTRUCT, "s1.7b": INSTRUCT})
+    text = pick(get_profile("pi4-4gb"), cands, ctx=2048)
+    chat = pick(get_profile("pi4-4gb"), cands, ctx=2048, purpose="chat")
+    assert (text.pick.candidate.model, text.pick.candidate.quant) == GOLDEN["pi4-4gb"] and text.note == ""
+    # the best instruction-tuned pairing that fits: the same ranking, restricted to tuned models
+    best_tuned = next(r for r in chat.rows if r.fits and r.candidate.tuning.kind == INSTRUCT)
+    assert chat.pick is best_tuned and chat.pick.candidate.model == "s1.7b"
+    assert chat.note == ("the best fit, l3b Q4_K_M (planned), is a base model (no chat tuning); for chat, picked "
+                         f"{best_tuned.candidate.label}")
+    assert chat.to_dict()["for"] == "chat" and chat.to_dict()["pick"]["tuning"] == INSTRUCT
+    # the binding constraint and counterfactuals speak of the tuned pairings only (the base ones fit anyway)
+    assert chat.binding == "none: the best-quality candidate fits"
+    assert chat.counterfactuals and not any("l3b" in c or "l8b" in c for c in chat.counterfactuals)
+
+
+def test_a_chat_pick_keeps_a_base_model_when_no_tuned_one_fits_and_says_so() -> None:
+    cands = tuned({"s135m": BASE, "s360m": INSTRUCT, "s1.7b": INSTRUCT, "l3b": INSTRUCT, "l8b": INSTRUCT})
+    chat = pick(get_profile("pi-zero-2w"), cands, ctx=2048, purpose="chat")
+    assert (chat.pick.candidate.model, chat.pick.candidate.quant) == GOLDEN["pi-zero-2w"]
+    smallest = next(r for r in chat.rows if r.candidate.label == "s360m Q2_K (planned)")
+    assert not smallest.fits
+    assert chat.note == ("the pick, s135m Q4_K_M (planned), is a base model (no chat tuning); no instruction-tuned "
+                         f"candidate fits (the smallest, s360m Q2_K (planned): {smallest.reason})")
+    none_tuned = pick(get_profile("pi-zero-2w"), tuned({"s135m": BASE}), ctx=2048, purpose="chat")
+    assert none_tuned.pick.candidate.model == "s135m" and "no candidate is instruction-tuned" in none_tuned.note
+
+
+def test_a_chat_pick_takes_an_unknown_model_before_a_base_one_and_nothing_changes_for_tuned_best() -> None:
+    cands = tuned({"l3b": BASE, "s1.7b": UNKNOWN})
+    chat = pick(get_profile("pi4-4gb"), [c for c in cands if c.model in ("l3b", "s1.7b")], ctx=2048, purpose="chat")
+    assert chat.pick.candidate.model == "s1.7b"
+    assert chat.note.startswith("the best fit, l3b Q4_K_M (planned), is a base model (no chat tuning); for chat, "
+                                f"picked {chat.pick.candidate.label}, not known to be instruction-tuned, and no "
+                                "candidate is instruction-tuned")
+    all_tuned = pick(get_profile("pi4-4gb"), tuned(dict.fromkeys([f[0] for f in FAMILY], INSTRUCT)), ctx=2048,
+                     purpose="chat")
+    assert (all_tuned.pick.candidate.model, all_tuned.pick.candidate.quant) == GOLDEN["pi4-4gb"]
+    assert all_tuned.note == ""
+
+
+def test_an_unknown_purpose_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="--for 'poem'"):
+        pick(get_profile("pi4-4gb"), CANDIDATES, ctx=2048, purpose="poem")
