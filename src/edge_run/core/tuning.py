@@ -185,7 +185,7 @@ def _templates(value: Any) -> str | None:
     if isinstance(value, str):
         return value
     if isinstance(value, list):  # [{"name": "default", "template": "..."}, ...]
-        texts = [t.get("template") for t in value if isinstance(t, dict) and isinstance(t.get("template"), str)]
+        texts = [t["template"] for t in value if isinstance(t, dict) and isinstance(t.get("template"), str)]
         return "\n".join(texts) if texts else None
     return None
 
