@@ -11,6 +11,11 @@ libllama / libggml that llama-cpp-python installed, for side-by-side benchmarks.
 Only `common` (~60 files) and the three tools are compiled; the model code, ggml and its CPU kernels are the
 shared libraries of the installed wheel (rpath), so both sides of a comparison run the same machine code.
 Nothing of llama.cpp is committed to edge-run. ``python -m tools.llama_tools`` builds and prints the paths.
+
+    wbin/llama-bench-rpc            (llama_bench_rpc) llama-bench's objects + libggml-rpc.so: the RPC backend of the
+                                    same source built with -DGGML_RPC=ON (runtime/cluster/build.py, the library
+                                    `edge-run worker` and `--cluster` load), registered before main as a
+                                    GGML_RPC=ON libggml registers it, so `--rpc host:port,...` works
 """
 
 from __future__ import annotations
@@ -158,6 +163,49 @@ def llama_tools(version: str | None = None, jobs: int | None = None) -> LlamaToo
         _build(tools, jobs or os.cpu_count() or 2)
         done.write_text(json.dumps({"version": version, "targets": list(TARGETS), "lib": str(wheel_lib_dir())}) + "\n")
     return tools
+
+
+RPC_SHIM = """// edge-run (tools/llama_tools.py): llama.cpp's RPC backend in the registry before main, as libggml
+// does when built with GGML_RPC=ON; llama-bench then finds it by name ("RPC") for --rpc
+#include "ggml-backend.h"
+#include "ggml-rpc.h"
+__attribute__((constructor)) static void edge_run_register_rpc(void) { ggml_backend_register(ggml_backend_rpc_reg()); }
+"""
+
+
+def llama_bench_rpc(version: str | None = None) -> Path:
+    """llama-bench with llama.cpp's RPC client (``--rpc``), linked against the wheel's libraries and the
+    libggml-rpc.so edge-run's cluster code uses (built first if needed)."""
+    from edge_run.runtime.bundle.elf import read_elf
+    from edge_run.runtime.cluster.build import build_rpc_library
+
+    tools = llama_tools(version)
+    rpc = build_rpc_library(tools.version)
+    out = tools.binary("llama-bench-rpc")
+    done = tools.root / "rpc-done.json"
+    want = {"rpc_library": str(rpc.path), "ggml_version": rpc.ggml_version, "protocol": list(rpc.protocol)}
+    with _lock(tools.root.parent / f"{tools.version}-rpc.lock"):
+        with contextlib.suppress(OSError, ValueError):
+            if out.exists() and json.loads(done.read_text()) == want:
+                return out
+        src, obj = tools.source, tools.root / "obj"
+        shim = obj / "edge-run-rpc-shim.cpp"
+        shim.write_text(RPC_SHIM)
+        includes = [f"-I{src / d}" for d in ("common", "include", "ggml/include", "vendor")]
+        _run(["c++", *CXX_FLAGS, *includes, "-c", str(shim), "-o", str(shim.with_suffix(".o"))])
+        own = [c for c in sorted((src / TOOL_SOURCES["llama-bench"]).glob("*.cpp"))]
+        objs = sorted(str(o) for o in obj.glob("*.o") if not o.name.startswith(("tools__", "edge-run-")))
+        objs += [str(obj / (str(c.relative_to(src)).replace("/", "__") + ".o")) for c in own]
+        lib = wheel_lib_dir()
+        # beside the binary under its soname (libggml-rpc.so.0 on PyPI's build): the name the binary will need
+        soname = read_elf(rpc.path).soname or rpc.path.name
+        shutil.copyfile(rpc.path, out.parent / soname)
+        tmp = out.with_name(out.name + ".tmp")
+        _run(["c++", "-pthread", "-o", str(tmp), str(shim.with_suffix(".o")), *objs, f"-L{lib}", f"-Wl,-rpath,{lib}",
+              *[f"-l{name}" for name in WHEEL_LIBS], str(out.parent / soname), "-Wl,-rpath,$ORIGIN"])
+        tmp.rename(out)
+        done.write_text(json.dumps(want) + "\n")
+    return out
 
 
 if __name__ == "__main__":
