@@ -389,3 +389,36 @@ def test_split_speed_adds_the_nodes_and_the_network(tiny_gguf: Path) -> None:
     fast, slow = Link(1000.0, 0.1), Link(10.0, 5.0)
     assert split_speed(two, shape, fast) < split_speed(one, shape, fast)  # one more hop per token
     assert split_speed(two, shape, slow) < split_speed(two, shape, fast)
+
+
+@pytest.mark.zoo
+def test_pick_cluster_delegates_to_the_cluster_planner(
+        cli: Callable[..., object], zoo_gguf_dir: Callable[[str, str], Path], tmp_path: Path) -> None:
+    models = zoo_gguf_dir("smollm2-135m", "Q8_0").parent
+    zoo_gguf_dir("smollm2-135m", "Q4_K_M")
+    split = cli("pick", "--cluster", _tight_cluster(tmp_path, 300), "--models", models, "--ctx", "1024")
+    assert split.code == 0, split.stderr  # type: ignore[attr-defined]
+    lines = split.stdout.splitlines()  # type: ignore[attr-defined]
+    assert lines[0].startswith("smollm2-135m Q8_0 needs ") and "split 16/15 layers over" in lines[0]
+    assert "the best single-board pairing is smollm2-135m Q4_K_M" in lines[0]
+    assert lines[1].split()[:3] == ["node", "layers", "weights"] and len(lines) == 5  # header, host, 2 workers
+    both = cli("pick", "--cluster", "pi4-4gb@10.0.0.2:50052", "--profile", "pi4-4gb", "--models", models)
+    neither = cli("pick", "--models", models)
+    for r in (both, neither):
+        assert r.code == 2 and "one of --profile or --cluster" in r.stderr  # type: ignore[attr-defined]
+
+
+def test_uneven_boards_get_uneven_shares(tiny_gguf: Path) -> None:
+    from edge_run.runtime.cluster.plan import deal, plan_cluster
+    from edge_run.runtime.cluster.spec import parse_inline
+    from edge_run.runtime.estimate.gguf import shape_from_gguf
+
+    assert deal([7892.0, 1748.0, 3796.0], 33) == [20, 4, 9]  # an 8B's 32 layers + output over 8 / 2 / 4 GB
+    assert deal([1.0] * 5, 33) == [7, 7, 7, 6, 6] and deal([1.0, 100.0], 3) == [1, 2]  # at least one each
+    shape = shape_from_gguf(tiny_gguf)
+    plan = plan_cluster(parse_inline("pi4-8gb,pi4-2gb@127.0.0.1:1,pi4-4gb@127.0.0.1:2"), shape, 256)
+    counts = [s.count for s in plan.shares]
+    assert counts == [2, 1, 1]
+    host, *workers = plan.shares
+    assert host.weight_mib > sum(w.weight_mib for w in workers) / len(workers)  # its layers and the embeddings
+    assert all(s.need_mib >= s.run_mib and s.peak_rss_mib >= s.need_mib for s in plan.shares)

@@ -28,9 +28,10 @@ LINK = re.compile(r"(?<!!)\[[^\]]*\]\((?P<target>[^)\s]+)\)|!\[[^\]]*\]\((?P<ima
 
 
 def generators() -> dict[str, Callable[[], str]]:
-    from tools import gen_docs_code, gen_docs_results, gen_docs_shapes
+    from tools import gen_docs_cluster, gen_docs_code, gen_docs_results, gen_docs_shapes
 
-    both = {**gen_docs_code.GENERATORS, **gen_docs_results.GENERATORS, **gen_docs_shapes.GENERATORS}
+    both = {**gen_docs_code.GENERATORS, **gen_docs_results.GENERATORS, **gen_docs_shapes.GENERATORS,
+            **gen_docs_cluster.GENERATORS}
     return {name: functools.cache(make) for name, make in both.items()}
 
 

@@ -115,6 +115,29 @@ def check(
         raise ClusterError(f"{len(bad)} of {len(rows)} workers failed the check", "see the rows above")
 
 
+def pick_over_cluster(cluster: str, models: Path, ctx: int, cache_type: str = "f16", as_json: bool = False,
+                      link: Any = None) -> None:
+    """`pick --cluster` and `cluster pick`: runtime/cluster/pick.py's answer, its reason and the split table."""
+    from edge_run.runtime.cluster.pick import pick_cluster
+    from edge_run.runtime.cluster.spec import load_cluster
+    from edge_run.runtime.pick.picker import gather_candidates
+
+    cache = "f16" if cache_type == "auto" else cache_type
+    result = pick_cluster(load_cluster(cluster), gather_candidates(models), ctx, link, cache)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    sys.stdout.write(result.why + "\n")
+    if result.pick.plan is None:
+        return
+    heads = (("node", 40), ("layers", 6), ("weights", 9), ("KV", 8), ("other", 8), ("need", 8), ("budget", 8))
+    sys.stdout.write(" ".join(f"{h:<{w}}" if h == "node" else f"{h:>{w}}" for h, w in heads) + "\n")
+    for r in result.pick.plan.to_dict():
+        budget = f"{r['budget_mib']:>4.0f} MiB" if r["budget_mib"] else "       -"
+        sys.stdout.write(f"{r['node']:<40} {r['layers'] + r['output_layer']:>6} {r['weight_mib']:>5.0f} MiB "
+                         f"{r['kv_mib']:>4.0f} MiB {r['other_mib']:>4.0f} MiB {r['need_mib']:>4.0f} MiB {budget}\n")
+
+
 @app.command("pick")
 def pick(
     cluster: str = typer.Argument(..., help="cluster FILE, NAME, or profile@host:port,... inline"),
@@ -125,22 +148,9 @@ def pick(
     as_json: bool = typer.Option(False, "--json", help="print the pick, the split and every candidate as JSON"),
 ) -> None:
     """The best pairing the cluster can serve: on one board when it fits one, else split (with the table)."""
-    from edge_run.runtime.cluster.pick import Link, pick_cluster
-    from edge_run.runtime.cluster.spec import load_cluster
-    from edge_run.runtime.pick.picker import gather_candidates
+    from edge_run.runtime.cluster.pick import Link
 
-    result = pick_cluster(load_cluster(cluster), gather_candidates(models), ctx, Link(bandwidth, rtt_ms))
-    if as_json:
-        print_json(result.to_dict())
-        return
-    sys.stdout.write(result.why + "\n")
-    if result.pick.plan is not None:
-        heads = zip(("layers", "weights", "KV", "other", "need", "budget"), (6, 9, 8, 8, 8, 8), strict=True)
-        sys.stdout.write(f"{'node':<40} " + " ".join(f"{h:>{w}}" for h, w in heads) + "\n")
-        for r in result.pick.plan.to_dict():
-            sys.stdout.write(f"{r['node']:<40} {r['layers'] + r['output_layer']:>6} {r['weight_mib']:>5.0f} MiB "
-                             f"{r['kv_mib']:>4.0f} MiB {r['other_mib']:>4.0f} MiB {r['need_mib']:>4.0f} MiB "
-                             f"{r['budget_mib']:>4.0f} MiB\n")
+    pick_over_cluster(cluster, models, ctx, "f16", as_json, Link(bandwidth, rtt_ms))
 
 
 def register(root: typer.Typer) -> None:

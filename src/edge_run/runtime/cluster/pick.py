@@ -94,7 +94,7 @@ def split_speed(plan: ClusterPlan, shape: ModelShape, link: Link, position: int 
     return 1.0 / t
 
 
-def _headroom(spec: ClusterSpec) -> ClusterSpec:
+def with_headroom(spec: ClusterSpec) -> ClusterSpec:
     """Each node's budget less the single-board picker's headroom (its fraction of the node's own budget, so a
     budget set in the cluster file keeps its proportion)."""
     from edge_run.runtime.pick.picker import HEADROOM_FRACTION, HEADROOM_MIN_MIB
@@ -138,7 +138,7 @@ def pick_cluster(spec: ClusterSpec, candidates: list[Candidate], ctx: int = 2048
     if not candidates:
         raise UsageError("no candidates to pick from", "pass --models DIR holding artifacts or checkpoints")
     link = link or Link()
-    budgeted = _headroom(spec)
+    budgeted = with_headroom(spec)
     rows = sorted((evaluate(c, budgeted, ctx, link, cache_type) for c in candidates), key=lambda r: r.rank)
     running = [r for r in rows if r.runs]
     if not running:
