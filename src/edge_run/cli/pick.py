@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from edge_run.cli._common import console, err_console, print_json, progress_bars
+from edge_run.core.errors import UsageError
 from edge_run.core.tuning import BASE, INSTRUCT, UNKNOWN
 from edge_run.runtime.eval.store import QualityStore
 from edge_run.runtime.pick.picker import PickResult, gather_candidates, pick
@@ -17,7 +18,7 @@ from edge_run.runtime.profiles import get_profile
 
 
 def pick_cmd(
-    profile: str = typer.Option(..., "--profile", help="profile name, a .toml path, or 'auto'"),
+    profile: str = typer.Option(None, "--profile", help="profile name, a .toml path, or 'auto'"),
     ctx: int = typer.Option(2048, "--ctx", min=16, help="context the pairing must hold"),
     min_tps: float = typer.Option(0.0, "--min-tps", min=0.0, help="minimum predicted decode tokens/s"),
     models: Path = typer.Option(Path("models"), "--models", help="folder of .gguf artifacts and HF checkpoints"),
@@ -35,8 +36,17 @@ def pick_cmd(
     budget_seconds: float = typer.Option(None, "--budget-seconds", min=1.0, help="with --measure: time budget"),
     chunks: int = typer.Option(20, "--chunks", min=1, help="with --measure: chunks of 512 tokens per model"),
     slice_chunks: int = typer.Option(4, "--slice-chunks", min=1, help="with --measure: chunks per pairing"),
+    cluster: str = typer.Option(None, "--cluster", help="pick for boards together instead of --profile: a cluster "
+                                "FILE, NAME or profile@host:port,... (one board when a pairing fits one, else split)"),
 ) -> None:
     """Show every candidate (memory, fit, quality, speed) and pick the best one that fits."""
+    if (profile is None) == (cluster is None):
+        raise UsageError("pick needs one of --profile or --cluster", "e.g. --profile pi5-8gb, or --cluster "
+                         "pi4-4gb@10.0.0.2:50052,pi4-4gb@10.0.0.3:50052")
+    if cluster is not None:
+        from edge_run.cli.cluster import pick_over_cluster
+
+        return pick_over_cluster(cluster, models, ctx, cache_type, as_json)
     store = QualityStore.default()
     dev = get_profile(profile)
     result = pick(dev, gather_candidates(models, store=store), ctx=ctx, min_tps=min_tps, cache_type=cache_type,
