@@ -32,7 +32,13 @@ def serve_command(
                                         "(repeatable; * for any)"),
     ctx: int = typer.Option(None, "--ctx", "-c", min=16, help="context length (default 2048 or the trained one)"),
     threads: int = typer.Option(None, "--threads", "-t", min=1, help="default: physical cores"),
-    queue: int = typer.Option(16, "--queue", min=0, help="requests that may wait while one generates"),
+    queue: int = typer.Option(16, "--queue", min=0, help="requests that may wait while every slot generates"),
+    parallel: int = typer.Option(None, "--parallel", "-np",
+                                 help="GGUF: requests generated together in one batch, each slot with its own --ctx "
+                                      "of KV cache (default: as many as fit in memory, up to 4). ONNX artifacts "
+                                      "are served one request at a time (a FIFO queue)"),
+    draft: str = typer.Option(None, "--draft", help="GGUF: speculative decoding, ngram (prompt lookup: drafts the "
+                              "tokens that followed the text's last words earlier on; the output is unchanged)"),
     force: bool = typer.Option(False, "--force", help="load even if the memory estimate exceeds available memory"),
     cluster: str = typer.Option(None, "--cluster", help="split the model over edge-run workers (as `run --cluster`); "
                                 "a lost worker fails its request with 503 and the next request reconnects"),
@@ -45,15 +51,17 @@ def serve_command(
     except ImportError as e:
         raise UsageError(f"edge-run serve needs the serve extra ({e.name} is not installed)",
                          "pip install 'edge-run[serve]'") from e
-    from edge_run.runtime.session import SessionOptions, open_session, resolve_artifact
+    from edge_run.runtime.pick.resolve import resolve_artifact
+    from edge_run.runtime.session import DEFAULT_CTX, SessionOptions, open_session
 
     if api_key is not None:
         check_api_key(api_key)
-    path, _ = resolve_artifact(artifact, profile, models, ctx)
+    path, _ = resolve_artifact(artifact, profile, models, ctx or DEFAULT_CTX)
+    n_slots = _slots(path, ctx, parallel, draft, force, cluster)
     sock = bind(host, port)  # before loading: a busy port (or a malformed name) fails fast
     try:
         access = access_policy(sock.getsockname()[0], allow_host, cors, api_key)
-        options = SessionOptions(ctx=ctx, threads=threads, force=force)
+        options = SessionOptions(ctx=ctx, threads=threads, force=force, parallel=n_slots, draft=draft or "")
         opened = open_session(path, options) if cluster is None else _cluster_backend(path, options, cluster)
         with opened as backend:
             model_id = path.name
@@ -63,13 +71,33 @@ def serve_command(
             url = f"http://{'[' + bound_host + ']' if ':' in bound_host else bound_host}:{bound_port}"
 
             def ready() -> None:
-                for line in startup_lines(host, url, model_id, backend.n_ctx, queue, api_key):
+                for line in startup_lines(host, url, model_id, backend.n_ctx, queue, api_key, n_slots):
                     print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout, flush=True)
 
             run_server(state, sock, ready)
     finally:
         sock.close()
     print("edge-run serve: stopped", flush=True)
+
+
+def _slots(path: Path, ctx: int | None, parallel: int | None, draft: str | None, force: bool,
+           cluster: str | None) -> int:
+    """The slot count (runtime/serve/capacity.py); --draft and --parallel checked against the artifact first."""
+    from edge_run.runtime.artifacts.formats import row_for
+    from edge_run.runtime.backends.speculative import check_draft
+    from edge_run.runtime.serve.capacity import choose_parallel
+    from edge_run.runtime.session import resolve_context
+
+    if draft is not None:
+        check_draft(draft)
+        if row_for(path).name != "gguf":
+            raise UsageError(f"--draft {draft} needs a GGUF artifact", "drop --draft, or serve a .gguf")
+    if cluster is not None:
+        if parallel is not None and parallel != 1:
+            raise UsageError("--parallel with --cluster is not supported: a cluster serves one request at a time",
+                             "drop --parallel")
+        return 1
+    return choose_parallel(path, resolve_context(path, ctx), parallel, force)
 
 
 def _cluster_backend(path: Path, options: SessionOptions, cluster: str) -> Backend:

@@ -1,14 +1,16 @@
 """The OpenAI-compatible HTTP API over one loaded model (Starlette routes, sse-starlette streams).
 
-    GET  /health                 model loaded, RSS, queue depth (no key needed: for probes)
+    GET  /health                 model loaded, RSS, queue depth, slots (no key needed: for probes)
+    GET  /metrics                Prometheus text: requests, queue, slots, tokens, latency histograms (metrics.py)
     GET  /v1/models[/{id}]       the one model
     POST /v1/chat/completions    messages -> the model's chat template -> generation (SSE stream or one JSON)
     POST /v1/completions         raw prompt -> generation
 
 Every error is OpenAI's ``{"error": {...}}`` JSON with its status; nothing a client sends stops the server.
 The event loop only moves bytes: parsing, the chat template and tokenizing run on preparation threads
-(worker.Preparer), generation on the worker thread, so /health answers while either is busy. Host and Origin
-are checked before any route (guard.py).
+(worker.Preparer), generation on the worker thread (one request at a time: worker.Worker; with a GGUF
+loaded for N > 1 sequences, N at once: slots.BatchWorker), so /health answers while either is busy. Host and
+Origin are checked before any route (guard.py).
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from edge_run.core.errors import ClusterError, EdgeRunError
 from edge_run.runtime.backends import Backend, GenerationParams, GenerationResult
 from edge_run.runtime.serve.guard import AccessGuard, AccessPolicy
+from edge_run.runtime.serve.metrics import Metrics
 from edge_run.runtime.serve.schema import (
     MAX_BODY_BYTES,
     MAX_MESSAGES,
@@ -47,6 +50,7 @@ from edge_run.runtime.serve.schema import (
     parse_completion,
     parse_json,
 )
+from edge_run.runtime.serve.slots import BatchWorker
 from edge_run.runtime.serve.worker import Job, Preparer, QueueFull, ShuttingDown, Worker
 
 SHUTDOWN_GRACE_S = 5.0  # how long a stream may take to end after shutdown began (it ends within one token)
@@ -67,7 +71,12 @@ class ServerState:
     def __init__(self, backend: Backend, config: ServerConfig) -> None:
         self.backend = backend
         self.config = config
-        self.worker = Worker(backend, config.max_waiting)
+        self.worker: Worker | BatchWorker
+        if getattr(backend, "n_seq", 1) > 1:
+            self.worker = BatchWorker(backend, config.max_waiting)  # type: ignore[arg-type]
+        else:
+            self.worker = Worker(backend, config.max_waiting)
+        self.metrics = Metrics()
         self.preparer = Preparer(PREPARE_THREADS, config.max_waiting)
         # compared as digests: constant time whatever the header's length or bytes
         self._key_digest = hashlib.sha256(config.api_key.encode()).digest() if config.api_key else None
@@ -124,13 +133,15 @@ class ServerState:
                                 seed=req.seed, stop=req.stop)
 
     def enqueue(self, tokens: list[int], params: GenerationParams) -> Job:
-        job = Job(tokens=tokens, params=params, loop=asyncio.get_running_loop())
+        job = Job(tokens=tokens, params=params, loop=asyncio.get_running_loop(), metrics=self.metrics)
         try:
             self.worker.submit(job)
         except QueueFull as e:
+            self.metrics.ended(job.clock, "rejected")
             raise ApiError(503, f"the server is busy ({self.worker.max_waiting} requests waiting); retry later",
                            "queue_full", type_="server_error", headers={"Retry-After": str(e.retry_after_s)}) from e
         except ShuttingDown as e:
+            self.metrics.ended(job.clock, "shutdown")
             raise _shutting_down() from e
         return job
 
@@ -174,11 +185,30 @@ class ServerState:
         report = {"status": "ok", "model": self.config.model_id, "model_loaded": True,
                   "rss_mib": round(self.process.memory_info().rss / 2**20, 1), "queue_depth": self.worker.queue_depth,
                   "generating": self.worker.busy, "completed": self.worker.completed, "n_ctx": self.backend.n_ctx}
+        if isinstance(self.worker, BatchWorker):
+            active, total = self.worker.slots
+            report["slots"] = {"active": active, "total": total}
         cluster_health = getattr(self.backend, "cluster_health", None)
         if cluster_health is not None:  # serve --cluster: which worker is gone (runtime/cluster/recover.py)
             report["cluster"] = cluster_health()
             report["status"] = report["cluster"]["status"]
         return report
+
+    def metrics_text(self) -> str:
+        active, total = self.worker.slots if isinstance(self.worker, BatchWorker) else (int(self.worker.busy), 1)
+        draft_counts = getattr(self.worker if isinstance(self.worker, BatchWorker) else self.backend, "draft_counts",
+                               None)
+        drafted, accepted = draft_counts() if draft_counts is not None else (0, 0)
+        return self.metrics.render({
+            "queue_depth": ("Requests waiting for a slot.", self.worker.queue_depth),
+            "slots_active": ("Slots generating now.", active),
+            "slots_total": ("Slots (serve --parallel).", total),
+            "draft_tokens_total": ("Draft tokens evaluated by speculative decoding.", drafted),
+            "draft_tokens_accepted_total": ("Draft tokens kept (equal to the model's own).", accepted),
+            "draft_acceptance_ratio": ("Kept / evaluated draft tokens (0 without drafts).",
+                                       accepted / drafted if drafted else 0.0),
+            "process_resident_memory_bytes": ("Resident set size.", self.process.memory_info().rss),
+        })
 
     def model_card(self) -> dict[str, Any]:
         return {"id": self.config.model_id, "object": "model", "created": self.created, "owned_by": "edge-run"}
@@ -276,6 +306,9 @@ def build_app(state: ServerState) -> ASGIApp:
     async def health(request: Request) -> Response:
         return JSONResponse(state.health())
 
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(state.metrics_text(), media_type="text/plain; version=0.0.4")
+
     async def models(request: Request) -> Response:
         state.check_auth(request)
         return JSONResponse({"object": "list", "data": [state.model_card()]})
@@ -340,6 +373,7 @@ def build_app(state: ServerState) -> ASGIApp:
 
     routes = [
         Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),

@@ -39,13 +39,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def startup_lines(host: str, url: str, model_id: str, n_ctx: int, queue: int, api_key: str | None) -> list[str]:
+def startup_lines(host: str, url: str, model_id: str, n_ctx: int, queue: int, api_key: str | None,
+                  slots: int = 1) -> list[str]:
     """What `edge-run serve` says once it listens: one warning line when it is reachable from the network
     without a key, then where it serves."""
     lines = []
     if not is_loopback(host) and api_key is None:
         lines.append(f"warning: listening on {host} without --api-key: anyone on the network can use the model")
-    lines.append(f"edge-run serve: {model_id} on {url}/v1 (ctx {n_ctx}, queue {queue}"
+    parallel = f"{slots} slots of ctx {n_ctx}" if slots > 1 else f"ctx {n_ctx}"
+    lines.append(f"edge-run serve: {model_id} on {url}/v1 ({parallel}, queue {queue}"
                  f"{', API key required' if api_key else ''}); Ctrl-C stops")
     return lines
 

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from edge_run.core.errors import EdgeRunError
 from edge_run.runtime.backends import Backend, GenerationParams, GenerationResult
+from edge_run.runtime.serve.metrics import JobClock, Metrics
 
 T = TypeVar("T")
 
@@ -46,9 +47,24 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    metrics: Metrics | None = None
+    clock: JobClock = field(default_factory=JobClock)
+    token_events: bool = False  # the worker reports each token ("token"); else each text piece counts as one
 
     def emit(self, kind: str, value: Any) -> None:
-        """Called from the worker thread: hand one event to the request's coroutine."""
+        """Called from the worker thread: hand one event to the request's coroutine ("token" events only feed
+        the metrics)."""
+        metrics = self.metrics
+        if metrics is not None:
+            if kind == "token" or (kind == "text" and not self.token_events):
+                metrics.token(self.clock)
+            elif kind == "done":
+                cancelled = value is None or value.finish_reason == "cancelled"
+                metrics.ended(self.clock, "cancelled" if cancelled else "ok", value.completion_tokens if value else 0)
+            elif kind == "error":
+                metrics.ended(self.clock, "shutdown" if isinstance(value, ShuttingDown) else "error")
+        if kind == "token":
+            return
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
 
