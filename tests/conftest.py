@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_run.runtime import planning
+from edge_run.core import planning
 
 from .tiny_models import make_tiny_checkpoint, train_tokenizer
 

@@ -79,7 +79,7 @@ def test_cli_usage_errors(args: list[str], needle: str) -> None:
 
 
 def test_every_board_runs_a_bundle_that_exists_and_expects_its_cores_features() -> None:
-    from edge_run.runtime.profiles import get_profile
+    from edge_run.profiles.devices import get_profile
 
     for board in arm_check.BOARDS.values():
         profile = get_profile(board.profile)

@@ -78,7 +78,8 @@ def test_flash_attention_modes(tiny_gguf: Path, mode: str, enabled: bool) -> Non
     """auto (the default, as llama.cpp's tools) enables flash attention on the CPU; off disables it."""
     import llama_cpp
 
-    from edge_run.runtime.backends import LoadOptions, open_backend
+    from edge_run.runtime.artifacts.formats import open_backend
+    from edge_run.runtime.backends import LoadOptions
 
     with open_backend(tiny_gguf, LoadOptions(n_ctx=64, n_threads=1, flash_attn=mode)) as b:
         want = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if enabled else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -87,7 +88,8 @@ def test_flash_attention_modes(tiny_gguf: Path, mode: str, enabled: bool) -> Non
 
 def test_quantized_kv_cache_refuses_flash_attention_off(tiny_gguf: Path, cli: Callable) -> None:
     from edge_run.core.errors import UsageError
-    from edge_run.runtime.backends import LoadOptions, open_backend
+    from edge_run.runtime.artifacts.formats import open_backend
+    from edge_run.runtime.backends import LoadOptions
 
     with pytest.raises(UsageError, match="needs flash attention"):
         open_backend(tiny_gguf, LoadOptions(n_ctx=64, n_threads=1, cache_type="q8_0", flash_attn="off"))

@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 
 from edge_run.core.errors import InputError
+from edge_run.profiles.devices import get_profile, list_profiles
 from edge_run.runtime.bundle import BASELINES, baseline_for_profile, baseline_named, missing_features
 from edge_run.runtime.bundle.baselines import best_baseline_for_cpu
 from edge_run.runtime.bundle.build import render
 from edge_run.runtime.bundle.elf import read_elf
 from edge_run.runtime.bundle.wheel import write_wheel
 from edge_run.runtime.bundle.wheelhouse import device_platforms
-from edge_run.runtime.profiles import get_profile, list_profiles
 
 # Features lines as the Linux kernel prints them (arch/arm64/kernel/cpuinfo.c hwcap names). Pi 4: Cortex-A72
 # (Armv8.0: no dotprod, no fp16 arithmetic); Pi 5: Cortex-A76 (Armv8.2 + dotprod + fp16). Lists as in Marcin

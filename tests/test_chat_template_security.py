@@ -184,7 +184,8 @@ def families(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="module")
 def opened() -> Iterator[Callable[[Path], Any]]:
-    from edge_run.runtime.backends import LoadOptions, open_backend
+    from edge_run.runtime.artifacts.formats import open_backend
+    from edge_run.runtime.backends import LoadOptions
 
     backends: dict[Path, Any] = {}
 

@@ -27,7 +27,8 @@ def test_run_is_deterministic_when_greedy(tiny_gguf: Path, cli: Callable[..., Cl
 
 
 def test_chat_uses_the_template(tiny_gguf: Path, cli: Callable[..., CliResult]) -> None:
-    from edge_run.runtime.backends import LoadOptions, open_backend
+    from edge_run.runtime.artifacts.formats import open_backend
+    from edge_run.runtime.backends import LoadOptions
 
     with open_backend(tiny_gguf, LoadOptions(n_ctx=64)) as b:
         assert b.chat_prompt("hi") == "<s>user: hi\nassistant:"

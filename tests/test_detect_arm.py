@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_run.runtime.estimate.host import AT_HWCAP, AT_HWCAP2, cpu_core_type, cpu_features, hwcap_features
-from edge_run.runtime.profiles import get_profile
+from edge_run.profiles.devices import get_profile
+from edge_run.profiles.host import AT_HWCAP, AT_HWCAP2, cpu_core_type, cpu_features, hwcap_features
 
 DATA = Path(__file__).parent / "data"
 
 # Bit positions of the Features names in the Linux arm64 uapi header (arch/arm64/include/uapi/asm/hwcap.h);
-# written out here independently of src/edge_run/runtime/estimate/host.py's feature table.
+# written out here independently of src/edge_run/profiles/host.py's feature table.
 HWCAP_BITS = {
     "fp": 0, "asimd": 1, "evtstrm": 2, "aes": 3, "pmull": 4, "sha1": 5, "sha2": 6, "crc32": 7, "atomics": 8,
     "fphp": 9, "asimdhp": 10, "cpuid": 11, "asimdrdm": 12, "jscvt": 13, "fcma": 14, "lrcpc": 15, "dcpop": 16,

@@ -1,5 +1,5 @@
 """`edge-run eval` on a GGUF reads only the scored positions' logits from llama.cpp
-(src/edge_run/runtime/eval/llama_scorer.py):
+(src/edge_run/runtime/backends/gguf_scorer.py):
 the rows equal llama-cpp-python's logits_all output for the same positions, in one batch and split over several,
 and evaluate() takes that path without ever asking the backend for every position's logits.
 
@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_run.runtime.backends import LoadOptions, open_backend
-from edge_run.runtime.eval.llama_scorer import LlamaChunkLogits
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import LoadOptions
+from edge_run.runtime.backends.gguf_scorer import LlamaChunkLogits
 from edge_run.runtime.eval.perplexity import evaluate, load_corpus
 from edge_run.runtime.eval.scoring import log_softmax, rows_nll, token_nll
 

@@ -205,7 +205,8 @@ def test_bad_corpus_is_a_one_line_input_error(kind: str, tiny_gguf: Path, tmp_pa
 
 def test_eval_end_to_end_on_a_tiny_model(tiny_gguf: Path, tmp_path: Path, cli: Callable) -> None:
     """The CLI's numbers equal the definitions applied to llama.cpp's own logits, and land in the manifest."""
-    from edge_run.runtime.backends import LoadOptions, open_backend
+    from edge_run.runtime.artifacts.formats import open_backend
+    from edge_run.runtime.backends import LoadOptions
 
     corpus = tmp_path / "sample.txt"
     text = load_corpus("tinyshakespeare").text[:6000]
@@ -255,7 +256,8 @@ def test_smollm2_q8_0_perplexity_matches_llama_cpp(zoo_gguf_dir: Callable[[str, 
 def test_token_pieces_spell_the_corpus_byte_for_byte(model: str, zoo_gguf_dir: Callable[[str, str], Path]) -> None:
     """BPB divides by the bytes of the scored tokens' pieces: over the whole corpus they must add up to the
     corpus's own UTF-8 size (byte-level BPE and SentencePiece with byte fallback alike)."""
-    from edge_run.runtime.backends import LoadOptions, open_backend
+    from edge_run.runtime.artifacts.formats import open_backend
+    from edge_run.runtime.backends import LoadOptions
 
     corpus = load_corpus("wikitext-2-raw-test")
     with open_backend(zoo_gguf_dir(model, "q8_0"), LoadOptions(n_ctx=64)) as b:

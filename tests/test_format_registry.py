@@ -168,8 +168,8 @@ def test_a_third_format_is_two_rows(ggbin: None, tiny_checkpoint: Callable[[str]
     with pytest.raises(InsufficientMemoryError, match="needs about"):
         format_rows.check_memory(art, 512, available_mib=1)
 
+    from edge_run.profiles.devices import get_profile
     from edge_run.runtime.pick.picker import candidate_for_artifact, pick
-    from edge_run.runtime.profiles import get_profile
 
     result = pick(get_profile("pi4-4gb"), [candidate_for_artifact(art)], ctx=512)
     assert result.pick.fits and result.pick.candidate.format == "ggbin" and result.pick.estimate is not None
@@ -204,9 +204,9 @@ def test_onnx_rows_estimate_and_pick(onnx_art: Path) -> None:
     import onnx
     from onnx import numpy_helper
 
+    from edge_run.profiles.devices import get_profile
     from edge_run.runtime.estimate import onnx as estimate_onnx
     from edge_run.runtime.pick.picker import candidate_for_artifact, pick
-    from edge_run.runtime.profiles import get_profile
 
     art = onnx_art
     m = read_manifest(art)

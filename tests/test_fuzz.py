@@ -225,7 +225,7 @@ def profile_texts(draw: st.DrawFn) -> str:
 
 
 def test_fuzz_profile_parsing(tmp_path: Path, counter: Counter) -> None:
-    from edge_run.runtime.profiles import load_profile_file
+    from edge_run.profiles.devices import load_profile_file
 
     path = tmp_path / "device.toml"
 

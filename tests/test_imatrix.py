@@ -35,7 +35,8 @@ def test_imatrix_equals_transformers_activations(tiny_checkpoint: Callable[[str]
     from transformers import AutoModelForCausalLM
 
     from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
-    from edge_run.runtime.backends import LoadOptions, open_backend
+    from edge_run.runtime.artifacts.formats import open_backend
+    from edge_run.runtime.backends import LoadOptions
 
     ckpt = tiny_checkpoint("llama")
     (f32,) = convert_to_gguf(ckpt, tmp_path, ConvertOptions(quants="f32", name="tiny"))

@@ -3,7 +3,7 @@
     edge_run.core        errors, files, manifests, quant types: imports no other edge_run package
     edge_run.converters  HF checkpoint -> GGUF / ONNX: imports core, never runtime
     edge_run.runtime     estimate, pick, run: imports core, never converters (a planned pairing's shape and
-                         conversion come through src/edge_run/runtime/planning.py's interface, plugged in from above)
+                         conversion come through src/edge_run/core/planning.py's interface, plugged in from above)
     edge_run.cli (and tools/) compose both
 
 Every import statement counts, also one inside a function; a module-level import cycle is an error, and so
@@ -54,22 +54,18 @@ def _resolve(module: str, is_package: bool, level: int, name: str | None) -> str
 
 
 def import_edges(mods: dict[str, Path]) -> list[Edge]:
-    """Edges from each module to the edge_run modules it imports (``from pkg import mod`` counts as mod)."""
+    """Edges from each module to the edge_run modules it imports (``from pkg import mod`` counts as mod).
+    Every import counts: top-level, inside a function (``deferred``) and under ``TYPE_CHECKING``."""
     edges = []
     for mod, path in mods.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         is_package = path.name == "__init__.py"
         deferred_nodes: set[int] = set()
-        typing_only: set[int] = set()
         for fn in ast.walk(tree):
             if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 deferred_nodes.update(id(n) for n in ast.walk(fn) if n is not fn)
-            if isinstance(fn, ast.If) and "TYPE_CHECKING" in ast.unparse(fn.test):
-                typing_only.update(id(n) for stmt in fn.body for n in ast.walk(stmt))
         for node in ast.walk(tree):
             targets: list[str] = []
-            if id(node) in typing_only:  # annotations only: not a dependency at run time
-                continue
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -144,7 +140,7 @@ def test_runtime_library_never_imports_converters() -> None:
 def test_the_planning_interface_is_plugged_in_from_above() -> None:
     """The converter the picker plans with is named by the command layer, and the name resolves to an object
     with every method of runtime.planning.Converter."""
-    from edge_run.runtime import planning
+    from edge_run.core import planning
 
     module, _, attribute = planning.GGUF_CONVERTER.partition(":")
     assert package_of(module) == "converters"
@@ -152,7 +148,7 @@ def test_the_planning_interface_is_plugged_in_from_above() -> None:
     methods = [m for m in vars(planning.Converter) if not m.startswith("_")]
     assert set(methods) == {"plan", "convert", "artifact_path", "f16"}
     assert all(callable(getattr(impl, m, None)) for m in methods)
-    users = {e.src for e in EDGES if e.dst == "edge_run.runtime.planning" and package_of(e.src) in ("cli",)}
+    users = {e.src for e in EDGES if e.dst == "edge_run.core.planning" and package_of(e.src) in ("cli",)}
     assert "edge_run.cli.main" in users
 
 
@@ -200,8 +196,8 @@ def test_every_module_imports_alone() -> None:
 
 
 def test_planning_without_a_converter_says_what_to_plug_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_run.core import planning
     from edge_run.core.errors import UsageError
-    from edge_run.runtime import planning
 
     monkeypatch.setattr(planning, "_SPEC", [])
     planning.converter.cache_clear()
@@ -210,3 +206,60 @@ def test_planning_without_a_converter_says_what_to_plug_in(tmp_path: Path, monke
             planning.checkpoint_plan(tmp_path)
     finally:
         planning.converter.cache_clear()
+
+
+# ------------------------------------------------------------------------------------- the layers table
+# docs/development/layers.md holds one row per package: its job and the edge_run packages it may import. Every
+# import counts (top-level, deferred, TYPE_CHECKING); the table is exact (no missing and no unused entry) and acyclic.
+LAYERS_DOC = ROOT / "docs" / "development" / "layers.md"
+
+
+def group_of(mod: str) -> str:
+    """The table row a module belongs to: a runtime sub-package, the runtime's flat modules, or a top package."""
+    parts = mod.split(".")
+    if len(parts) >= 3 and parts[1] == "runtime" and (SRC / "edge_run" / "runtime" / parts[2]).is_dir():
+        return ".".join(parts[:3])
+    return ".".join(parts[:2])
+
+
+def layers_table() -> dict[str, set[str]]:
+    text = LAYERS_DOC.read_text(encoding="utf-8")
+    rows: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("edge_run"):
+            rows[cells[0]] = set() if cells[2] == "-" else {c.strip() for c in cells[2].split(",")}
+    return rows
+
+
+def group_edges() -> dict[tuple[str, str], list[Edge]]:
+    out: dict[tuple[str, str], list[Edge]] = {}
+    for e in EDGES:
+        if e.src == "edge_run" or e.dst == "edge_run":
+            continue
+        a, b = group_of(e.src), group_of(e.dst)
+        if a != b:
+            out.setdefault((a, b), []).append(e)
+    return out
+
+
+def test_the_layers_table_names_every_package() -> None:
+    table = layers_table()
+    groups = {group_of(m) for m in MODULES if m != "edge_run"}
+    assert set(table) == groups, f"rows to add: {sorted(groups - set(table))}, rows to drop: {sorted(set(table) - groups)}"
+
+
+def test_every_import_is_allowed_by_the_layers_table() -> None:
+    table = layers_table()
+    used = group_edges()
+    bad = [f"{e.src}:{e.line} -> {e.dst}" for (a, b), es in used.items() if b not in table.get(a, set()) for e in es]
+    assert not bad, "imports the layers table does not allow (docs/development/layers.md):\n" + "\n".join(bad)
+    unused = sorted(f"{a} -> {b}" for a, bs in table.items() for b in bs if (a, b) not in used)
+    assert not unused, f"the layers table allows imports nothing makes (remove them): {unused}"
+
+
+def test_the_layers_table_is_acyclic() -> None:
+    table = layers_table()
+    edges = [Edge(a, b, False, 0) for a, bs in table.items() for b in bs if b in table]
+    cycle = find_cycle(sorted(table), edges)
+    assert cycle is None, " -> ".join(cycle)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from edge_run.core.errors import ArtifactError
-from edge_run.runtime.backends import GenerationParams, LoadOptions, open_backend
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import GenerationParams, LoadOptions
 from edge_run.runtime.backends.gguf import GGUFBackend
 from edge_run.runtime.backends.llama_loop import GreedyPick, SamplerChain, make_sampler
 
@@ -86,7 +87,7 @@ def test_prefix_reuse_gives_what_a_fresh_context_gives(tiny_gguf: Path) -> None:
 
 def test_a_cache_cleared_by_the_eval_scorer_is_not_trusted(tiny_gguf: Path) -> None:
     """eval's scorer clears the context's KV cache directly; the loop must notice and evaluate the whole prompt."""
-    from edge_run.runtime.eval.llama_scorer import LlamaChunkLogits
+    from edge_run.runtime.backends.gguf_scorer import LlamaChunkLogits
 
     params = GenerationParams(max_tokens=8, temperature=0.0)
     with open_backend(tiny_gguf, LoadOptions(n_ctx=CTX, n_batch=BATCH, n_threads=2, reuse_prefix=True)) as b:

@@ -10,7 +10,8 @@ import pytest
 
 from edge_run.converters.architectures import ARCHITECTURES
 from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
-from edge_run.runtime.backends import LoadOptions, open_backend
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import LoadOptions
 
 ARCH_KEYS = sorted({spec.key for spec in ARCHITECTURES.values()})
 PROMPTS = [  # token ids: a short one, one longer than gemma3-tiny's sliding window (8), one near ctx

@@ -21,7 +21,8 @@ from edge_run.converters.onnx.convert import OnnxOptions, convert_to_onnx
 from edge_run.core.errors import ArtifactError
 from edge_run.core.fsutil import TEMP_PREFIX, sha256_file
 from edge_run.core.manifest import read_manifest
-from edge_run.runtime.backends import GenerationParams, LoadOptions, open_backend
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import GenerationParams, LoadOptions
 
 from .conftest import CliResult
 from .failure_util import assert_clean_failure

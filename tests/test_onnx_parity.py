@@ -17,7 +17,8 @@ import pytest
 from edge_run.converters.architectures import ARCHITECTURES
 from edge_run.converters.onnx.convert import OnnxOptions, convert_to_onnx
 from edge_run.converters.onnx.quantize import dequantize_rows, quantize_rows
-from edge_run.runtime.backends import GenerationParams, LoadOptions, open_backend
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import GenerationParams, LoadOptions
 
 from .test_logits_parity import PROMPTS
 

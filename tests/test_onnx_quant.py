@@ -18,7 +18,8 @@ from edge_run.converters.onnx.search import search_rows
 from edge_run.core.errors import CorpusError
 from edge_run.core.fsutil import sha256_file
 from edge_run.core.manifest import read_manifest
-from edge_run.runtime.backends import LoadOptions, open_backend
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import LoadOptions
 
 from .test_logits_parity import PROMPTS
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_run.runtime.backends import GenerationParams, LoadOptions, open_backend
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import GenerationParams, LoadOptions
 from edge_run.runtime.eval.perplexity import evaluate, load_corpus
 
 from .conftest import CliResult

@@ -15,7 +15,8 @@ import pytest
 from edge_run.converters.gguf.convert import ConvertOptions, convert_to_gguf
 from edge_run.converters.onnx.convert import OnnxOptions, convert_to_onnx
 from edge_run.converters.onnx.quantize import SCHEMES, dequantize_rows, quantize_rows
-from edge_run.runtime.backends import LoadOptions, open_backend
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import LoadOptions
 from edge_run.runtime.estimate.gguf import shape_from_checkpoint, shape_from_gguf
 
 from .test_logits_parity import F32_REL_TOL, PROMPTS, assert_top1_matches, reference_logits

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from edge_run.core.errors import NothingFitsError
+from edge_run.profiles.devices import get_profile, list_profiles
 from edge_run.runtime.pick.picker import Candidate, pick
 from edge_run.runtime.pick.quant_loss import COST, GAMMA, OUTPUT_WEIGHT, mix_of, predicted_loss
-from edge_run.runtime.profiles import get_profile, list_profiles
 from tools.quant_loss_fit import tensors
 
 from .test_picker import FAMILY, QUANTS, synthetic

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from edge_run.profiles.devices import get_profile
 from edge_run.runtime.eval.store import QualityStore
 from edge_run.runtime.pick.measure import plan
 from edge_run.runtime.pick.picker import Candidate, pick
-from edge_run.runtime.profiles import get_profile
 
 from .conftest import CliResult
 from .test_picker import FAMILY, QUANTS, synthetic

@@ -10,10 +10,10 @@ import pytest
 
 from edge_run.core.errors import NothingFitsError, UsageError
 from edge_run.core.tuning import BASE, INSTRUCT, UNKNOWN, Tuning
+from edge_run.profiles.devices import get_profile, list_profiles
 from edge_run.runtime.estimate.gguf import ModelShape, TensorInfo
 from edge_run.runtime.estimate.quant_mix import tensor_bytes, tensor_type
 from edge_run.runtime.pick.picker import Candidate, pick
-from edge_run.runtime.profiles import get_profile, list_profiles
 
 from .conftest import CliResult
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_run.runtime.profiles import detect, get_profile, list_profiles
+from edge_run.profiles.devices import detect, get_profile, list_profiles
 
 from .conftest import CliResult
 

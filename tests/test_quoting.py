@@ -34,9 +34,9 @@ from edge_run.core.quoting import (
     systemd_word,
     toml_string,
 )
+from edge_run.profiles.devices import parse_profile
 from edge_run.runtime.bundle import baseline_named
 from edge_run.runtime.bundle.build import render
-from edge_run.runtime.profiles import parse_profile
 
 MARK = "MARKER"  # replaced by an absolute path per test: a name that runs code would create that file
 HOSTILE = [

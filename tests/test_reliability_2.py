@@ -244,7 +244,7 @@ def test_a_context_that_does_not_fit_is_a_memory_error(art: Path, cli: Callable[
 ], ids=["MemoryError", "mmap-of-a-library", "bad_alloc", "SIGKILL", "assert", "corrupt-header"])
 def test_header_check_tells_memory_from_corruption(returncode: int, stderr: str, code: int) -> None:
     """The header-check child inherits the memory limit: running out of it is not a corrupt file."""
-    from edge_run.runtime.artifacts.preflight import _failure
+    from edge_run.runtime.backends.preflight import _failure
 
     assert _failure(Path("x.gguf"), returncode, stderr).exit_code == code
 

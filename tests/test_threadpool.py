@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_run.runtime.backends import LoadOptions, open_backend
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import LoadOptions
 from edge_run.runtime.backends.threadpool import ThreadpoolParams
 
 CTX = 64
@@ -64,7 +65,8 @@ import sys
 import numpy as np
 from pathlib import Path
 from edge_run.converters.gguf.half import _ggml_converter, to_f16
-from edge_run.runtime.backends import LoadOptions, open_backend
+from edge_run.runtime.backends import LoadOptions
+from edge_run.runtime.artifacts.formats import open_backend
 assert _ggml_converter() is not None
 to_f16(np.ones(8, dtype=np.float32))  # the converter's libggml-cpu first, as `edge-run convert` loads it
 with open_backend(Path(sys.argv[1]), LoadOptions(n_ctx=32, n_threads=2)) as b:

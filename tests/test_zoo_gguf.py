@@ -14,7 +14,8 @@ import pytest
 
 from edge_run.core.fsutil import sha256_file
 from edge_run.core.manifest import read_manifest
-from edge_run.runtime.backends import GenerationParams, LoadOptions, open_backend
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import GenerationParams, LoadOptions
 from edge_run.runtime.eval.corpora import builtin_corpus_path
 
 pytestmark = pytest.mark.zoo

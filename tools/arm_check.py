@@ -339,8 +339,8 @@ def group_rows(pristine: Path, profile: str, boards: list[Board], arts: dict[str
 # ------------------------------------------------------------------------------------------------- rss
 
 def rss_table(rows: list[Row], arts: dict[str, Path], idle_qemu_mib: float) -> list[dict[str, Any]]:
+    from edge_run.profiles.devices import get_profile
     from edge_run.runtime.estimate.gguf import estimate_memory, shape_from_gguf
-    from edge_run.runtime.profiles import get_profile
 
     table = []
     for r in rows:

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_run.cli.main import main as edge_run
-from edge_run.runtime.backends import GenerationParams, LoadOptions, open_backend
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import GenerationParams, LoadOptions
 from edge_run.runtime.backends.base import physical_cores
 from edge_run.runtime.eval.perplexity import evaluate, load_corpus
 from tools.zoo import zoo_checkpoint

@@ -30,7 +30,8 @@ from typing import Any
 
 from edge_run.converters.onnx.convert import OnnxOptions, convert_to_onnx
 from edge_run.core.fsutil import atomic_write_text, cache_dir
-from edge_run.runtime.backends import GenerationParams, LoadOptions, open_backend
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import GenerationParams, LoadOptions
 from edge_run.runtime.backends.base import physical_cores
 from edge_run.runtime.bench import machine_info, prompt_text
 from tools.zoo import zoo_checkpoint

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_run.core.fsutil import atomic_write_text
-from edge_run.runtime.backends import GenerationParams, LoadOptions, llama_loop, open_backend
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import GenerationParams, LoadOptions, llama_loop
 from edge_run.runtime.backends.base import physical_cores
 from edge_run.runtime.backends.gguf import GGUFBackend
 from tools.bench_vs_llama import machine_info

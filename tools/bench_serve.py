@@ -32,7 +32,8 @@ import httpx
 import psutil
 
 from edge_run.core.fsutil import atomic_write_text, cache_dir
-from edge_run.runtime.backends import Backend, GenerationParams, LoadOptions, open_backend
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import Backend, GenerationParams, LoadOptions
 from edge_run.runtime.bench import machine_info
 from tests.serve_util import free_port
 

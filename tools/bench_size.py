@@ -55,7 +55,7 @@ def artifact(name: str, quant: str, keep_checkpoint: bool) -> Path:
 
 
 def this_machine() -> Any:
-    from edge_run.runtime.profiles import detect, measure_bandwidth_gbs
+    from edge_run.profiles.devices import detect, measure_bandwidth_gbs
 
     return replace(detect(), memory_bandwidth_gbs=measure_bandwidth_gbs(PROBE_SECONDS, PROBE_MIB))
 

@@ -88,7 +88,7 @@ def onnx_schemes() -> str:
 def _shipped_profiles() -> list[Any]:
     from importlib import resources
 
-    from edge_run.runtime.profiles import load_profile_file
+    from edge_run.profiles.devices import load_profile_file
 
     folder = Path(str(resources.files("edge_run.profiles")))
     return [load_profile_file(p) for p in sorted(folder.glob("*.toml"))]

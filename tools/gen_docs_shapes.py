@@ -40,9 +40,9 @@ def _line(profile: str, ctx: int, row: Any, budget: float, fits: bool) -> list[s
 
 def shape_picks() -> str:
     from edge_run.core.errors import NothingFitsError
+    from edge_run.profiles.devices import list_profiles
     from edge_run.runtime.eval.store import QualityStore
     from edge_run.runtime.pick.picker import budget_mib, evaluate, gather_candidates, pick
-    from edge_run.runtime.profiles import list_profiles
     from tools.shapes import SHAPES
 
     rows = []

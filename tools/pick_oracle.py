@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from edge_run.core.errors import NothingFitsError
+from edge_run.profiles.devices import get_profile, list_profiles
 from edge_run.runtime.estimate.gguf import ModelShape, TensorInfo
 from edge_run.runtime.estimate.quant_mix import tensor_bytes, tensor_type
 from edge_run.runtime.pick.picker import Candidate, pick
 from edge_run.runtime.pick.prior import KV_DELTA_BPB
-from edge_run.runtime.profiles import get_profile, list_profiles
 from tools.quant_loss_fit import HPARAMS
 
 CTXS = (512, 2048, 8192)

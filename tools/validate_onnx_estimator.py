@@ -29,7 +29,8 @@ from tools.rss_probe import run_probe
 _PROBE = r"""
 import itertools
 import numpy, onnxruntime, tokenizers
-from edge_run.runtime.backends import GenerationParams, LoadOptions, open_backend
+from edge_run.runtime.backends import GenerationParams, LoadOptions
+from edge_run.runtime.artifacts.formats import open_backend
 path, ctx, n_prompt, corpus = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 base = rollup()
 b = open_backend(path, LoadOptions(n_ctx=ctx, n_threads=2))

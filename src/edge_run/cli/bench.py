@@ -25,7 +25,7 @@ def bench_command(
     """Benchmark an artifact on this machine (pp<N> prefill and tg<N> decode tokens/s, like llama-bench)."""
     from edge_run.cli.cluster import cluster_opener
     from edge_run.core.errors import ArtifactError
-    from edge_run.runtime.backends import open_backend
+    from edge_run.runtime.artifacts.formats import open_backend
     from edge_run.runtime.bench import BenchConfig, bench
     from edge_run.runtime.session import verify
 

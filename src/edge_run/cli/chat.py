@@ -21,7 +21,7 @@ from edge_run.cli._line_reader import LineReader
 from edge_run.cli.cluster import CLUSTER_HELP
 from edge_run.core.errors import ArtifactError, EdgeRunError, UsageError
 from edge_run.runtime.backends import Backend, GenerationParams
-from edge_run.runtime.chat.conversation import Conversation
+from edge_run.runtime.conversation import Conversation
 from edge_run.runtime.prompt import MAX_PROMPT_BYTES, check_prompt_size
 
 HELP = "/reset clears the conversation, /system TEXT sets the system prompt, /exit leaves; " \
@@ -45,11 +45,12 @@ def chat_command(
 ) -> None:
     """Chat with a model in the terminal."""
     from edge_run.cli.cluster import open_model
-    from edge_run.runtime.session import SessionOptions, resolve_artifact
+    from edge_run.runtime.pick.resolve import resolve_artifact
+    from edge_run.runtime.session import DEFAULT_CTX, SessionOptions
 
     if system is not None:
         system = checked_text(system, "--system", sys.getfilesystemencoding(), "pass {} text")
-    path, pick_info = resolve_artifact(artifact, profile, models, ctx)
+    path, pick_info = resolve_artifact(artifact, profile, models, ctx or DEFAULT_CTX)
     if pick_info and pick_info.get("note"):  # the best fit for the profile is not instruction-tuned
         print(f"note: {pick_info['note']}", file=sys.stderr, flush=True)
     params = GenerationParams(max_tokens=max_tokens or 1 << 30, temperature=temperature, top_p=top_p, seed=seed)

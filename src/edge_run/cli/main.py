@@ -16,9 +16,9 @@ from typing import NoReturn
 import typer
 
 from edge_run.cli import _common
+from edge_run.core import planning
 from edge_run.core.errors import EdgeRunError, ResourceError
 from edge_run.core.fsutil import install_signal_handlers
-from edge_run.runtime import planning
 
 COMMAND_MODULES: tuple[str, ...] = (
     "convert",

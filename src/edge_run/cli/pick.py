@@ -11,10 +11,10 @@ from rich.table import Table
 from edge_run.cli._common import console, err_console, print_json, progress_bars
 from edge_run.core.errors import UsageError
 from edge_run.core.tuning import BASE, INSTRUCT, UNKNOWN
+from edge_run.profiles.devices import get_profile
 from edge_run.runtime.eval.store import QualityStore
 from edge_run.runtime.pick.picker import PickResult, gather_candidates, pick
 from edge_run.runtime.pick.quality import measure_command
-from edge_run.runtime.profiles import get_profile
 
 
 def pick_cmd(

@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from edge_run.cli._common import console, print_json
-from edge_run.runtime.profiles import detect, get_profile, list_profiles, user_profile_dir
+from edge_run.profiles.devices import detect, get_profile, list_profiles, user_profile_dir
 
 app = typer.Typer(help=f"Device profiles (add your own as TOML files in {user_profile_dir()}).",
                   no_args_is_help=True)

@@ -10,10 +10,10 @@ import typer
 
 from edge_run.cli._common import closed_or_left_to_exit, print_json
 from edge_run.cli.cluster import CLUSTER_HELP, open_model
-from edge_run.core.errors import UsageError
 from edge_run.runtime.backends import GenerationParams
 from edge_run.runtime.backends.base import physical_cores
 from edge_run.runtime.chat.template import user_turn
+from edge_run.runtime.pick.resolve import resolve_artifact
 from edge_run.runtime.prompt import check_prompt_size
 from edge_run.runtime.session import DEFAULT_CTX, SessionOptions
 
@@ -49,18 +49,11 @@ def run(
 ) -> None:
     """Generate text, streaming it to stdout."""
     text = _read_prompt(prompt, prompt_file)
-    if artifact is None and profile is None:
-        raise UsageError("no artifact given", "pass an artifact path or --profile NAME")
     n_threads = threads or physical_cores()
-    pick_info = None
-    if profile is not None:
-        from edge_run.runtime.pick import picker
-
-        # --chat picks for a chat: an instruction-tuned model first, and a note when the best fit is not one
-        artifact, pick_info = picker.resolve_for_run(profile, models, artifact, ctx or DEFAULT_CTX,
-                                                     "chat" if chat else "text")
-        if pick_info["note"] and not as_json:
-            print(f"note: {pick_info['note']}", file=sys.stderr, flush=True)
+    # --chat picks for a chat: an instruction-tuned model first, and a note when the best fit is not one
+    artifact, pick_info = resolve_artifact(artifact, profile, models, ctx or DEFAULT_CTX, "chat" if chat else "text")
+    if pick_info and pick_info.get("note") and not as_json:
+        print(f"note: {pick_info['note']}", file=sys.stderr, flush=True)
     params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     options = SessionOptions(ctx=ctx, threads=n_threads, force=force, seed=seed, flash_attn=flash_attn, mmap=mmap)
     model, cluster_info = open_model(artifact, options, cluster)

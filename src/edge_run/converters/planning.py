@@ -1,4 +1,4 @@
-"""The converters' side of src/edge_run/runtime/planning.py: a checkpoint's plan (config + safetensors headers, nothing
+"""The converters' side of src/edge_run/core/planning.py: a checkpoint's plan (config + safetensors headers, nothing
 loaded) and GGUF conversion, for the picker to plan and make pairings. The command layer plugs ``CONVERTER`` in
 by name; this package still imports nothing from the runtime (runtime.planning.Converter is a Protocol)."""
 

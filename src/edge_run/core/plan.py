@@ -1,6 +1,6 @@
 """A checkpoint's plan: what a HF checkpoint folder would become once converted, read from its config and
 safetensors headers alone. The converters make it (src/edge_run/converters/planning.py); the runtime's picker and memory
-estimate read it (src/edge_run/runtime/planning.py). It lives here, below both, so neither imports the other."""
+estimate read it (src/edge_run/core/planning.py). It lives here, below both, so neither imports the other."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Device profiles shipped as TOML data files (loaded by edge_run.runtime.profiles)."""
+"""Device profiles shipped as TOML data files (loaded by edge_run.profiles.devices)."""

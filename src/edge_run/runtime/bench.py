@@ -36,9 +36,10 @@ from typing import Any, Protocol
 
 import psutil
 
+from edge_run.core import __version__
 from edge_run.core.errors import UsageError
-from edge_run.runtime import __version__
-from edge_run.runtime.backends import Backend, GenerationParams, LoadOptions, open_backend
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import Backend, GenerationParams, LoadOptions
 from edge_run.runtime.backends.base import physical_cores
 
 SCHEMA = "edge-run-bench/1"

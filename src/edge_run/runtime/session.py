@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_run.core.errors import UsageError
-from edge_run.runtime.backends import Backend, LoadOptions, open_backend
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import Backend, LoadOptions
 from edge_run.runtime.backends.base import physical_cores
 
 if TYPE_CHECKING:
@@ -88,16 +89,3 @@ def open_session(artifact: Path, options: SessionOptions | None = None) -> Backe
     """Verify, resolve the context, guard memory, then open the backend (use it as a context manager)."""
     load = prepare(artifact, options or SessionOptions())
     return open_backend(Path(artifact), load)
-
-
-def resolve_artifact(artifact: Path | None, profile: str | None, models: Path | None,
-                     ctx: int | None, purpose: str = "chat") -> tuple[Path, dict[str, object] | None]:
-    """ARTIFACT, or the pick for a device profile (``--profile NAME --models DIR``), converted if it is planned;
-    ``chat`` and ``serve`` pick for a chat (an instruction-tuned model first: src/edge_run/runtime/pick/picker.py)."""
-    if profile is not None:
-        from edge_run.runtime.pick import picker
-
-        return picker.resolve_for_run(profile, models, artifact, ctx or DEFAULT_CTX, purpose)
-    if artifact is None:
-        raise UsageError("no artifact given", "pass an artifact path or --profile NAME --models DIR")
-    return Path(artifact), None

@@ -70,6 +70,12 @@ def open_artifact(artifact: Path, options: LoadOptions) -> Backend:
     return row_for(artifact).open(Path(artifact), options)
 
 
+def open_backend(path: Path, options: LoadOptions | None = None) -> Backend:
+    """Load the artifact with the backend of its format's row (no integrity or memory check: that is
+    src/edge_run/runtime/session.py's open_session)."""
+    return open_artifact(Path(path), options or LoadOptions())
+
+
 def estimate_artifact(artifact: Path, n_ctx: int, simd: tuple[str, ...] | None = None,
                       cache_type: str = "f16", mmap: str = "auto") -> MemoryEstimate:
     simd = host_simd() if simd is None else simd
@@ -124,14 +130,14 @@ def _inspect_gguf(path: Path, with_tensors: bool) -> dict[str, Any]:
 
 
 def _gguf_context(path: Path) -> int | None:
-    from edge_run.runtime.artifacts.preflight import check_gguf
+    from edge_run.runtime.backends.preflight import check_gguf
 
     n = check_gguf(path).get("context_length")
     return int(n) if isinstance(n, int) and n > 0 else None
 
 
 def _gguf_scorer(backend: Backend) -> Any:
-    from edge_run.runtime.eval.llama_scorer import LlamaChunkLogits
+    from edge_run.runtime.backends.gguf_scorer import LlamaChunkLogits
 
     return LlamaChunkLogits.for_backend(backend)
 

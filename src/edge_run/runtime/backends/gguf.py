@@ -14,9 +14,9 @@ from jinja2 import TemplateError
 
 from edge_run.core.errors import ArtifactError, InsufficientMemoryError, UsageError
 from edge_run.core.quants import KV_CACHE_TYPES
-from edge_run.runtime.artifacts.preflight import check_gguf
 from edge_run.runtime.backends.base import Backend, GenerationParams, LoadOptions
 from edge_run.runtime.backends.llama_loop import DecodeLoop
+from edge_run.runtime.backends.preflight import check_gguf
 from edge_run.runtime.estimate.gguf import gguf_use_mmap
 
 if TYPE_CHECKING:

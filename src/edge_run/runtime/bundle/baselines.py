@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge_run.core.errors import InputError
-from edge_run.runtime.profiles import DeviceProfile
+from edge_run.profiles.devices import DeviceProfile
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def baseline_named(name: str) -> Baseline:
 
 
 def arm64_profile_names() -> list[str]:
-    from edge_run.runtime.profiles import list_profiles
+    from edge_run.profiles.devices import list_profiles
 
     return sorted(p.name for p in list_profiles() if p.arch == BUNDLE_ARCH)
 

@@ -39,6 +39,7 @@ from edge_run.core.quoting import (
     systemd_escape,
     systemd_text,
 )
+from edge_run.profiles.devices import DeviceProfile, get_profile
 from edge_run.runtime.artifacts.integrity import check_artifact_path, verify_artifact
 from edge_run.runtime.bundle.baselines import BASELINES, Baseline, baseline_for_profile
 from edge_run.runtime.bundle.llama_wheel import build_llama_wheel, cached_llama_wheel, remove_dead_builds
@@ -57,7 +58,6 @@ from edge_run.runtime.bundle.wheelhouse import (
     parse_python,
     wheel_requirements,
 )
-from edge_run.runtime.profiles import DeviceProfile, get_profile
 
 if TYPE_CHECKING:
     from edge_run.runtime.pick.picker import PickResult
@@ -115,7 +115,7 @@ def _fill(text: str, values: dict[str, str], keep: frozenset[str] = frozenset())
 
 
 def _baseline_table() -> str:
-    from edge_run.runtime.profiles import list_profiles
+    from edge_run.profiles.devices import list_profiles
 
     rows = []
     for b in sorted(BASELINES, key=lambda b: -len(b.cpu_features)):

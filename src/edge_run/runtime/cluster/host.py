@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_run.core.errors import ArtifactError, ClusterError, InsufficientMemoryError, UsageError
-from edge_run.runtime.backends import Backend, LoadOptions, open_backend
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import Backend, LoadOptions
 from edge_run.runtime.backends.base import physical_cores
 from edge_run.runtime.cluster import native
 from edge_run.runtime.cluster.links import Watchdog, cut_all, stall_seconds

@@ -31,7 +31,7 @@ from typing import Any
 
 from edge_run.core.errors import InputError, UsageError
 from edge_run.core.fsutil import read_regular_file
-from edge_run.runtime.profiles import DeviceProfile, get_profile
+from edge_run.profiles.devices import DeviceProfile, get_profile
 
 MAX_SPEC_BYTES = 1 << 20
 MAX_NODES = 16  # GGML_RPC_MAX_SERVERS in ggml-rpc.h

@@ -31,11 +31,12 @@ import psutil
 
 from edge_run.core.errors import ArtifactError, InsufficientMemoryError
 from edge_run.core.gguf_header import GGUFHeader, read_gguf_header
+from edge_run.core.planning import checkpoint_plan
 from edge_run.core.quants import KV_CACHE_TYPES
 from edge_run.core.stamp_cache import StampCache
 from edge_run.runtime.estimate.load_mode import LOAD_MODE_NAMES, repacked_file_bytes, tied_output_bytes, use_mmap
 from edge_run.runtime.estimate.quant_mix import tensor_bytes, tensor_type
-from edge_run.runtime.planning import checkpoint_plan
+from edge_run.runtime.estimate.shape import ModelShape, TensorInfo
 
 MIB = 2**20
 KV_PAD = 256
@@ -63,36 +64,6 @@ DEFAULT_SWA_PERIOD: dict[str, int] = {
     "gemma3": 6,
 }
 CACHE_BYTES: dict[str, float] = {name: q.kv_bytes_per_element for name, q in KV_CACHE_TYPES.items()}
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    type: str
-    ne0: int  # row length
-    ne1: int  # rows (product of the other dimensions)
-    n_bytes: int
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    n_layer: int
-    n_embd: int
-    n_ff: int
-    n_head: int
-    n_head_kv: int
-    head_dim_k: int
-    head_dim_v: int
-    n_vocab: int
-    n_ctx_train: int
-    n_swa: int  # sliding window (0 = none)
-    n_swa_layers: int
-    tensors: tuple[TensorInfo, ...]
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(t.n_bytes for t in self.tensors)
-
-
-
 @dataclass(frozen=True)
 class MemoryEstimate:
     baseline_mib: float  # runtime anonymous memory + vocabulary tables
@@ -203,7 +174,7 @@ def _shape_from_header(header: GGUFHeader, name: str) -> ModelShape:
 
 def shape_from_checkpoint(checkpoint: Path, quant: str) -> ModelShape:
     """The shape a checkpoint would have once converted to ``quant`` (safetensors headers only)."""
-    # the converter plugged into src/edge_run/runtime/planning.py reads the headers
+    # the converter plugged into src/edge_run/core/planning.py reads the headers
     planned = checkpoint_plan(checkpoint)
     cfg, plan = planned.text_config, planned.tensors
     n_layer = int(cfg["num_hidden_layers"])
@@ -286,7 +257,7 @@ def gguf_use_mmap(path: Path, mode: str) -> bool:
 
 
 def host_simd() -> tuple[str, ...]:
-    from edge_run.runtime.estimate.host import (
+    from edge_run.profiles.host import (
         host_features,  # arm64: the kernel's hwcaps (right under qemu-user too)
     )
 

@@ -18,18 +18,15 @@ shared and the start fast.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from edge_run.core.errors import UsageError
-
-if TYPE_CHECKING:
-    from edge_run.runtime.estimate.gguf import ModelShape, TensorInfo
+from edge_run.runtime.estimate.shape import ModelShape, TensorInfo
 
 
 @dataclass(frozen=True)
 class RepackRule:
     ggml_type: str
-    feature: str  # the profile / host SIMD feature (src/edge_run/runtime/estimate/host.py's names)
+    feature: str  # the profile / host SIMD feature (src/edge_run/profiles/host.py's names)
     row_multiple: int  # ne[1] must be a multiple of it
     layout: str  # llama.cpp's tensor_traits instance
 

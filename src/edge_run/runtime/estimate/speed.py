@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edge_run.profiles.devices import DeviceProfile
 from edge_run.runtime.estimate.gguf import CACHE_BYTES, ModelShape
-from edge_run.runtime.profiles import DeviceProfile
 
 # Fraction of the profile's sustained (copy-probe) bandwidth that llama.cpp's decode streams weights at.
 # Basis: llama.cpp issue #34 (slaren, 13900K + DDR5-6400): 7B Q4_0 (3.56 GiB) at 18.3 tok/s = 70 GB/s,

@@ -35,7 +35,8 @@ import numpy as np
 
 from edge_run.core.errors import ArtifactError, CorpusError, ResourceError, UsageError
 from edge_run.core.fsutil import read_regular_file
-from edge_run.runtime.backends import Backend, LoadOptions, open_backend
+from edge_run.runtime.artifacts.formats import open_backend
+from edge_run.runtime.backends import Backend, LoadOptions
 from edge_run.runtime.eval.corpora import BUILTIN_CORPORA, builtin_corpus_path
 from edge_run.runtime.eval.scoring import Accumulator, LogprobStore, LogprobWriter, kl_divergence, log_softmax, rows_nll
 
@@ -263,7 +264,7 @@ def score(backend: Backend, tokens: list[int], plan: ChunkPlan, *, reference: Re
 
 class _Loaded:
     """A backend and where its chunks' scored logits come from: llama.cpp's output rows for a GGUF (only the
-    scored positions are computed, src/edge_run/runtime/eval/llama_scorer.py), every position's logits otherwise."""
+    scored positions are computed, src/edge_run/runtime/backends/gguf_scorer.py), every position's logits otherwise."""
 
     def __init__(self, path: Path, ctx: int, threads: int | None, batch: int, cache_type: str = "f16",
                  opener: Callable[[Path, LoadOptions], Backend] | None = None) -> None:

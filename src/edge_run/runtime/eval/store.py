@@ -31,13 +31,28 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from edge_run.core.errors import ResourceError, UsageError
 from edge_run.core.fsutil import cache_dir
 
-if TYPE_CHECKING:
-    from edge_run.runtime.eval.perplexity import EvalResult
+
+class Evaluated(Protocol):
+    """What the store reads of an eval result (src/edge_run/runtime/eval/perplexity.py EvalResult)."""
+
+    @property
+    def ctx(self) -> int: ...
+
+    @property
+    def chunks(self) -> int: ...
+
+    @property
+    def cache_type(self) -> str: ...
+
+    @property
+    def corpus(self) -> Any: ...
+
+    def quality_entry(self) -> dict[str, Any]: ...
 
 SCHEMA = 1
 STALE_TEMP_S = 3600.0
@@ -274,7 +289,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def record_eval(artifact: Path, result: EvalResult, store: QualityStore | None = None) -> bool:
+def record_eval(artifact: Path, result: Evaluated, store: QualityStore | None = None) -> bool:
     """Feed an `edge-run eval` result into the store (keyed by the artifact's manifest); False when the
     artifact has no manifest (no checkpoint digest) or the BPB is not a finite non-negative number."""
     from edge_run.core.manifest import read_manifest

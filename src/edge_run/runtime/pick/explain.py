@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from edge_run.core.errors import NothingFitsError
 from edge_run.core.tuning import INSTRUCT
+from edge_run.profiles.devices import DeviceProfile
 from edge_run.runtime.estimate.gguf import MemoryEstimate
-from edge_run.runtime.profiles import DeviceProfile
 
 if TYPE_CHECKING:
     from edge_run.runtime.pick.types import Candidate, Row

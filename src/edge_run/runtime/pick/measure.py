@@ -229,8 +229,8 @@ def _convert(step: Step, rest: list[Step], folder: Path, converted: dict[tuple[s
     """Convert every planned quant type of this model (plain, or with the importance matrix) still to come in
     one go (one F16 intermediate, one importance matrix); types already converted in ``folder`` are reused."""
     from edge_run.core.manifest import read_manifest
+    from edge_run.core.planning import converter
     from edge_run.runtime.pick.picker import IMATRIX_SUFFIX
-    from edge_run.runtime.planning import converter
 
     name = step.model + (IMATRIX_SUFFIX if step.imatrix else "")
     want = sorted({s.quant for s in rest if s.digest == step.digest and s.candidate.path is None

@@ -38,9 +38,11 @@ from edge_run.core.errors import (
 )
 from edge_run.core.gguf_header import GGML_TYPES
 from edge_run.core.manifest import Manifest, read_manifest
+from edge_run.core.planning import checkpoint_plan, converter
 from edge_run.core.quants import BY_NAME as QUANT_NAMES
 from edge_run.core.quants import KV_CACHE_TYPES, PLANNED_QUANTS
 from edge_run.core.tuning import BASE, INSTRUCT, UNKNOWN, Tuning, first_known, of_checkpoint, of_gguf, recorded
+from edge_run.profiles.devices import DeviceProfile
 from edge_run.runtime.artifacts import formats as format_rows
 from edge_run.runtime.estimate.gguf import CACHE_BYTES, MemoryEstimate, shape_from_checkpoint, shape_from_gguf
 from edge_run.runtime.estimate.speed import decode_speed
@@ -49,8 +51,6 @@ from edge_run.runtime.pick.explain import chat_note, explain, nothing_fits
 from edge_run.runtime.pick.prior import CORPUS_KEY, usable
 from edge_run.runtime.pick.quality import candidate_quality, store_kv_deltas, store_references
 from edge_run.runtime.pick.types import Candidate, Row
-from edge_run.runtime.planning import checkpoint_plan, converter
-from edge_run.runtime.profiles import DeviceProfile
 
 # Quant types a local checkpoint is offered at (planned pairings), most to least precise: PLANNED_QUANTS,
 # the `planned` column of src/edge_run/core/quants.py; and with an importance matrix (measured to help these most:
@@ -417,7 +417,7 @@ def resolve_for_run(profile_name: str, models: Path | None, artifact: Path | Non
     """What `edge-run run --profile NAME` loads: the pick under ``models`` for ``purpose`` (converted first when
     it is a planned pairing), or ``artifact`` once it is checked to fit the profile. ``info["note"]``: the chat
     pick's note (src/edge_run/runtime/pick/explain.py chat_note), "" when there is nothing to say."""
-    from edge_run.runtime.profiles import get_profile
+    from edge_run.profiles.devices import get_profile
 
     profile = get_profile(profile_name)
     if artifact is not None:

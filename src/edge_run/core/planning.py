@@ -59,7 +59,7 @@ def use(spec: str) -> None:
 def converter() -> Converter:
     if not _SPEC:
         raise UsageError("no converter is plugged in to plan or convert checkpoints",
-                         'call edge_run.runtime.planning.use("edge_run.converters.planning:CONVERTER") first')
+                         'call edge_run.core.planning.use("edge_run.converters.planning:CONVERTER") first')
     module, _, attribute = _SPEC[0].partition(":")
     found: Converter = getattr(importlib.import_module(module), attribute)
     return found

@@ -4,7 +4,7 @@ llama.cpp rejects most corrupt files with an error, but a few defects end in a G
 aborts the whole process (a vocabulary with two identical tokens, for one). So the first load of a
 file goes through a child that reads only the header and vocabulary::
 
-    edge-run (parent)                                  python -m edge_run.runtime.artifacts.preflight FILE (child)
+    edge-run (parent)                                  python -m edge_run.runtime.backends.preflight FILE (child)
       cache hit (path, size, mtime)? ── yes ──> load      llama_model_load_from_file(vocab_only=True)
       no ── spawn ──────────────────────────────────>     print {"context_length", "n_vocab", ...}
          <── exit 0 + JSON: cache it, load             exit 1: llama.cpp's own error

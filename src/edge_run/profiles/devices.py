@@ -22,7 +22,7 @@ import psutil
 from edge_run.core.errors import ProfileError
 from edge_run.core.fsutil import read_regular_file
 from edge_run.core.quoting import check_name, check_text
-from edge_run.runtime.estimate.host import cpu_core_type, detected_arch, host_features, read_proc
+from edge_run.profiles.host import cpu_core_type, detected_arch, host_features, read_proc
 
 MAX_PROFILE_BYTES = 1 << 20  # a profile is a dozen lines
 

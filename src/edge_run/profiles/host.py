@@ -1,7 +1,7 @@
 """What this machine's CPU is: its SIMD features and core type, from the kernel (arm64: the auxiliary vector's
 hwcaps; elsewhere /proc/cpuinfo's flags). The memory estimate asks on every `run` (weights that llama.cpp repacks
 for the host's SIMD take a second copy), so this module imports nothing beyond the standard library: device
-profiles (src/edge_run/runtime/profiles.py, TOML, numpy, psutil) build on it, not the other way round."""
+profiles (src/edge_run/profiles/devices.py, TOML, numpy, psutil) build on it, not the other way round."""
 
 from __future__ import annotations
 
