@@ -1,7 +1,7 @@
 """`edge-run serve` on the real SmolLM2-135M (GGUF and ONNX), driven by the official `openai` client.
 
-One server per model and module; a second GGUF server with a queue of one for the queue / disconnect / SIGTERM
-cases. Greedy decoding throughout, so outputs are comparable between requests."""
+One server per model and module, one request at a time (--parallel 1: the FIFO; batching is
+tests/test_batching.py); a second GGUF server with a queue of one for the queue / disconnect / SIGTERM cases. Greedy decoding throughout, so outputs are comparable between requests."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def gguf_path(zoo_gguf_dir: Callable[[str, str], Path]) -> Path:
 
 @pytest.fixture(scope="module")
 def gguf_server(gguf_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(gguf_path, "--ctx", "1024", "--queue", "8", "--threads", "1",
+    server = start_server(gguf_path, "--ctx", "1024", "--queue", "8", "--threads", "1", "--parallel", "1",
                           cache=tmp_path_factory.mktemp("cache"))
     yield server
     code, _, err = server.stop()
@@ -137,7 +137,8 @@ def test_eight_concurrent_clients_match_their_solo_runs(gguf_server: Server) -> 
 # ------------------------------------------------------------------------------- queue, disconnect, SIGTERM
 @pytest.fixture
 def busy_server(gguf_path: Path, tmp_path: Path) -> Iterator[Server]:
-    server = start_server(gguf_path, "--ctx", "1024", "--queue", "1", "--threads", "1", cache=tmp_path / "cache")
+    server = start_server(gguf_path, "--ctx", "1024", "--queue", "1", "--threads", "1", "--parallel", "1",
+                          cache=tmp_path / "cache")
     yield server
     server.stop(signal.SIGKILL)
 

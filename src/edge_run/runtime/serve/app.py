@@ -38,7 +38,7 @@ from starlette.types import ASGIApp
 from edge_run.core.errors import ClusterError, EdgeRunError
 from edge_run.runtime.backends import Backend, GenerationParams, GenerationResult
 from edge_run.runtime.serve.guard import AccessGuard, AccessPolicy
-from edge_run.runtime.serve.metrics import Metrics
+from edge_run.runtime.serve.metrics import JobClock, Metrics
 from edge_run.runtime.serve.schema import (
     MAX_BODY_BYTES,
     MAX_MESSAGES,
@@ -150,6 +150,7 @@ class ServerState:
         try:
             return await self.preparer.run(fn, raw)
         except QueueFull as e:
+            self.metrics.ended(JobClock(), "rejected")
             raise ApiError(503, "the server is busy preparing other requests; retry later", "queue_full",
                            type_="server_error", headers={"Retry-After": str(e.retry_after_s)}) from e
         except ShuttingDown as e:
