@@ -21,6 +21,7 @@ from edge_run.cli._line_reader import LineReader
 from edge_run.cli.cluster import CLUSTER_HELP
 from edge_run.core.errors import ArtifactError, EdgeRunError, UsageError
 from edge_run.runtime.backends import Backend, GenerationParams
+from edge_run.runtime.backends.speculative import DRAFT_HELP
 from edge_run.runtime.conversation import Conversation
 from edge_run.runtime.prompt import MAX_PROMPT_BYTES, check_prompt_size
 
@@ -42,6 +43,7 @@ def chat_command(
     threads: int = typer.Option(None, "--threads", "-t", min=1, help="default: physical cores"),
     force: bool = typer.Option(False, "--force", help="load even if the memory estimate exceeds available memory"),
     cluster: str = typer.Option(None, "--cluster", help=CLUSTER_HELP),
+    draft: str = typer.Option(None, "--draft", help=DRAFT_HELP),
 ) -> None:
     """Chat with a model in the terminal."""
     from edge_run.cli.cluster import open_model
@@ -54,7 +56,8 @@ def chat_command(
     if pick_info and pick_info.get("note"):  # the best fit for the profile is not instruction-tuned
         print(f"note: {pick_info['note']}", file=sys.stderr, flush=True)
     params = GenerationParams(max_tokens=max_tokens or 1 << 30, temperature=temperature, top_p=top_p, seed=seed)
-    model, _ = open_model(path, SessionOptions(ctx=ctx, threads=threads, force=force, seed=seed), cluster)
+    model, _ = open_model(path, SessionOptions(ctx=ctx, threads=threads, force=force, seed=seed,
+                                                    draft=draft or ""), cluster)
     with model as backend:
         if not backend.chat_template():
             raise ArtifactError(f"{path.name} has no chat template",

@@ -12,6 +12,7 @@ from edge_run.cli._common import closed_or_left_to_exit, print_json
 from edge_run.cli.cluster import CLUSTER_HELP, open_model
 from edge_run.runtime.backends import GenerationParams
 from edge_run.runtime.backends.base import physical_cores
+from edge_run.runtime.backends.speculative import DRAFT_HELP
 from edge_run.runtime.chat.template import user_turn
 from edge_run.runtime.pick.resolve import resolve_artifact
 from edge_run.runtime.prompt import check_prompt_size
@@ -46,6 +47,7 @@ def run(
     force: bool = typer.Option(False, "--force", help="load even if the memory estimate exceeds available memory"),
     as_json: bool = typer.Option(False, "--json", help="print text, token counts, speeds, load time, peak RSS as JSON"),
     cluster: str = typer.Option(None, "--cluster", help=CLUSTER_HELP),
+    draft: str = typer.Option(None, "--draft", help=DRAFT_HELP),
 ) -> None:
     """Generate text, streaming it to stdout."""
     text = _read_prompt(prompt, prompt_file)
@@ -55,7 +57,8 @@ def run(
     if pick_info and pick_info.get("note") and not as_json:
         print(f"note: {pick_info['note']}", file=sys.stderr, flush=True)
     params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    options = SessionOptions(ctx=ctx, threads=n_threads, force=force, seed=seed, flash_attn=flash_attn, mmap=mmap)
+    options = SessionOptions(ctx=ctx, threads=n_threads, force=force, seed=seed, flash_attn=flash_attn, mmap=mmap,
+                             draft=draft or "")
     model, cluster_info = open_model(artifact, options, cluster)
     with closed_or_left_to_exit(model) as backend:
         rendered = backend.chat_prompt(text) if chat else text

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from edge_run.core.errors import UsageError
+from edge_run.runtime.backends.speculative import DRAFT_HELP
 
 if TYPE_CHECKING:
     from edge_run.runtime.backends import Backend
@@ -37,8 +38,7 @@ def serve_command(
                                  help="GGUF: requests generated together in one batch, each slot with its own --ctx "
                                       "of KV cache (default: as many as fit in memory, up to 4). ONNX artifacts "
                                       "are served one request at a time (a FIFO queue)"),
-    draft: str = typer.Option(None, "--draft", help="GGUF: speculative decoding, ngram (prompt lookup: drafts the "
-                              "tokens that followed the text's last words earlier on; the output is unchanged)"),
+    draft: str = typer.Option(None, "--draft", help=DRAFT_HELP),
     force: bool = typer.Option(False, "--force", help="load even if the memory estimate exceeds available memory"),
     cluster: str = typer.Option(None, "--cluster", help="split the model over edge-run workers (as `run --cluster`); "
                                 "a lost worker fails its request with 503 and the next request reconnects"),
@@ -57,9 +57,9 @@ def serve_command(
     if api_key is not None:
         check_api_key(api_key)
     path, _ = resolve_artifact(artifact, profile, models, ctx or DEFAULT_CTX)
-    n_slots = _slots(path, ctx, parallel, draft, force, cluster)
     sock = bind(host, port)  # before loading: a busy port (or a malformed name) fails fast
     try:
+        n_slots = _slots(path, ctx, parallel, draft, force, cluster)
         access = access_policy(sock.getsockname()[0], allow_host, cors, api_key)
         options = SessionOptions(ctx=ctx, threads=threads, force=force, parallel=n_slots, draft=draft or "")
         opened = open_session(path, options) if cluster is None else _cluster_backend(path, options, cluster)
@@ -89,9 +89,7 @@ def _slots(path: Path, ctx: int | None, parallel: int | None, draft: str | None,
     from edge_run.runtime.session import resolve_context
 
     if draft is not None:
-        check_draft(draft)
-        if row_for(path).name != "gguf":
-            raise UsageError(f"--draft {draft} needs a GGUF artifact", "drop --draft, or serve a .gguf")
+        check_draft(draft, row_for(path).name)
     if cluster is not None:
         if parallel is not None and parallel != 1:
             raise UsageError("--parallel with --cluster is not supported: a cluster serves one request at a time",

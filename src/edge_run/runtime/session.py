@@ -77,6 +77,11 @@ def memory_guard(artifact: Path, ctx: int, force: bool = False, mmap: str = "aut
 def prepare(artifact: Path, options: SessionOptions) -> LoadOptions:
     """Every check before loading, in order; the LoadOptions to open the artifact with."""
     verify(artifact)
+    if options.draft:
+        from edge_run.runtime.artifacts.formats import row_for
+        from edge_run.runtime.backends.speculative import check_draft
+
+        check_draft(options.draft, row_for(Path(artifact)).name)
     ctx = resolve_context(artifact, options.ctx)
     est = memory_guard(artifact, ctx * options.parallel, options.force, options.mmap)
     return LoadOptions(n_ctx=ctx, n_threads=options.threads or physical_cores(), n_batch=options.n_batch,

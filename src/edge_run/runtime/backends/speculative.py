@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from edge_run.core.errors import UsageError
 
 DRAFT_KINDS = ("ngram",)
+DRAFT_HELP = ("GGUF: speculative decoding, ngram (prompt lookup: drafts the tokens that followed the text's last "
+              "words earlier on, checked in one batch; the output is unchanged)")
 NGRAM_MAX, NGRAM_MIN = 3, 2  # n-gram lengths looked up, longest first
 MAX_DRAFT, START_DRAFT = 16, 4
 # a drafted token costs a row of a batched matrix product; on a memory-bound CPU a few rows cost a fraction of a
@@ -32,9 +34,13 @@ RATE_DECAY = 0.8
 COOL_DOWN, MAX_COOL_DOWN = 16, 512  # steps without drafting after a run of rejections
 
 
-def check_draft(draft: str) -> str:
+def check_draft(draft: str, format_name: str = "gguf") -> str:
+    """``draft`` if it is a known kind and the artifact's format drafts (GGUF only), else UsageError."""
     if draft and draft not in DRAFT_KINDS:
         raise UsageError(f"unknown --draft {draft!r}", f"choose from {', '.join(DRAFT_KINDS)}")
+    if draft and format_name != "gguf":
+        raise UsageError(f"--draft {draft} needs a GGUF artifact (speculative decoding runs on llama.cpp)",
+                         "drop --draft, or use a .gguf")
     return draft
 
 
