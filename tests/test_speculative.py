@@ -24,7 +24,7 @@ from edge_run.runtime.backends.speculative import (
 )
 
 from .serve_util import REPO
-from .test_batching import Collect, run_engine
+from .test_batching import Collect, assert_equal_but_near_ties, run_engine
 
 PASSAGE = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named "
            "after the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889. "
@@ -110,10 +110,13 @@ def test_batched_slots_draft_too(zoo_gguf_dir: Callable[[str, str], Path]) -> No
     for draft in ("", "ngram"):
         with open_backend(path, LoadOptions(n_ctx=512, n_threads=2, n_seq=3, draft=draft)) as b:
             engine = BatchEngine(b)
-            out[draft] = [c.tokens for c in run_engine(engine, [b.tokenize(p) for p in prompts_text], params)]
+            prompts = [b.tokenize(p) for p in prompts_text]
+            out[draft] = [c.tokens for c in run_engine(engine, prompts, params)]
             counts = (engine.drafted, engine.accepted)
             engine.close()
-    assert out["ngram"] == out[""]
+    # a slot's rows share each batch with the other slots' drafts: the kernels may sum in another order
+    assert_equal_but_near_ties(path, prompts, out["ngram"], out[""])
+    assert out["ngram"][0] == out[""][0]
     assert counts[1] > 20, counts
 
 
