@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
+from edge_run.cli._cluster_open import CLUSTER_HELP
 from edge_run.cli._common import console, print_json, progress_bars
-from edge_run.cli.cluster import CLUSTER_HELP
 
 
 def bench_command(
@@ -23,7 +23,7 @@ def bench_command(
     cluster: str = typer.Option(None, "--cluster", help=CLUSTER_HELP),
 ) -> None:
     """Benchmark an artifact on this machine (pp<N> prefill and tg<N> decode tokens/s, like llama-bench)."""
-    from edge_run.cli.cluster import cluster_opener
+    from edge_run.cli._cluster_open import cluster_opener
     from edge_run.core.errors import ArtifactError
     from edge_run.runtime.artifacts.formats import open_backend
     from edge_run.runtime.bench import BenchConfig, bench

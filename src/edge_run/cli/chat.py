@@ -17,8 +17,8 @@ from typing import Any
 
 import typer
 
+from edge_run.cli._cluster_open import CLUSTER_HELP
 from edge_run.cli._line_reader import LineReader
-from edge_run.cli.cluster import CLUSTER_HELP
 from edge_run.core.errors import ArtifactError, EdgeRunError, UsageError
 from edge_run.runtime.backends import Backend, GenerationParams
 from edge_run.runtime.backends.speculative import DRAFT_HELP
@@ -46,7 +46,7 @@ def chat_command(
     draft: str = typer.Option(None, "--draft", help=DRAFT_HELP),
 ) -> None:
     """Chat with a model in the terminal."""
-    from edge_run.cli.cluster import open_model
+    from edge_run.cli._cluster_open import open_model
     from edge_run.runtime.pick.resolve import resolve_artifact
     from edge_run.runtime.session import DEFAULT_CTX, SessionOptions
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from edge_run.cli._cluster_open import CLUSTER_HELP
 from edge_run.cli._common import console, err_console, print_json, progress_bars
-from edge_run.cli.cluster import CLUSTER_HELP
 from edge_run.core.errors import EdgeRunError
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def eval_command(
     cluster: str = typer.Option(None, "--cluster", help=CLUSTER_HELP),
 ) -> None:
     """Measure perplexity and bits per byte the way llama.cpp's perplexity tool does; store them in the manifest."""
-    from edge_run.cli.cluster import cluster_opener
+    from edge_run.cli._cluster_open import cluster_opener
     from edge_run.runtime.eval.perplexity import evaluate, load_corpus, save_quality
     from edge_run.runtime.session import verify
 

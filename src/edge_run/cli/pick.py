@@ -44,7 +44,7 @@ def pick_cmd(
         raise UsageError("pick needs one of --profile or --cluster", "e.g. --profile pi5-8gb, or --cluster "
                          "pi4-4gb@10.0.0.2:50052,pi4-4gb@10.0.0.3:50052")
     if cluster is not None:
-        from edge_run.cli.cluster import pick_over_cluster
+        from edge_run.cli._cluster_open import pick_over_cluster
 
         return pick_over_cluster(cluster, models, ctx, cache_type, as_json)
     store = QualityStore.default()

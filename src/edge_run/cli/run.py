@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
+from edge_run.cli._cluster_open import CLUSTER_HELP, open_model
 from edge_run.cli._common import closed_or_left_to_exit, print_json
-from edge_run.cli.cluster import CLUSTER_HELP, open_model
 from edge_run.runtime.backends import GenerationParams
 from edge_run.runtime.backends.base import physical_cores
 from edge_run.runtime.backends.speculative import DRAFT_HELP
