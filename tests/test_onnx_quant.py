@@ -1,5 +1,6 @@
 """ONNX int4 beyond round-to-nearest: the per-block scale search (search.py), calibration on a text that is
-not the evaluation text (calibrate.py) and the measured-sensitivity 8-bit mix under a size budget (mix.py)."""
+not the evaluation text with a numpy forward pass one layer at a time (calibrate.py, forward.py) and the
+measured-sensitivity 8-bit mix under a size budget (mix.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_run.converters.architectures import lookup
+from edge_run.converters.checkpoint import open_checkpoint
 from edge_run.converters.onnx import search as search_module
-from edge_run.converters.onnx.calibrate import DEFAULT_TEXT, _as_int8
+from edge_run.converters.onnx.builder import Weights
+from edge_run.converters.onnx.calibrate import DEFAULT_TEXT, Calibration, _OnlineKL, calibrate, unit_group
 from edge_run.converters.onnx.convert import OnnxOptions, convert_to_onnx
+from edge_run.converters.onnx.forward import Forward
+from edge_run.converters.onnx.hparams import decoder_config
 from edge_run.converters.onnx.mix import packed_bytes, plan_mix
 from edge_run.converters.onnx.quantize import SCHEMES, QuantConfig, dequantize_rows, quantize_rows
 from edge_run.converters.onnx.search import search_rows
@@ -74,14 +80,41 @@ def test_search_bytes_do_not_depend_on_chunking(monkeypatch: pytest.MonkeyPatch)
         assert a.tobytes() == b.tobytes()
 
 
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_a_4bit_block_is_exactly_an_8bit_block(symmetric: bool) -> None:
-    """The calibration graph (int8) stands in a unit's 4-bit result exactly: same floats after dequantizing."""
-    w = _weights("heavy-tailed", (40, 96))
-    packed, scales, zp = search_rows(w, 4, 32, symmetric)
-    four = dequantize_rows(packed, scales, None if symmetric else zp, 4, 96, 32)
-    eight = dequantize_rows(_as_int8(packed, None if symmetric else zp, 3), scales, None, 8, 96, 32)
-    np.testing.assert_array_equal(four, eight)
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3", "phi3", "phi3-long"])
+def test_numpy_forward_matches_the_fp32_graph(arch: str, tiny_checkpoint: Callable[[str], Path],
+                                              tmp_path: Path) -> None:
+    """The calibration's layer-by-layer numpy decoder computes what the artifact's graph computes (biases,
+    q/k norms, sandwich norms, an 8-token sliding window over 40 tokens, fused qkv, partial rotary)."""
+    ckpt = tiny_checkpoint(arch)
+    (art,) = convert_to_onnx(ckpt, tmp_path, OnnxOptions(quant="fp32", name=arch))
+    c = open_checkpoint(ckpt)
+    cfg = decoder_config(c, lookup(c.config)[1])
+    w = Weights(c)
+    w.split_fused(cfg)
+    ids = np.random.default_rng(0).integers(0, cfg.vocab, 40)
+    fwd = Forward(cfg, w, 64)
+    h = fwd.embed(ids)
+    for i in range(cfg.n_layers):
+        h = fwd.layer(i, h, {r: np.ascontiguousarray(m.T) for r, m in fwd.layer_weights(i).items()})
+    head = w.lm_head if w.lm_head is not None else w.get("embed_tokens.weight")
+    ours = fwd.logits(fwd.final(h), np.ascontiguousarray(np.asarray(head.read_rows(0, head.shape[0])).T))
+    with open_backend(art, OPTS) as b:
+        ref = b.eval_logits([int(t) for t in ids])
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_streamed_kl_equals_the_whole_vocabulary_kl() -> None:
+    rng = np.random.default_rng(3)
+    ref, other = rng.normal(0, 3, (2, 5, 1000))
+    kl = _OnlineKL(5, ["x"])
+    for a in range(0, 1000, 64):  # maxima grow chunk by chunk
+        kl.add(np.sort(ref)[:, a:a + 64], {"x": np.sort(other)[:, a:a + 64]})
+
+    def logp(z: np.ndarray) -> np.ndarray:
+        return z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
+
+    lr, lo = logp(np.sort(ref)), logp(np.sort(other))
+    assert kl.result()["x"] == pytest.approx(float((np.exp(lr) * (lr - lo)).sum(-1).mean()), rel=1e-9)
 
 
 def test_mix_spends_the_budget_on_loss_per_byte() -> None:
@@ -175,3 +208,30 @@ def test_unreadable_calibration_text_fails_cleanly(tiny_checkpoint: Callable[[st
         convert_to_onnx(tiny_checkpoint("llama"), out, OnnxOptions(quant="int4", name="m",
                                                                    calibration_text=tmp_path / "missing.txt"))
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_sensitivity_shares_each_groups_measured_kl(tiny_checkpoint: Callable[[str], Path], tmp_path: Path) -> None:
+    """phi3 (untied embedding, fused qkv): every unit has a 4-bit result and a share of its group's KL; the
+    shares of a group add up to the group's measurement."""
+    c = open_checkpoint(tiny_checkpoint("phi3"))
+    cfg = decoder_config(c, lookup(c.config)[1])
+    quant = QuantConfig(SCHEMES["int4"], 32, False)
+    cal: Calibration = calibrate(c, cfg, quant, tmp_path)
+    assert "model.embed_tokens" in cal.groups and "lm_head" in cal.groups
+    assert set(cal.sensitivity) == set(cal.shapes) == set(cal.packed)
+    assert all(p.exists() for p in cal.packed.values())
+    assert all(v > 0 for v in cal.groups.values()), cal.groups
+    for grp, kl in cal.groups.items():
+        shares = [v for k, v in cal.sensitivity.items() if unit_group(k, cfg.n_layers) == grp]
+        assert sum(shares) == pytest.approx(kl, rel=1e-9), grp
+
+
+def test_mixed_units_are_the_graphs_matrices(calibrated: dict[str, Path]) -> None:
+    """The calibration's unit keys are the builder's: every matrix the mix gave 8 bits is an 8-bit initializer."""
+    import onnx
+
+    art = calibrated["int4"]
+    names = {t.name for t in onnx.load(str(art / "model.onnx"), load_external_data=False).graph.initializer}
+    int8 = read_manifest(art).extra["calibration"]["int8"]
+    assert int8 and all(f"{k}.weight_Q8" in names for k in int8), int8
+    assert sum(n.endswith(".weight_Q4") for n in names) > 0

@@ -190,10 +190,11 @@ class DecoderBuilder:
 
     # -- building blocks ------------------------------------------------------------------------
     def linear(self, x: str, path: str, key: str, tensors: list[LazyTensor], bits: int | None,
-               biases: list[LazyTensor] | None = None) -> str:
-        """y = x W^T (+ b) for W the row-concatenation of ``tensors`` (e.g. q, k, v)."""
+               biases: list[LazyTensor] | None = None, source: str | None = None) -> str:
+        """y = x W^T (+ b) for W the row-concatenation of ``tensors`` (e.g. q, k, v); ``source``: the value
+        whose activation statistics stand for x's (default x itself)."""
         self.linears[path] = bits
-        self.units[key] = Unit(key, tuple(tensors), x)
+        self.units[key] = Unit(key, tuple(tensors), source or x)
         if bits is None:
             w = self._float(key, tensors)
             y = self.g.op("FusedMatMul", [x, w], f"{path}/MatMul", domain=MS_DOMAIN, transB=1)
@@ -374,8 +375,9 @@ class DecoderBuilder:
         tensor = head if head is not None else self.w.get("embed_tokens.weight")
         keep = g.add_input_with_default("logits_to_keep", np.array(0, dtype=np.int64))
         start = g.op("Neg", [g.op("Unsqueeze", [keep, g.const([0])], "/lm_head/Unsqueeze")], "/lm_head/Neg")
-        h = g.op("Slice", [h, start, g.const([np.iinfo(np.int64).max]), g.const([1])], "/lm_head/Slice")
-        y = self.linear(h, "/lm_head", "lm_head", [tensor], self._bits("lm_head", "lm_head"))
+        cut = g.op("Slice", [h, start, g.const([np.iinfo(np.int64).max]), g.const([1])], "/lm_head/Slice")
+        # statistics from every position (calibration runs keep one logit row)
+        y = self.linear(cut, "/lm_head", "lm_head", [tensor], self._bits("lm_head", "lm_head"), source=h)
         if c.final_softcap:
             cap = g.const(np.float32(c.final_softcap), "float32")
             y = g.op("Mul", [g.op("Tanh", [g.op("Div", [y, cap], "/lm_head/Div")], "/lm_head/Tanh"), cap],
