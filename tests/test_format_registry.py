@@ -240,12 +240,12 @@ def test_onnx_rows_estimate_and_pick(onnx_art: Path) -> None:
 
 
 def test_bundle_copies_each_format_by_its_payload(tiny_gguf: Path, onnx_art: Path, tmp_path: Path) -> None:
-    from edge_run.runtime.bundle.build import _copy_artifact
+    from edge_run.runtime.bundle.payload import copy_artifact
 
     for art in (tiny_gguf, onnx_art):
         models = tmp_path / art.name / "models"
         models.parent.mkdir()
-        assert _copy_artifact(art, models) == art.name
+        copy_artifact(art, read_manifest(art), models)
         copied = models / art.name
         m = read_manifest(copied)
         assert m is not None and "path" not in m.source

@@ -201,7 +201,7 @@ def test_out_of_memory_is_a_resource_error(art: Path) -> None:
     _, err = proc.communicate(timeout=300)
     text = err.decode()
     assert proc.returncode == 4, text
-    assert text.startswith("error: tiny.Q8_0.gguf at ctx 512 needs about") and "MiB is available" in text, text
+    assert text.startswith("error: tiny.Q8_0.gguf at ctx 512 (mmap) needs about") and "MiB is available" in text, text
 
 
 def test_a_library_that_cannot_be_mapped_is_out_of_memory(monkeypatch: pytest.MonkeyPatch,
