@@ -1,6 +1,7 @@
 """`edge-run serve` through HTTP vs the same model in-process vs llama-cpp-python's own server, on one GGUF.
 
     python -m tools.bench_serve [FILE.gguf] [--rounds 5] [--n-gen 128] [--threads N] [--out results/serve.json]
+    python -m tools.bench_serve parallel ...      serve --parallel N vs llama-server (tools/bench_serve_parallel.py)
 
 Columns, measured in interleaved order each round (in-process, edge-run HTTP, llama_cpp.server HTTP), every one
 a streamed greedy chat completion of the same conversation (a different question each round, so no column gets
@@ -178,6 +179,11 @@ def ratios(cols: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["parallel"]:  # serve --parallel N vs llama-server, --draft ngram vs plain
+        from tools.bench_serve_parallel import main as parallel_main
+
+        return parallel_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("file", nargs="?", type=Path)
     ap.add_argument("--rounds", type=int, default=5)

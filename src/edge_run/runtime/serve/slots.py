@@ -107,7 +107,7 @@ class BatchWorker:
                         self._cond.wait()
                     if self._closing and not self._waiting and not self._running:
                         return
-                    admitted = []
+                    admitted: list[Job] = []
                     while self._waiting and engine.free() > len(admitted):
                         job = self._waiting.popleft()
                         self._running[id(job)] = job
