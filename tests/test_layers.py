@@ -246,7 +246,8 @@ def group_edges() -> dict[tuple[str, str], list[Edge]]:
 def test_the_layers_table_names_every_package() -> None:
     table = layers_table()
     groups = {group_of(m) for m in MODULES if m != "edge_run"}
-    assert set(table) == groups, f"rows to add: {sorted(groups - set(table))}, rows to drop: {sorted(set(table) - groups)}"
+    assert set(table) == groups, \
+        f"rows to add: {sorted(groups - set(table))}, rows to drop: {sorted(set(table) - groups)}"
 
 
 def test_every_import_is_allowed_by_the_layers_table() -> None:

@@ -1,7 +1,8 @@
 """`edge-run serve` on the real SmolLM2-135M (GGUF and ONNX), driven by the official `openai` client.
 
 One server per model and module, one request at a time (--parallel 1: the FIFO; batching is
-tests/test_batching.py); a second GGUF server with a queue of one for the queue / disconnect / SIGTERM cases. Greedy decoding throughout, so outputs are comparable between requests."""
+tests/test_batching.py); a second GGUF server with a queue of one for the queue / disconnect / SIGTERM cases.
+Greedy decoding throughout, so outputs are comparable between requests."""
 
 from __future__ import annotations
 
