@@ -61,7 +61,9 @@ def test_onnxruntime_genai_generates_from_our_artifact(zoo_onnx_dir: Callable[[s
     with open_backend(art, LoadOptions(n_ctx=128)) as b:
         prompt = b.tokenize("The capital of France is")
         ours = "".join(b.stream(prompt, GenerationParams(max_tokens=12)))
-        assert b.last_result is not None and b.last_result.completion_tokens == 12
+        assert b.last_result is not None
+        n_ours = b.last_result.completion_tokens  # 12, or fewer where the model ends its answer
+        stopped = b.last_result.finish_reason == "stop"
     model = og.Model(str(art))
     tokenizer = og.Tokenizer(model)
     assert [int(t) for t in tokenizer.encode("The capital of France is")] == prompt
@@ -73,7 +75,8 @@ def test_onnxruntime_genai_generates_from_our_artifact(zoo_onnx_dir: Callable[[s
     while not gen.is_done():
         gen.generate_next_token()
         tokens.append(int(gen.get_next_tokens()[0]))
-    assert len(tokens) == 12
+    # genai stops at the same end-of-text token (and lists it), or after the same 12 tokens
+    assert len(tokens) == (n_ours + 1 if stopped and n_ours < 12 else n_ours), (tokens, n_ours)
     assert tokenizer.decode(tokens) == ours
     assert "Paris" in ours
 

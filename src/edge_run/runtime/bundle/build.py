@@ -201,6 +201,7 @@ def build_bundle(artifact: Path | None, profile: str, out: Path, python: str = D
     ``progress(step)`` is told each slow step before it starts."""
     say = progress or (lambda _step: None)
     out = absolute_out(out)  # UsageError for '.', '..', '/'
+    remove_dead_builds(out.parent)  # a SIGKILLed bundle's temp folder, whatever this run then says
     artifact = Path(os.path.abspath(artifact)) if artifact is not None else None
     models = Path(os.path.abspath(models)) if models is not None else None
     if artifact is not None:
@@ -212,7 +213,6 @@ def build_bundle(artifact: Path | None, profile: str, out: Path, python: str = D
     if artifact is not None:
         inputs.append(manifest_path_for(artifact))
     tarball = check_out(out, inputs, force)  # before anything slow; --force only over a previous bundle
-    remove_dead_builds(out.parent)  # a SIGKILLed bundle's temp folder
     check_writable(out.parent)
     result = _choose(artifact, models, prof, ctx)
     chosen = result.pick.candidate
